@@ -1,1 +1,121 @@
-fn main() {}
+//! `cargo xtask`: the project's one entry point for building, running and
+//! testing the hypervisor.
+//!
+//! Commands (see [`USAGE`]):
+//! - `scenario FILE... [--cpu MODEL] [--sim]`: run scenario files;
+//! - `test`: everything CI checks, stopping at the first failing step;
+//! - `run [--cpu MODEL]`: the main demo;
+//! - `bench`: the benchmarks.
+//!
+//! Std only, so that `cargo xtask` builds fast on a fresh machine. What runs
+//! on the simulator and what runs on the real EL2 image in QEMU is decided
+//! in [`image`], the one module to change when the image exists.
+
+mod cli;
+mod deps;
+mod image;
+mod process;
+mod test_all;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use cli::Command;
+
+/// CPU model used when `--cpu` is not given.
+pub const DEFAULT_CPU: &str = "max";
+
+/// The usage text printed by `--help`, with no arguments, and on a usage
+/// error.
+pub const USAGE: &str = "\
+Usage: cargo xtask COMMAND [OPTIONS]
+
+Commands:
+  scenario FILE... [--cpu MODEL] [--sim]
+        Run scenario files (tests/scenarios/*.scn) on the real EL2 image in
+        QEMU, or with --sim against the hypervisor core on this machine.
+        MODEL is a QEMU CPU name (cortex-a57, cortex-a710, neoverse-v1,
+        neoverse-n2, max, ...; default: max). Prints one line per failed
+        statement (file, line, expected, actual) and a closing line
+        `N passed, N failed[, N skipped]`. Exit status 0 only if nothing
+        failed.
+
+  test
+        Everything CI checks, each step under a `==> STEP` header:
+        rustup target, cargo fmt --check, cargo clippy -D warnings,
+        cargo test --workspace --release, every scenario file on the
+        simulator for cortex-a57, cortex-a710, neoverse-v1 and max, then on
+        the real image. Stops at the first failing step and names it; ends
+        with the scenario total `N passed, N failed[, N skipped]`.
+        Exit status 0 only if everything passed.
+
+  run [--cpu MODEL]
+        The main demo (default MODEL: max); prints what the demo does.
+
+  bench
+        The benchmarks (criterion, on the simulator; later on the image);
+        prints their reports.
+
+Options:
+  -h, --help    Print this text.
+
+Missing tools are installed where possible (the aarch64-unknown-none Rust
+target, QEMU >= 10 on Debian as root); otherwise xtask prints the commands
+to run and exits 1. A usage error exits 2.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match cli::parse(&args) {
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Scenario { files, cpu, sim }) => scenario(&cpu, &files, sim),
+        Ok(Command::Test) => test_all::run(),
+        Ok(Command::Run { cpu }) => image::run_demo(&cpu),
+        Ok(Command::Bench) => bench(),
+        Err(message) => {
+            eprintln!("xtask: {message}\n");
+            eprint!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `cargo xtask scenario`.
+fn scenario(cpu: &str, files: &[PathBuf], sim: bool) -> ExitCode {
+    if sim {
+        // Keep the caller's working directory so that the file names the
+        // simulator prints are the ones the user typed.
+        let mut cmd = process::sim_command(cpu);
+        cmd.args(files);
+        process::exit_code(process::status(&mut cmd))
+    } else {
+        deps::ensure_qemu();
+        deps::ensure_rust_target();
+        image::real_scenarios(cpu, files)
+    }
+}
+
+/// `cargo xtask bench`.
+fn bench() -> ExitCode {
+    println!("==> bench (sim)");
+    let mut cmd = process::cargo();
+    cmd.arg("bench")
+        .arg("--manifest-path")
+        .arg(workspace_root().join("Cargo.toml"))
+        .args(["-p", "sim"]);
+    if !process::succeeded(&mut cmd) {
+        eprintln!("xtask: step `bench (sim)` failed");
+        return ExitCode::FAILURE;
+    }
+    image::real_image_bench()
+}
+
+/// The workspace root (the directory holding the root `Cargo.toml`).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+}

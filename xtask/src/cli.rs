@@ -1,0 +1,181 @@
+//! Command-line parsing (hand-rolled: four commands, two flags).
+
+use std::path::PathBuf;
+
+use crate::DEFAULT_CPU;
+
+/// What the user asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    Scenario {
+        files: Vec<PathBuf>,
+        cpu: String,
+        sim: bool,
+    },
+    Test,
+    Run {
+        cpu: String,
+    },
+    Bench,
+}
+
+/// Parses the arguments after `cargo xtask`. An `Err` is a usage error.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let Some((command, rest)) = args.split_first() else {
+        return Ok(Command::Help);
+    };
+    if rest.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(Command::Help);
+    }
+    match command.as_str() {
+        "-h" | "--help" | "help" => Ok(Command::Help),
+        "scenario" => {
+            let mut opts = Options::parse(rest, true)?;
+            if opts.positional.is_empty() {
+                return Err("`scenario` needs at least one FILE".into());
+            }
+            Ok(Command::Scenario {
+                files: opts.positional.drain(..).map(PathBuf::from).collect(),
+                cpu: opts.cpu,
+                sim: opts.sim,
+            })
+        }
+        "test" => {
+            no_args("test", rest)?;
+            Ok(Command::Test)
+        }
+        "run" => {
+            let opts = Options::parse(rest, false)?;
+            if let Some(extra) = opts.positional.first() {
+                return Err(format!("`run` takes no argument `{extra}`"));
+            }
+            Ok(Command::Run { cpu: opts.cpu })
+        }
+        "bench" => {
+            no_args("bench", rest)?;
+            Ok(Command::Bench)
+        }
+        other => Err(format!("unknown command `{other}`")),
+    }
+}
+
+fn no_args(command: &str, rest: &[String]) -> Result<(), String> {
+    match rest.first() {
+        Some(arg) => Err(format!("`{command}` takes no argument `{arg}`")),
+        None => Ok(()),
+    }
+}
+
+/// `--cpu MODEL` / `--cpu=MODEL`, `--sim` (where allowed), positionals.
+struct Options {
+    cpu: String,
+    sim: bool,
+    positional: Vec<String>,
+}
+
+impl Options {
+    fn parse(args: &[String], allow_sim: bool) -> Result<Options, String> {
+        let mut opts = Options {
+            cpu: DEFAULT_CPU.into(),
+            sim: false,
+            positional: Vec::new(),
+        };
+        let mut cpu_given = false;
+        let mut args = args.iter();
+        let mut only_files = false;
+        while let Some(arg) = args.next() {
+            let cpu = if only_files {
+                None
+            } else if arg == "--" {
+                only_files = true;
+                continue;
+            } else if arg == "--cpu" {
+                let model = args.next().ok_or("`--cpu` needs a MODEL")?;
+                Some(model.clone())
+            } else if let Some(model) = arg.strip_prefix("--cpu=") {
+                Some(model.to_owned())
+            } else if arg == "--sim" && allow_sim {
+                opts.sim = true;
+                continue;
+            } else if arg.starts_with('-') && arg != "-" {
+                return Err(format!("unknown option `{arg}`"));
+            } else {
+                None
+            };
+            match cpu {
+                Some(model) if model.is_empty() || model.starts_with('-') => {
+                    return Err(format!("`--cpu` needs a MODEL, not `{model}`"));
+                }
+                Some(_) if cpu_given => return Err("`--cpu` given twice".into()),
+                Some(model) => {
+                    opts.cpu = model;
+                    cpu_given = true;
+                }
+                None => opts.positional.push(arg.clone()),
+            }
+        }
+        Ok(opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse, Command};
+    use std::path::PathBuf;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn help() {
+        assert_eq!(parse(&[]), Ok(Command::Help));
+        assert_eq!(parse(&args("--help")), Ok(Command::Help));
+        assert_eq!(parse(&args("-h")), Ok(Command::Help));
+        assert_eq!(parse(&args("test --help")), Ok(Command::Help));
+    }
+
+    #[test]
+    fn scenario() {
+        assert_eq!(
+            parse(&args("scenario a.scn --cpu cortex-a57 b.scn --sim")),
+            Ok(Command::Scenario {
+                files: vec![PathBuf::from("a.scn"), PathBuf::from("b.scn")],
+                cpu: "cortex-a57".into(),
+                sim: true,
+            })
+        );
+        assert_eq!(
+            parse(&args("scenario --cpu=neoverse-v1 a.scn")),
+            Ok(Command::Scenario {
+                files: vec![PathBuf::from("a.scn")],
+                cpu: "neoverse-v1".into(),
+                sim: false,
+            })
+        );
+        assert!(parse(&args("scenario --sim")).is_err());
+        assert!(parse(&args("scenario a.scn --cpu")).is_err());
+        assert!(parse(&args("scenario a.scn --cpu --sim")).is_err());
+        assert!(parse(&args("scenario a.scn --cpu max --cpu max")).is_err());
+        assert!(parse(&args("scenario a.scn --bogus")).is_err());
+    }
+
+    #[test]
+    fn run_test_bench() {
+        assert_eq!(parse(&args("run")), Ok(Command::Run { cpu: "max".into() }));
+        assert_eq!(
+            parse(&args("run --cpu cortex-a710")),
+            Ok(Command::Run {
+                cpu: "cortex-a710".into()
+            })
+        );
+        assert!(parse(&args("run --sim")).is_err());
+        assert!(parse(&args("run x")).is_err());
+        assert_eq!(parse(&args("test")), Ok(Command::Test));
+        assert!(parse(&args("test x")).is_err());
+        assert_eq!(parse(&args("bench")), Ok(Command::Bench));
+        assert!(parse(&args("bogus")).is_err());
+        assert!(parse(&args("--bogus")).is_err());
+    }
+}

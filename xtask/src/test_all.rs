@@ -1,0 +1,129 @@
+//! `cargo xtask test`: everything CI checks, in order, stopping at the first
+//! failing step.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use crate::process::{self, Counts};
+use crate::{deps, image, workspace_root};
+
+/// The CPU models every scenario file runs on.
+pub const CPU_MODELS: [&str; 4] = ["cortex-a57", "cortex-a710", "neoverse-v1", "max"];
+
+/// Where the scenario files live, relative to the workspace root.
+const SCENARIO_DIR: &str = "tests/scenarios";
+
+/// Runs every step; the exit status is 0 only if all passed.
+pub fn run() -> ExitCode {
+    let mut total = Counts::default();
+    let result = steps(&mut total);
+    // After an early failure no scenario ran, and `0 passed` would mislead.
+    if result.is_ok() || total != Counts::default() {
+        println!("==> scenario statements: {total}");
+    }
+    match result {
+        Ok(()) if total.failed == 0 => {
+            println!("xtask: all steps passed");
+            ExitCode::SUCCESS
+        }
+        Ok(()) => {
+            eprintln!("xtask: {} scenario statements failed", total.failed);
+            ExitCode::FAILURE
+        }
+        Err(step) => {
+            eprintln!("xtask: step `{step}` failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The steps; `Err` names the first one that failed.
+fn steps(total: &mut Counts) -> Result<(), String> {
+    let root = workspace_root();
+    let cargo = |args: &[&str]| {
+        let mut cmd = process::cargo();
+        cmd.args(args).current_dir(root);
+        cmd
+    };
+
+    header("rust target");
+    deps::ensure_rust_target();
+    if image::REAL_IMAGE {
+        header("qemu");
+        deps::ensure_qemu();
+    }
+
+    step("fmt", cargo(&["fmt", "--all", "--", "--check"]))?;
+    step(
+        "clippy",
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step("test", cargo(&["test", "--workspace", "--release"]))?;
+
+    let files = scenario_files()?;
+    if files.is_empty() {
+        println!("==> scenarios (sim): no scenario files in {SCENARIO_DIR}/*.scn, nothing to run");
+    } else {
+        for model in CPU_MODELS {
+            let name = format!("scenarios (sim, {model})");
+            header(&name);
+            let mut cmd = process::sim_command(model);
+            cmd.args(&files).current_dir(root);
+            match process::run_counted(&mut cmd) {
+                Ok(counts) => *total += counts,
+                Err((why, counts)) => {
+                    *total += counts.unwrap_or_default();
+                    eprintln!("xtask: {why}");
+                    return Err(name);
+                }
+            }
+        }
+    }
+
+    image::real_image_tests(&files, total)
+}
+
+fn header(name: &str) {
+    println!("==> {name}");
+}
+
+/// Prints the step's header and command, runs it, and names the step if it
+/// failed.
+fn step(name: &str, mut cmd: Command) -> Result<(), String> {
+    println!("==> {name}: {}", process::describe(&cmd));
+    if process::succeeded(&mut cmd) {
+        Ok(())
+    } else {
+        Err(name.into())
+    }
+}
+
+/// Every `tests/scenarios/*.scn`, sorted, relative to the workspace root.
+/// A missing directory holds no files.
+fn scenario_files() -> Result<Vec<PathBuf>, String> {
+    let dir = workspace_root().join(SCENARIO_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            eprintln!("xtask: cannot read {}: {e}", dir.display());
+            return Err("scenarios (sim)".into());
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "scn") && p.is_file())
+        .filter_map(|p| p.file_name().map(|n| PathBuf::from(SCENARIO_DIR).join(n)))
+        .collect();
+    files.sort();
+    Ok(files)
+}
