@@ -1,0 +1,268 @@
+//! A small reader for flattened device trees (DTSpec v0.4, chapter 5), and
+//! the one query the hypervisor needs from it: the `/memory` ranges.
+//!
+//! The blob comes from the boot loader and is not trusted to be well formed.
+//! Every read is bounds-checked and every step of the structure walk moves
+//! forward by at least one token, so any blob gives a result or an
+//! [`FdtError`], never a panic or a hang. (A hand-written walker rather than
+//! a crate so that this property is visible in one short file.)
+
+use alloc::vec::Vec;
+
+use crate::error::{FdtError, Origin, PlatformError};
+
+const FDT_MAGIC: u32 = 0xd00d_feed;
+const FDT_BEGIN_NODE: u32 = 1;
+const FDT_END_NODE: u32 = 2;
+const FDT_PROP: u32 = 3;
+const FDT_NOP: u32 = 4;
+const FDT_END: u32 = 9;
+/// Size of the version 17 header.
+const HEADER_SIZE: usize = 40;
+
+fn be32(bytes: &[u8], offset: usize) -> Option<u32> {
+    let end = offset.checked_add(4)?;
+    let word: [u8; 4] = bytes.get(offset..end)?.try_into().ok()?;
+    Some(u32::from_be_bytes(word))
+}
+
+fn align4(x: usize) -> Option<usize> {
+    Some(x.checked_add(3)? & !3)
+}
+
+/// A NUL-terminated string starting at `offset`, without its NUL.
+fn c_str(bytes: &[u8], offset: usize) -> Option<&[u8]> {
+    let rest = bytes.get(offset..)?;
+    let len = rest.iter().position(|&b| b == 0)?;
+    rest.get(..len)
+}
+
+/// A validated device tree blob: header checked, blocks inside the blob.
+pub(crate) struct Fdt<'a> {
+    structs: &'a [u8],
+    strings: &'a [u8],
+}
+
+impl<'a> Fdt<'a> {
+    pub(crate) fn new(blob: &'a [u8]) -> Result<Self, FdtError> {
+        let field = |i: usize| be32(blob, i * 4).ok_or(FdtError::Truncated);
+        if blob.len() < HEADER_SIZE {
+            return Err(FdtError::Truncated);
+        }
+        if field(0)? != FDT_MAGIC {
+            return Err(FdtError::BadMagic);
+        }
+        let total = field(1)? as usize;
+        let off_struct = field(2)? as usize;
+        let off_strings = field(3)? as usize;
+        let version = field(5)?;
+        let last_comp = field(6)?;
+        let size_strings = field(8)? as usize;
+        let size_struct = field(9)? as usize;
+        if version < 17 || last_comp > 17 {
+            return Err(FdtError::UnsupportedVersion);
+        }
+        let blob = blob.get(..total).ok_or(FdtError::Truncated)?;
+        if total < HEADER_SIZE || !off_struct.is_multiple_of(4) {
+            return Err(FdtError::BadLayout);
+        }
+        let block = |off: usize, size: usize| {
+            off.checked_add(size)
+                .and_then(|end| blob.get(off..end))
+                .ok_or(FdtError::BadLayout)
+        };
+        Ok(Self {
+            structs: block(off_struct, size_struct)?,
+            strings: block(off_strings, size_strings)?,
+        })
+    }
+
+    /// Walk the structure block token by token.
+    pub(crate) fn walk(&self) -> Walker<'a> {
+        Walker {
+            structs: self.structs,
+            strings: self.strings,
+            pos: 0,
+            depth: 0,
+            root_seen: false,
+            done: false,
+        }
+    }
+}
+
+/// One token of the structure block (NOPs are skipped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Token<'a> {
+    /// A node begins; its name with the unit address, without NUL.
+    BeginNode(&'a [u8]),
+    /// The innermost open node ends.
+    EndNode,
+    /// A property of the innermost open node.
+    Prop { name: &'a [u8], value: &'a [u8] },
+}
+
+pub(crate) struct Walker<'a> {
+    structs: &'a [u8],
+    strings: &'a [u8],
+    pos: usize,
+    /// Number of open nodes.
+    depth: usize,
+    root_seen: bool,
+    done: bool,
+}
+
+impl<'a> Walker<'a> {
+    /// Nodes open around the next token (1 inside the root).
+    pub(crate) fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// The next token, `None` after FDT_END.
+    pub(crate) fn next_token(&mut self) -> Result<Option<Token<'a>>, FdtError> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let at = self.pos;
+            let bad = FdtError::BadStructure { offset: at };
+            let token = be32(self.structs, at).ok_or(bad)?;
+            let body = at + 4;
+            match token {
+                FDT_NOP => self.pos = body,
+                FDT_BEGIN_NODE => {
+                    if self.depth == 0 && self.root_seen {
+                        return Err(bad);
+                    }
+                    let name =
+                        c_str(self.structs, body).ok_or(FdtError::BadString { offset: at })?;
+                    self.pos = align4(body + name.len() + 1).ok_or(bad)?;
+                    self.depth += 1;
+                    self.root_seen = true;
+                    return Ok(Some(Token::BeginNode(name)));
+                }
+                FDT_END_NODE => {
+                    self.depth = self.depth.checked_sub(1).ok_or(bad)?;
+                    self.pos = body;
+                    return Ok(Some(Token::EndNode));
+                }
+                FDT_PROP => {
+                    if self.depth == 0 {
+                        return Err(bad);
+                    }
+                    let len = be32(self.structs, body).ok_or(bad)? as usize;
+                    let name_off = be32(self.structs, body + 4).ok_or(bad)? as usize;
+                    let start = body + 8;
+                    let end = start.checked_add(len).ok_or(bad)?;
+                    let value = self.structs.get(start..end).ok_or(bad)?;
+                    let name =
+                        c_str(self.strings, name_off).ok_or(FdtError::BadString { offset: at })?;
+                    self.pos = align4(end).ok_or(bad)?;
+                    return Ok(Some(Token::Prop { name, value }));
+                }
+                FDT_END => {
+                    if self.depth != 0 || !self.root_seen {
+                        return Err(bad);
+                    }
+                    self.done = true;
+                    return Ok(None);
+                }
+                _ => return Err(bad),
+            }
+        }
+    }
+}
+
+/// A property value that is one string, compared without its NUL.
+fn string_is(value: &[u8], expected: &[u8]) -> bool {
+    value.strip_suffix(&[0]).unwrap_or(value) == expected
+}
+
+fn cells(value: &[u8]) -> Result<usize, PlatformError> {
+    match value {
+        [a, b, c, d] => Ok(u32::from_be_bytes([*a, *b, *c, *d]) as usize),
+        _ => Err(PlatformError::BadCells),
+    }
+}
+
+/// A big-endian number of `n` 32-bit cells (n is 1 or 2).
+fn read_cells(bytes: &[u8], n: usize) -> u64 {
+    bytes
+        .chunks_exact(4)
+        .take(n)
+        .fold(0, |acc, c| (acc << 32) | u64::from(be32(c, 0).unwrap_or(0)))
+}
+
+/// The (base, size) byte ranges of every available `/memory` node: children
+/// of the root whose `device_type` is "memory" and whose `status`, if any,
+/// is "okay" or "ok"; every pair of their `reg`, decoded with the root's
+/// `#address-cells` and `#size-cells`. Empty ranges are dropped.
+pub(crate) fn memory_ranges(blob: &[u8]) -> Result<Vec<(u64, u64)>, PlatformError> {
+    let fdt = Fdt::new(blob)?;
+    let mut walk = fdt.walk();
+    // DTSpec 2.3.5 defaults.
+    let mut address_cells = 2;
+    let mut size_cells = 1;
+    // Raw `reg` values of memory nodes; decoded once the root's cells are
+    // known (a malformed tree could put them after the children).
+    let mut regs: Vec<Option<&[u8]>> = Vec::new();
+    let mut node_is_memory = false;
+    let mut node_available = true;
+    let mut node_reg = None;
+    loop {
+        let depth = walk.depth();
+        let Some(token) = walk.next_token()? else {
+            break;
+        };
+        match token {
+            Token::Prop { name, value } if depth == 1 => match name {
+                b"#address-cells" => address_cells = cells(value)?,
+                b"#size-cells" => size_cells = cells(value)?,
+                _ => {}
+            },
+            Token::Prop { name, value } if depth == 2 => match name {
+                b"device_type" => node_is_memory = string_is(value, b"memory"),
+                b"status" => node_available = string_is(value, b"okay") || string_is(value, b"ok"),
+                b"reg" => node_reg = Some(value),
+                _ => {}
+            },
+            Token::BeginNode(_) if depth == 1 => {
+                node_is_memory = false;
+                node_available = true;
+                node_reg = None;
+            }
+            Token::EndNode if depth == 2 && node_is_memory && node_available => {
+                regs.push(node_reg);
+            }
+            _ => {}
+        }
+    }
+    if !(1..=2).contains(&address_cells) || !(1..=2).contains(&size_cells) {
+        return Err(PlatformError::BadCells);
+    }
+    let pair = (address_cells + size_cells) * 4;
+    let mut ranges = Vec::new();
+    for reg in regs {
+        let reg = reg.ok_or(PlatformError::BadMemoryReg)?;
+        if reg.is_empty() || !reg.len().is_multiple_of(pair) {
+            return Err(PlatformError::BadMemoryReg);
+        }
+        for entry in reg.chunks_exact(pair) {
+            let (addr, size) = entry.split_at(address_cells * 4);
+            let base = read_cells(addr, address_cells);
+            let size = read_cells(size, size_cells);
+            if size == 0 {
+                continue;
+            }
+            if base.checked_add(size).is_none() {
+                return Err(PlatformError::OutsidePaSpace {
+                    at: Origin::Memory { base },
+                });
+            }
+            ranges.push((base, size));
+        }
+    }
+    if ranges.is_empty() {
+        return Err(PlatformError::NoMemoryNode);
+    }
+    Ok(ranges)
+}
