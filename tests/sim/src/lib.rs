@@ -1,1 +1,344 @@
+//! The hypervisor core on the development machine.
+//!
+//! [`SimMachine`] is a QEMU `virt` board with the core at "EL2": its platform
+//! description comes from a generated device tree plus the project's boot
+//! manifest (the same one the EL2 image uses), its CPU features from the named
+//! QEMU model. Host memory accesses go through the host's stage-2 exactly as
+//! on hardware (a fault asks the core, which maps or refuses), and the test
+//! guest is modelled by [`guest::SimGuest`], which obeys the guest's stage-2.
+//! It implements [`scenario::Machine`], so scenario files run here with the
+//! interpreter the real test host uses.
 
+pub mod guest;
+pub mod maint;
+pub mod mem;
+
+use std::collections::HashMap;
+
+use host_interface::{
+    ExitReason, HostCallId, RunPage, GUEST_IPA_BITS, PAGE_SIZE,
+};
+use hyp::{Access, Hypervisor};
+use pagetables::{Entry, PhysMem};
+use platform::{qemu_virt, CpuFeatures, MemClass, Platform};
+use scenario::{Abort, GuestOp, GuestOutcome, Machine, PageKind};
+
+pub use guest::SimGuest;
+pub use maint::CountingMaintenance;
+pub use mem::SimPhys;
+
+/// The core as the simulator instantiates it.
+pub type SimHyp = Hypervisor<SimPhys, CountingMaintenance>;
+
+/// IPA where `boot` places the test guest (SCENARIOS.md).
+pub const GUEST_BASE_IPA: u64 = 0x4000_0000;
+/// Pages the simulated test guest image occupies.
+pub const GUEST_IMAGE_PAGES: u64 = 16;
+
+/// Bump allocator over one region of the board.
+struct Cursor {
+    next: u64,
+    end: u64,
+}
+
+impl Cursor {
+    fn take(&mut self, pages: u64) -> Option<u64> {
+        let first = self.next;
+        let end = first.checked_add(pages)?;
+        if pages == 0 || end > self.end {
+            return None;
+        }
+        self.next = end;
+        Some(first)
+    }
+}
+
+/// A simulated board running the hypervisor core.
+pub struct SimMachine {
+    hv: SimHyp,
+    phys: SimPhys,
+    mmio: mem::MmioStore,
+    guest: SimGuest,
+    ram: Cursor,
+    coherent: Cursor,
+    mmio_dev: Cursor,
+    mmio_uc: Cursor,
+    hyp_pfn: u64,
+    /// (VM handle, vCPU index) -> run page pfn, learnt from VCPU_CREATE.
+    run_pages: HashMap<(u64, u64), u64>,
+    /// VMs whose test-guest image is in place.
+    booted: HashMap<u64, bool>,
+}
+
+fn region_cursor(p: &Platform, class: MemClass, uncached: Option<bool>, skip_pages: u64) -> Cursor {
+    let r = p
+        .regions()
+        .iter()
+        .find(|r| r.class == class && uncached.is_none_or(|u| r.assignable && r.uncached_ok == u));
+    match r {
+        Some(r) => Cursor { next: r.base_pfn + skip_pages.min(r.nr_pages), end: r.base_pfn + r.nr_pages },
+        None => Cursor { next: 0, end: 0 },
+    }
+}
+
+impl SimMachine {
+    /// A fresh board with the CPU features of QEMU model `model`.
+    pub fn new(model: &str) -> Result<Self, String> {
+        let cpu = platform::qemu_cpu(model, true)
+            .ok_or_else(|| format!("unknown CPU model {model:?} (known: {})", platform::qemu_cpu_models().join(", ")))?;
+        Self::with_features(cpu)
+    }
+
+    /// A fresh board with explicit CPU features.
+    pub fn with_features(cpu: CpuFeatures) -> Result<Self, String> {
+        let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
+        let platform = Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], cpu.pa_bits)
+            .map_err(|e| format!("platform description: {e:?}"))?;
+        let phys = SimPhys::new(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
+        let hyp_region = platform
+            .regions()
+            .iter()
+            .find(|r| r.class == MemClass::Hyp)
+            .copied()
+            .ok_or("no HYP region in the manifest")?;
+        // The first pages stand for the EL2 image; the rest feed the host
+        // stage-2's table pool.
+        let image = 256;
+        let mut pool = (hyp_region.base_pfn + image..hyp_region.base_pfn + hyp_region.nr_pages).map(|p| p << 12);
+        let ram = region_cursor(&platform, MemClass::Ram, None, 0);
+        let coherent = region_cursor(&platform, MemClass::Coherent, None, 0);
+        let mmio_dev = region_cursor(&platform, MemClass::Mmio, Some(false), 0);
+        let mmio_uc = region_cursor(&platform, MemClass::Mmio, Some(true), 0);
+        let hyp_pfn = hyp_region.base_pfn + hyp_region.nr_pages / 2;
+        let hv = Hypervisor::new(platform, cpu, phys.clone(), CountingMaintenance::default(), &mut pool)
+            .map_err(|e| format!("hypervisor init: {e:?}"))?;
+        Ok(Self {
+            hv,
+            phys,
+            mmio: mem::MmioStore::default(),
+            guest: SimGuest::default(),
+            ram,
+            coherent,
+            mmio_dev,
+            mmio_uc,
+            hyp_pfn,
+            run_pages: HashMap::new(),
+            booted: HashMap::new(),
+        })
+    }
+
+    /// The core.
+    pub fn hyp(&self) -> &SimHyp {
+        &self.hv
+    }
+
+    /// The core, mutably (benchmarks and tests drive it directly).
+    pub fn hyp_mut(&mut self) -> &mut SimHyp {
+        &mut self.hv
+    }
+
+    /// Simulated RAM.
+    pub fn phys(&self) -> &SimPhys {
+        &self.phys
+    }
+
+    /// Issue a host call with up to six arguments.
+    pub fn call(&mut self, id: HostCallId, args: &[u64]) -> [u64; 5] {
+        let mut regs = [0u64; 7];
+        regs[0] = u64::from(id.id());
+        for (r, a) in regs[1..].iter_mut().zip(args) {
+            *r = *a;
+        }
+        self.host_call(regs)
+    }
+
+    /// Make sure the host's stage-2 lets it make `access` at `pa`, faulting
+    /// it in through the core as the hardware would.
+    fn host_access(&mut self, pa: u64, access: Access) -> Result<(), Abort> {
+        for _ in 0..2 {
+            if let Entry::Mapped { pa: out, leaf, .. } = self.hv.host_stage2().lookup(pa & !0xfff) {
+                let ok = match access {
+                    Access::Read => leaf.perms.r,
+                    Access::Write => leaf.perms.w,
+                    Access::Exec => leaf.perms.x,
+                };
+                if ok && out == pa & !0xfff {
+                    return Ok(());
+                }
+            }
+            self.hv.host_fault(pa, access).map_err(|_| Abort)?;
+        }
+        Err(Abort)
+    }
+
+    fn mem_read(&self, pa: u64) -> u64 {
+        if self.phys.contains(pa) {
+            hyp::phys::read_u64(&self.phys, pa)
+        } else {
+            self.mmio.read(pa)
+        }
+    }
+
+    fn mem_write(&mut self, pa: u64, v: u64) {
+        if self.phys.contains(pa) {
+            hyp::phys::write_u64(&self.phys, pa, v);
+        } else {
+            self.mmio.write(pa, v);
+        }
+    }
+
+    fn run_field(&self, run_pfn: u64, off: usize) -> u64 {
+        hyp::phys::read_u64(&self.phys, (run_pfn << 12) + off as u64)
+    }
+
+    fn set_run_field(&self, run_pfn: u64, off: usize, v: u64) {
+        hyp::phys::write_u64(&self.phys, (run_pfn << 12) + off as u64, v);
+    }
+
+    /// One VCPU_RUN, interpreted for the scenario interpreter.
+    fn run_once(&mut self, vm: u64, vcpu: u64) -> GuestOutcome {
+        let mut regs = [0u64; 7];
+        regs[0] = u64::from(HostCallId::VcpuRun.id());
+        regs[1] = vm;
+        regs[2] = vcpu;
+        let r = self.hv.host_call(&regs, &mut self.guest).regs;
+        if r[0] != 0 || r[1] != 0 {
+            return GuestOutcome::CallFailed(r);
+        }
+        let Some(&run) = self.run_pages.get(&(vm, vcpu)) else {
+            return GuestOutcome::Error("no run page known for this vCPU".into());
+        };
+        let reason = r[2];
+        match ExitReason::from_u64(reason) {
+            Some(ExitReason::Hvc) => {
+                let a0 = self.run_field(run, core::mem::offset_of!(RunPage, hvc_args));
+                let a1 = self.run_field(run, core::mem::offset_of!(RunPage, hvc_args) + 8);
+                match a0 {
+                    guest::TG_READY => GuestOutcome::Done(0),
+                    guest::TG_DONE => GuestOutcome::Done(a1),
+                    _ => GuestOutcome::Exit { reason, ipa: None },
+                }
+            }
+            Some(ExitReason::Mmio | ExitReason::MemFault) => {
+                let ipa = self.run_field(run, core::mem::offset_of!(RunPage, fault_ipa));
+                GuestOutcome::Exit { reason, ipa: Some(ipa) }
+            }
+            _ => GuestOutcome::Exit { reason, ipa: None },
+        }
+    }
+}
+
+impl Machine for SimMachine {
+    fn begin_file(&mut self, _name: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn end_file(&mut self) {}
+
+    fn host_call(&mut self, regs: [u64; 7]) -> [u64; 5] {
+        let r = self.hv.host_call(&regs, &mut self.guest).regs;
+        // Learn run pages the way a host would: from its own calls.
+        if regs[0] == u64::from(HostCallId::VcpuCreate.id()) && r[0] == 0 && r[1] == 0 {
+            self.run_pages.insert((regs[1], r[2]), regs[2]);
+        }
+        r
+    }
+
+    fn host_read(&mut self, pa: u64) -> Result<u64, Abort> {
+        self.host_access(pa, Access::Read)?;
+        Ok(self.mem_read(pa))
+    }
+
+    fn host_write(&mut self, pa: u64, value: u64) -> Result<(), Abort> {
+        self.host_access(pa, Access::Write)?;
+        self.mem_write(pa, value);
+        Ok(())
+    }
+
+    fn host_fill(&mut self, pa: u64, len: u64, byte: u8) -> Result<(), Abort> {
+        let word = u64::from_ne_bytes([byte; 8]);
+        let mut a = pa & !7;
+        while a < pa + len {
+            self.host_access(a, Access::Write)?;
+            self.mem_write(a, word);
+            a += 8;
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self, kind: PageKind, pages: u64) -> Result<u64, String> {
+        let c = match kind {
+            PageKind::Ram => &mut self.ram,
+            PageKind::Coherent => &mut self.coherent,
+            PageKind::Mmio => &mut self.mmio_dev,
+            PageKind::MmioUc => &mut self.mmio_uc,
+        };
+        c.take(pages).ok_or_else(|| format!("no {pages} free {kind:?} pages left"))
+    }
+
+    fn hyp_pfn(&mut self) -> u64 {
+        self.hyp_pfn
+    }
+
+    fn pa_limit_pfn(&mut self) -> u64 {
+        1u64 << (self.hv.cpu().pa_bits - 12)
+    }
+
+    fn guest_boot(&mut self, vm: u64, vcpu: u64, protected: bool) -> GuestOutcome {
+        let Some(&run) = self.run_pages.get(&(vm, vcpu)) else {
+            return GuestOutcome::Error(format!("vCPU {vcpu} of VM {vm} was not created by this scenario"));
+        };
+        if !self.booted.get(&vm).copied().unwrap_or(false) {
+            let pfn = match self.alloc(PageKind::Ram, GUEST_IMAGE_PAGES) {
+                Ok(p) => p,
+                Err(e) => return GuestOutcome::Error(e),
+            };
+            let id = if protected { HostCallId::GuestDonate } else { HostCallId::GuestShare };
+            let r = self.call(id, &[vm, pfn, GUEST_BASE_IPA >> 12, GUEST_IMAGE_PAGES, host_interface::prot::R | host_interface::prot::W | host_interface::prot::X]);
+            if r[0] != 0 || r[1] != 0 {
+                return GuestOutcome::CallFailed(r);
+            }
+            self.booted.insert(vm, true);
+        }
+        self.set_run_field(run, core::mem::offset_of!(RunPage, entry), GUEST_BASE_IPA);
+        self.set_run_field(run, core::mem::offset_of!(RunPage, x0), 0);
+        self.run_once(vm, vcpu)
+    }
+
+    fn guest_op(&mut self, vm: u64, vcpu: u64, op: GuestOp) -> GuestOutcome {
+        self.guest.post(vm, vcpu, op);
+        self.run_once(vm, vcpu)
+    }
+
+    fn guest_resume(&mut self, vm: u64, vcpu: u64, mmio_read: u64) -> GuestOutcome {
+        if let Some(&run) = self.run_pages.get(&(vm, vcpu)) {
+            self.set_run_field(run, core::mem::offset_of!(RunPage, mmio_read_data), mmio_read);
+            for k in 0..4 {
+                self.set_run_field(run, core::mem::offset_of!(RunPage, hvc_results) + 8 * k, 0);
+            }
+        }
+        self.run_once(vm, vcpu)
+    }
+}
+
+/// The host-physical pages a test may check invariants over: every tracked
+/// region (RAM, COHERENT, assignable MMIO) as (first pfn, count).
+pub fn tracked_ranges(p: &Platform) -> Vec<(u64, u64)> {
+    p.regions()
+        .iter()
+        .filter(|r| r.class != MemClass::Hyp && (r.class != MemClass::Mmio || r.assignable))
+        .map(|r| (r.base_pfn, r.nr_pages))
+        .collect()
+}
+
+/// Size of the guest IPA space in pages.
+pub const GUEST_IPA_PAGES: u64 = 1 << (GUEST_IPA_BITS - 12);
+
+/// Bytes per page.
+pub const PAGE: u64 = PAGE_SIZE;
+
+/// Physical memory helper for callers outside the core.
+pub fn read_phys(phys: &SimPhys, pa: u64) -> u64 {
+    let _ = phys.phys_to_virt(pa);
+    hyp::phys::read_u64(phys, pa)
+}

@@ -1,0 +1,920 @@
+//! The hypervisor's state and every host call of ABI.md section 1.
+//!
+//! Every call follows the same two phases: check everything (in the order of
+//! ABI.md 3.1, reading only the platform description, the CPU features and
+//! the stage-2 tables), then commit. The table pages a commit needs are
+//! counted before the first write, so a commit cannot fail half-way.
+
+use alloc::vec::Vec;
+
+use host_interface::{
+    features as fbits, Errno, HostCall, HostResult, MemClassCode, MemType as AbiMemType, Owner,
+    Prot,
+};
+use pagetables::{Entry, Leaf, Maintenance, MemType, PageState, Perms, PhysMem, Stage2};
+use platform::{CpuFeatures, MemClass, Platform};
+
+use crate::meta::{PageMeta, MAX_SHARE_COUNT};
+use crate::owner::HostAnnotation;
+use crate::phys::{self, PAGE};
+use crate::transitions::{host_may, HostState, Op};
+use crate::vcpu::{NoExecutor, Vcpu, VcpuExecutor};
+
+/// ABI version reported by HYP_VERSION (1.0).
+pub const HYP_VERSION: u64 = 0x1_0000;
+/// Most VMs that exist at once (HYP_FEATURES x3).
+pub const MAX_VMS: usize = 32;
+/// Most vCPUs per VM (HYP_FEATURES x4).
+pub const MAX_VCPUS: usize = 8;
+/// Fewest pages VM_CREATE accepts: the stage-2 root table and one pool page.
+pub const VM_CREATE_MIN_PAGES: u64 = 2;
+
+/// What kind of access the host made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Data read.
+    Read,
+    /// Data write.
+    Write,
+    /// Instruction fetch.
+    Exec,
+}
+
+/// The host touched memory it may not touch: inject an abort at EL1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostAbort;
+
+/// Why the hypervisor could not be set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// Fewer hypervisor pages than the host stage-2 needs.
+    NotEnoughMemory {
+        /// Pages needed.
+        needed: u64,
+        /// Pages given.
+        given: u64,
+    },
+}
+
+/// One VM.
+pub struct Vm<P: PhysMem> {
+    pub(crate) handle: u64,
+    pub(crate) protected: bool,
+    pub(crate) mte: bool,
+    pub(crate) s2: Stage2<P>,
+    pub(crate) vcpus: Vec<Vcpu>,
+    /// The VM hit FATAL: its vCPUs no longer run.
+    pub(crate) dead: bool,
+}
+
+impl<P: PhysMem> Vm<P> {
+    /// The VM's stage-2.
+    pub fn stage2(&self) -> &Stage2<P> {
+        &self.s2
+    }
+    /// The handle the host uses.
+    pub fn handle(&self) -> u64 {
+        self.handle
+    }
+    /// Whether the VM is protected.
+    pub fn protected(&self) -> bool {
+        self.protected
+    }
+}
+
+/// The hypervisor core.
+pub struct Hypervisor<P: PhysMem, M: Maintenance> {
+    pub(crate) platform: Platform,
+    pub(crate) cpu: CpuFeatures,
+    pub(crate) phys: P,
+    pub(crate) mnt: M,
+    pub(crate) host: Stage2<P>,
+    pub(crate) meta: PageMeta,
+    pub(crate) vms: Vec<Option<Vm<P>>>,
+    next_handle: u64,
+    /// Table pages that faults on untracked MMIO may still take from the
+    /// host pool; the rest is kept for tracked memory, whose worst case is
+    /// reserved at boot so that no transition on it can run out.
+    untracked_budget: usize,
+}
+
+/// First error by the per-page precedence of ABI.md 3.1 step 6.
+#[derive(Default)]
+struct Verdict(Option<(u8, Errno)>);
+
+impl Verdict {
+    fn note(&mut self, e: Errno) {
+        let rank = match e {
+            Errno::ENOENT => 0,
+            Errno::EPERM => 1,
+            Errno::EBUSY => 2,
+            Errno::EINVAL => 3,
+            Errno::EEXIST => 4,
+            _ => 5,
+        };
+        if self.0.is_none_or(|(r, _)| rank < r) {
+            self.0 = Some((rank, e));
+        }
+    }
+    fn result(self) -> Result<(), Errno> {
+        match self.0 {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn pa(pfn: u64) -> u64 {
+    pfn << 12
+}
+
+/// Page-table pages a transition on tracked memory may need in the worst
+/// case: one last-level table per 2 MiB, plus the levels above.
+fn worst_case_tables(pages: u64) -> u64 {
+    let l3 = pages.div_ceil(512);
+    l3 + l3.div_ceil(512) + 8
+}
+
+impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
+    /// Set up the hypervisor. `hyp_pages` are free pages of the hypervisor's
+    /// own memory for the host's stage-2 (its root is the first of them).
+    pub fn new(
+        platform: Platform,
+        cpu: CpuFeatures,
+        phys: P,
+        mnt: M,
+        hyp_pages: &mut dyn Iterator<Item = u64>,
+    ) -> Result<Self, InitError> {
+        let needed = worst_case_tables(platform.tracked_pages()) + 1;
+        let root = hyp_pages.next().ok_or(InitError::NotEnoughMemory { needed, given: 0 })?;
+        let mut host = Stage2::new(phys.clone(), root, cpu.pa_bits, cpu.fwb, 0);
+        for p in hyp_pages {
+            host.pool_add(p);
+        }
+        let given = host.pool_len() as u64 + 1;
+        if given < needed {
+            return Err(InitError::NotEnoughMemory { needed, given });
+        }
+        let untracked_budget = (given - needed) as usize;
+        let meta = PageMeta::new(&platform);
+        let mut vms = Vec::with_capacity(MAX_VMS);
+        vms.resize_with(MAX_VMS, || None);
+        Ok(Self {
+            platform,
+            cpu,
+            phys,
+            mnt,
+            host,
+            meta,
+            vms,
+            next_handle: 1,
+            untracked_budget,
+        })
+    }
+
+    /// The platform description.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+    /// The CPU features every CPU has.
+    pub fn cpu(&self) -> &CpuFeatures {
+        &self.cpu
+    }
+    /// The host's stage-2.
+    pub fn host_stage2(&self) -> &Stage2<P> {
+        &self.host
+    }
+    /// Physical memory access.
+    pub fn phys(&self) -> &P {
+        &self.phys
+    }
+    /// The maintenance backend (tests inspect the recorded operations).
+    pub fn maintenance(&mut self) -> &mut M {
+        &mut self.mnt
+    }
+    /// Live VMs.
+    pub fn vms(&self) -> impl Iterator<Item = (usize, &Vm<P>)> {
+        self.vms.iter().enumerate().filter_map(|(i, v)| v.as_ref().map(|v| (i, v)))
+    }
+    /// Bytes of per-page metadata (the benchmark reports it per GiB).
+    pub fn metadata_bytes(&self) -> usize {
+        self.meta.bytes()
+    }
+    /// Share count and pin of a tracked page (for invariant checks).
+    pub fn page_meta(&self, pfn: u64) -> (u16, bool) {
+        let i = self.platform.tracked_index(pfn);
+        (self.meta.share_count(i), self.meta.pinned(i))
+    }
+
+    /// HYP_FEATURES bits.
+    pub fn feature_bits(&self) -> u64 {
+        self.cpu.hyp_feature_bits()
+    }
+
+    // ----------------------------------------------------------------------
+    // Dispatch
+
+    /// Handle one host HVC: `regs` are x0..x6; returns x0..x4. VCPU_RUN runs
+    /// the guest through `exec`.
+    pub fn host_call(&mut self, regs: &[u64; 7], exec: &mut dyn VcpuExecutor<P>) -> HostResult {
+        let call = match HostCall::decode(regs, self.cpu.pa_bits) {
+            Ok(c) => c,
+            Err(host_interface::DecodeError::NotSupported) => return HostResult::not_supported(),
+            Err(host_interface::DecodeError::Invalid) => return HostResult::err(Errno::EINVAL),
+        };
+        let r = match call {
+            HostCall::HypVersion => Ok([HYP_VERSION, 0, 0]),
+            HostCall::HypFeatures => {
+                Ok([self.feature_bits(), MAX_VMS as u64, MAX_VCPUS as u64])
+            }
+            HostCall::PageQuery { pfn } => Ok(self.page_query(pfn)),
+            HostCall::ShareHyp { pfn, nr } => self.share_hyp(pfn, nr).map(|()| [0; 3]),
+            HostCall::UnshareHyp { pfn, nr } => self.unshare_hyp(pfn, nr).map(|()| [0; 3]),
+            HostCall::VmCreate { flags, pfn, nr } => self.vm_create(flags, pfn, nr).map(|h| [h, 0, 0]),
+            HostCall::VmTopup { handle, pfn, nr } => self.vm_topup(handle, pfn, nr).map(|()| [0; 3]),
+            HostCall::VcpuCreate { handle, run_pfn } => {
+                self.vcpu_create(handle, run_pfn).map(|i| [i, 0, 0])
+            }
+            HostCall::VcpuRun { handle, vcpu } => self.vcpu_run(handle, vcpu, exec).map(|r| [r, 0, 0]),
+            HostCall::VmDestroy { handle } => self.vm_destroy(handle).map(|()| [0; 3]),
+            HostCall::Reclaim { pfn, nr } => self.reclaim(pfn, nr).map(|()| [0; 3]),
+            HostCall::GuestShare { handle, pfn, gfn, nr, prot } => {
+                self.guest_share(handle, pfn, gfn, nr, prot).map(|()| [0; 3])
+            }
+            HostCall::GuestUnshare { handle, gfn, nr } => {
+                self.guest_unshare(handle, gfn, nr).map(|()| [0; 3])
+            }
+            HostCall::GuestDonate { handle, pfn, gfn, nr, prot } => {
+                self.guest_donate(handle, pfn, gfn, nr, prot).map(|()| [0; 3])
+            }
+            HostCall::GuestMapDevice { handle, pfn, gfn, nr, prot, memtype } => {
+                self.guest_map_device(handle, pfn, gfn, nr, prot, memtype).map(|()| [0; 3])
+            }
+            HostCall::GuestUnmapDevice { handle, gfn, nr } => {
+                self.guest_unmap_device(handle, gfn, nr).map(|()| [0; 3])
+            }
+        };
+        match r {
+            Ok([a, b, c]) => HostResult::ok(a, b, c),
+            Err(e) => HostResult::err(e),
+        }
+    }
+
+    /// Handle a host call that is not VCPU_RUN (convenience for tests).
+    pub fn host_call_simple(&mut self, regs: &[u64; 7]) -> HostResult {
+        self.host_call(regs, &mut NoExecutor)
+    }
+
+    // ----------------------------------------------------------------------
+    // Host pages
+
+    /// The host's view of one page.
+    pub(crate) fn host_state(&self, pfn: u64) -> HostState {
+        self.host_state_of(pfn, self.host.lookup(pa(pfn)))
+    }
+
+    fn host_state_of(&self, pfn: u64, e: Entry) -> HostState {
+        match e {
+            Entry::Invalid { annotation } => match HostAnnotation::decode(annotation) {
+                HostAnnotation::None => HostState::Owned,
+                HostAnnotation::Hyp => HostState::HypOwned,
+                HostAnnotation::Reclaimable => HostState::Reclaimable,
+                HostAnnotation::Guest(_) => HostState::GuestOwned,
+            },
+            Entry::Mapped { leaf, .. } => match leaf.state {
+                PageState::Owned => HostState::Owned,
+                PageState::SharedOwned => {
+                    if self.meta.share_count(self.platform.tracked_index(pfn)) > 0 {
+                        HostState::SharedGuests
+                    } else {
+                        HostState::SharedHyp
+                    }
+                }
+                PageState::SharedBorrowed => HostState::Borrowed,
+            },
+        }
+    }
+
+    /// Visit every page of [pfn, pfn+nr) with its host state and entry.
+    fn for_host_pages(&self, pfn: u64, nr: u64, f: &mut dyn FnMut(u64, HostState, Entry)) {
+        let _ = self.host.walk(pa(pfn), nr, &mut |ipa, n, e| {
+            for i in 0..n {
+                let p = (ipa >> 12) + i;
+                let e = match e {
+                    Entry::Mapped { pa, leaf, level } => Entry::Mapped { pa: pa + i * PAGE, leaf, level },
+                    inv => inv,
+                };
+                f(p, self.host_state_of(p, e), e);
+            }
+            true
+        });
+    }
+
+    /// The stage-2 leaf the host gets for a page of `class` it owns alone.
+    fn host_private_leaf(class: MemClass) -> Leaf {
+        match class {
+            MemClass::Ram => Leaf {
+                perms: Perms { r: true, w: true, x: true },
+                memtype: MemType::Stage1,
+                state: PageState::Owned,
+            },
+            MemClass::Coherent => Leaf {
+                perms: Perms { r: true, w: true, x: true },
+                memtype: MemType::NormalWb,
+                state: PageState::Owned,
+            },
+            MemClass::Mmio | MemClass::Hyp => Leaf {
+                perms: Perms { r: true, w: true, x: false },
+                memtype: MemType::Device,
+                state: PageState::Owned,
+            },
+        }
+    }
+
+    /// The leaf of a page the host shares out (or borrows), with the type
+    /// every mapping of it uses: forced, so a host stage-1 cannot weaken it.
+    fn host_shared_leaf(class: MemClass, memtype: MemType, state: PageState) -> Leaf {
+        let cacheable = matches!(memtype, MemType::NormalWb | MemType::Stage1);
+        Leaf {
+            perms: Perms {
+                r: true,
+                w: true,
+                x: cacheable && class != MemClass::Mmio && state != PageState::SharedBorrowed,
+            },
+            memtype: if memtype == MemType::Stage1 { MemType::NormalWb } else { memtype },
+            state,
+        }
+    }
+
+    fn class_of(&self, pfn: u64, nr: u64) -> Result<(MemClass, Option<usize>), Errno> {
+        self.platform.range_class(pfn, nr).map_err(|()| Errno::EINVAL)
+    }
+
+    fn require_ram(&self, pfn: u64, nr: u64) -> Result<(), Errno> {
+        match self.class_of(pfn, nr)? {
+            (MemClass::Ram, _) => Ok(()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Host pages needed in the host pool for an update of [pfn, pfn+nr).
+    fn host_tables(&self, pfn: u64, nr: u64, blocks: bool) -> usize {
+        self.host.tables_needed(pa(pfn), nr, blocks)
+    }
+
+    fn check_host_pool(&self, needed: usize) -> Result<(), Errno> {
+        if needed > self.host.pool_len() {
+            Err(Errno::ENOMEM)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Write host stage-2 entries. The caller counted the tables beforehand,
+    /// so a failure here is a bookkeeping bug: the state stays consistent
+    /// (pagetables writes nothing on NoMem) and the call reports -ENOMEM.
+    fn host_map(&mut self, pfn: u64, nr: u64, leaf: Leaf, blocks: bool) -> Result<(), Errno> {
+        self.host
+            .map(pa(pfn), pa(pfn), nr, leaf, blocks, &mut self.mnt)
+            .map_err(|_| Errno::ENOMEM)
+    }
+
+    fn host_unmap(&mut self, pfn: u64, nr: u64, a: HostAnnotation) -> Result<(), Errno> {
+        self.host
+            .set_invalid(pa(pfn), nr, a.encode(), &mut self.mnt)
+            .map_err(|_| Errno::ENOMEM)
+    }
+
+    /// PAGE_QUERY: owner, host state and memory class of one page.
+    fn page_query(&self, pfn: u64) -> [u64; 3] {
+        let (class, _) = self.platform.classify(pfn);
+        let class_code = match class {
+            MemClass::Ram => MemClassCode::Ram,
+            MemClass::Mmio => MemClassCode::Mmio,
+            MemClass::Coherent => MemClassCode::Coherent,
+            MemClass::Hyp => MemClassCode::Hyp,
+        } as u64;
+        use host_interface::HostState as Q;
+        let (owner, state) = match class {
+            MemClass::Hyp => (Owner::Hyp, Q::NoPage),
+            _ => match self.host_state(pfn) {
+                HostState::Owned => (Owner::Host, Q::Owned),
+                HostState::SharedHyp | HostState::SharedGuests => (Owner::Host, Q::SharedOwned),
+                HostState::Borrowed => (Owner::Guest, Q::SharedBorrowed),
+                HostState::HypOwned => (Owner::Hyp, Q::NoPage),
+                HostState::GuestOwned => (Owner::Guest, Q::NoPage),
+                HostState::Reclaimable => (Owner::None, Q::NoPage),
+            },
+        };
+        [owner as u64, state as u64, class_code]
+    }
+
+    /// Check that every page of the range is in a state `op` accepts.
+    fn check_host_states(&self, op: Op, pfn: u64, nr: u64, v: &mut Verdict) {
+        self.for_host_pages(pfn, nr, &mut |_, s, _| {
+            if !host_may(op, s) {
+                v.note(Errno::EPERM);
+            }
+        });
+    }
+
+    // ----------------------------------------------------------------------
+    // Host faults
+
+    /// The host touched `pa_addr` and its stage-2 had no mapping that allows
+    /// the access. Map it if the host may touch it, else ask for an abort.
+    pub fn host_fault(&mut self, pa_addr: u64, access: Access) -> Result<(), HostAbort> {
+        let pfn = pa_addr >> 12;
+        if self.platform.pa_bits() < 64 && pa_addr >> self.platform.pa_bits() != 0 {
+            return Err(HostAbort);
+        }
+        let (class, region) = self.platform.classify(pfn);
+        if class == MemClass::Hyp {
+            return Err(HostAbort);
+        }
+        match self.host.lookup(pa(pfn)) {
+            Entry::Mapped { leaf, .. } => {
+                let ok = match access {
+                    Access::Read => leaf.perms.r,
+                    Access::Write => leaf.perms.w,
+                    Access::Exec => leaf.perms.x,
+                };
+                // Already mapped (another CPU won the race): retry, or refuse.
+                if ok {
+                    Ok(())
+                } else {
+                    Err(HostAbort)
+                }
+            }
+            Entry::Invalid { annotation } if annotation != 0 => Err(HostAbort),
+            Entry::Invalid { .. } => {
+                let leaf = Self::host_private_leaf(class);
+                if access == Access::Exec && !leaf.perms.x {
+                    return Err(HostAbort);
+                }
+                // A whole 2 MiB of one region, all untouched: one block.
+                let block = pfn & !511;
+                let uniform = class != MemClass::Mmio
+                    && self.platform.range_class(block, 512).ok() == Some((class, region))
+                    && {
+                        let mut all = true;
+                        let _ = self.host.walk(pa(block), 512, &mut |_, _, e| {
+                            all &= e == Entry::Invalid { annotation: 0 };
+                            all
+                        });
+                        all
+                    };
+                let (start, n) = if uniform { (block, 512) } else { (pfn, 1) };
+                let needed = self.host.tables_needed(pa(start), n, true);
+                let tracked = self.platform.tracked_index(pfn).is_some();
+                if !tracked {
+                    if needed > self.untracked_budget {
+                        return Err(HostAbort);
+                    }
+                    self.untracked_budget -= needed;
+                }
+                self.host_map(start, n, leaf, true).map_err(|_| HostAbort)
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // Sharing with the hypervisor
+
+    fn share_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
+        self.require_ram(pfn, nr)?;
+        let mut v = Verdict::default();
+        self.check_host_states(Op::ShareHyp, pfn, nr, &mut v);
+        v.result()?;
+        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+        let leaf = Self::host_shared_leaf(MemClass::Ram, MemType::NormalWb, PageState::SharedOwned);
+        self.host_map(pfn, nr, leaf, true)
+    }
+
+    fn unshare_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
+        self.require_ram(pfn, nr)?;
+        let mut v = Verdict::default();
+        self.for_host_pages(pfn, nr, &mut |p, s, _| {
+            if !host_may(Op::UnshareHyp, s) {
+                v.note(Errno::EPERM);
+            } else if self.meta.pinned(self.platform.tracked_index(p)) {
+                v.note(Errno::EBUSY);
+            }
+        });
+        v.result()?;
+        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+        self.host_unmap(pfn, nr, HostAnnotation::None)
+    }
+
+    // ----------------------------------------------------------------------
+    // VM lifecycle
+
+    pub(crate) fn vm_slot(&self, handle: u64) -> Result<usize, Errno> {
+        self.vms
+            .iter()
+            .position(|v| v.as_ref().is_some_and(|v| v.handle == handle))
+            .ok_or(Errno::ENOENT)
+    }
+
+    pub(crate) fn vm(&self, slot: usize) -> Result<&Vm<P>, Errno> {
+        self.vms.get(slot).and_then(Option::as_ref).ok_or(Errno::ENOENT)
+    }
+
+    pub(crate) fn vm_mut(&mut self, slot: usize) -> Result<&mut Vm<P>, Errno> {
+        self.vms.get_mut(slot).and_then(Option::as_mut).ok_or(Errno::ENOENT)
+    }
+
+    /// A VM's stage-2 together with the maintenance backend, for writes.
+    pub(crate) fn guest_s2(&mut self, slot: usize) -> Result<(&mut Stage2<P>, &mut M), Errno> {
+        let vm = self.vms.get_mut(slot).and_then(Option::as_mut).ok_or(Errno::ENOENT)?;
+        Ok((&mut vm.s2, &mut self.mnt))
+    }
+
+    fn vm_create(&mut self, flags: u64, pfn: u64, nr: u64) -> Result<u64, Errno> {
+        let mte = flags & host_interface::vm_flags::MTE != 0;
+        if mte && !self.cpu.mte {
+            return Err(Errno::EINVAL);
+        }
+        self.require_ram(pfn, nr)?;
+        let mut v = Verdict::default();
+        self.check_host_states(Op::DonateHyp, pfn, nr, &mut v);
+        v.result()?;
+        let slot = self.vms.iter().position(Option::is_none).ok_or(Errno::ENOMEM)?;
+        if nr < VM_CREATE_MIN_PAGES {
+            return Err(Errno::ENOMEM);
+        }
+        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+        self.host_unmap(pfn, nr, HostAnnotation::Hyp)?;
+        // VMID 0 is the host's.
+        let vmid = (slot + 1) as u16;
+        let mut s2 = Stage2::new(
+            self.phys.clone(),
+            pa(pfn),
+            host_interface::GUEST_IPA_BITS,
+            self.cpu.fwb,
+            vmid,
+        );
+        for p in pfn + 1..pfn + nr {
+            s2.pool_add(pa(p));
+        }
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        self.vms[slot] = Some(Vm {
+            handle,
+            protected: flags & host_interface::vm_flags::PROTECTED != 0,
+            mte,
+            s2,
+            vcpus: Vec::new(),
+            dead: false,
+        });
+        Ok(handle)
+    }
+
+    fn vm_topup(&mut self, handle: u64, pfn: u64, nr: u64) -> Result<(), Errno> {
+        let slot = self.vm_slot(handle)?;
+        self.require_ram(pfn, nr)?;
+        let mut v = Verdict::default();
+        self.check_host_states(Op::DonateHyp, pfn, nr, &mut v);
+        v.result()?;
+        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+        self.host_unmap(pfn, nr, HostAnnotation::Hyp)?;
+        let vm = self.vm_mut(slot)?;
+        for p in pfn..pfn + nr {
+            vm.s2.pool_add(pa(p));
+        }
+        Ok(())
+    }
+
+    fn vcpu_create(&mut self, handle: u64, run_pfn: u64) -> Result<u64, Errno> {
+        let slot = self.vm_slot(handle)?;
+        self.require_ram(run_pfn, 1)?;
+        if !host_may(Op::PinRunPage, self.host_state(run_pfn)) {
+            return Err(Errno::EPERM);
+        }
+        let idx = self.platform.tracked_index(run_pfn);
+        if self.meta.pinned(idx) {
+            return Err(Errno::EBUSY);
+        }
+        let vm = self.vm_mut(slot)?;
+        if vm.vcpus.len() >= MAX_VCPUS {
+            return Err(Errno::ENOMEM);
+        }
+        // The vCPU's saved state lives in a page of the VM's own pool.
+        let ctx_page = vm.s2.pool_take().ok_or(Errno::ENOMEM)?;
+        let index = vm.vcpus.len() as u64;
+        vm.vcpus.push(Vcpu::new(run_pfn, ctx_page, index));
+        self.meta.set_pinned(idx, true);
+        Ok(index)
+    }
+
+    fn vm_destroy(&mut self, handle: u64) -> Result<(), Errno> {
+        let slot = self.vm_slot(handle)?;
+        let vm = self.vm(slot)?;
+        if vm.vcpus.iter().any(|c| c.running) {
+            return Err(Errno::EBUSY);
+        }
+        // Collect the guest's mappings first, then release them.
+        let mut maps: Vec<(u64, u64, PageState)> = Vec::new();
+        let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
+        let _ = vm.s2.walk(0, ipa_pages, &mut |_, n, e| {
+            if let Entry::Mapped { pa, leaf, .. } = e {
+                maps.push((pa >> 12, n, leaf.state));
+            }
+            true
+        });
+        let Some(vm) = self.vms.get_mut(slot).and_then(Option::take) else {
+            return Err(Errno::ENOENT);
+        };
+        for (pfn, n, state) in maps {
+            let (class, _) = self.platform.classify(pfn);
+            match state {
+                PageState::Owned | PageState::SharedOwned => {
+                    // Guest memory (and pages it shared back) must be scrubbed
+                    // before the host sees it again; device registers go back
+                    // untouched.
+                    let a = if class == MemClass::Mmio {
+                        HostAnnotation::None
+                    } else {
+                        HostAnnotation::Reclaimable
+                    };
+                    let _ = self.host_unmap(pfn, n, a);
+                }
+                PageState::SharedBorrowed => {
+                    for p in pfn..pfn + n {
+                        if self.meta.share_dec(self.platform.tracked_index(p)) == 0 {
+                            let _ = self.host_unmap(p, 1, HostAnnotation::None);
+                        }
+                    }
+                }
+            }
+        }
+        let mut released: Vec<u64> = Vec::new();
+        for c in &vm.vcpus {
+            self.meta.set_pinned(self.platform.tracked_index(c.run_pfn), false);
+            released.push(c.ctx_page);
+        }
+        vm.s2.destroy(&mut |p| released.push(p));
+        self.mnt.tlbi_vmid((slot + 1) as u16);
+        for p in released {
+            let _ = self.host_unmap(p >> 12, 1, HostAnnotation::Reclaimable);
+        }
+        Ok(())
+    }
+
+    fn reclaim(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
+        match self.class_of(pfn, nr)? {
+            (MemClass::Ram | MemClass::Coherent, _) => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        let mut v = Verdict::default();
+        self.check_host_states(Op::Reclaim, pfn, nr, &mut v);
+        v.result()?;
+        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+        for p in pfn..pfn + nr {
+            phys::zero_page(&self.phys, pa(p));
+            self.mnt.dcache_clean_inval_poc(pa(p), PAGE);
+        }
+        self.mnt.dsb();
+        self.host_unmap(pfn, nr, HostAnnotation::None)
+    }
+
+    // ----------------------------------------------------------------------
+    // Memory into guests
+
+    /// Check that no gfn of the range is mapped (-EEXIST).
+    fn check_gfns_free(s2: &Stage2<P>, gfn: u64, nr: u64, v: &mut Verdict) {
+        let _ = s2.walk(pa(gfn), nr, &mut |_, _, e| {
+            if matches!(e, Entry::Mapped { .. }) {
+                v.note(Errno::EEXIST);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    fn check_guest_pool(s2: &Stage2<P>, gfn: u64, nr: u64) -> Result<(), Errno> {
+        if s2.tables_needed(pa(gfn), nr, false) > s2.pool_len() {
+            Err(Errno::ENOMEM)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Cache maintenance before memory goes live in a guest (D9, and the
+    /// clean to PoC a guest running with its MMU off needs without FWB).
+    fn prepare_for_guest(&mut self, pfn: u64, nr: u64, exec: bool) {
+        if !self.cpu.fwb || (exec && !self.cpu.idc) {
+            self.mnt.dcache_clean_inval_poc(pa(pfn), nr * PAGE);
+            self.mnt.dsb();
+        }
+        if exec && !self.cpu.dic {
+            self.mnt.icache_inval_pou();
+        }
+    }
+
+    fn guest_leaf(prot: Prot, memtype: MemType, state: PageState) -> Leaf {
+        Leaf { perms: Perms { r: prot.r(), w: prot.w(), x: prot.x() }, memtype, state }
+    }
+
+    fn guest_share(&mut self, handle: u64, pfn: u64, gfn: u64, nr: u64, prot: Prot) -> Result<(), Errno> {
+        let slot = self.vm_slot(handle)?;
+        self.require_ram(pfn, nr)?;
+        let vm = self.vm(slot)?;
+        let mut v = Verdict::default();
+        if vm.protected {
+            v.note(Errno::EPERM);
+        }
+        self.for_host_pages(pfn, nr, &mut |p, s, _| {
+            if !host_may(Op::GuestShare, s) {
+                v.note(Errno::EPERM);
+            } else if self.meta.share_count(self.platform.tracked_index(p)) >= MAX_SHARE_COUNT {
+                v.note(Errno::EBUSY);
+            }
+        });
+        Self::check_gfns_free(&vm.s2, gfn, nr, &mut v);
+        v.result()?;
+        Self::check_guest_pool(&vm.s2, gfn, nr)?;
+        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+
+        let leaf = Self::host_shared_leaf(MemClass::Ram, MemType::NormalWb, PageState::SharedOwned);
+        self.host_map(pfn, nr, leaf, true)?;
+        for p in pfn..pfn + nr {
+            self.meta.share_inc(self.platform.tracked_index(p));
+        }
+        self.prepare_for_guest(pfn, nr, prot.x());
+        let gleaf = Self::guest_leaf(prot, MemType::NormalWb, PageState::SharedBorrowed);
+        let (s2, mnt) = self.guest_s2(slot)?;
+        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt).map_err(|_| Errno::ENOMEM)
+    }
+
+    fn guest_donate(&mut self, handle: u64, pfn: u64, gfn: u64, nr: u64, prot: Prot) -> Result<(), Errno> {
+        let slot = self.vm_slot(handle)?;
+        self.require_ram(pfn, nr)?;
+        let vm = self.vm(slot)?;
+        let mut v = Verdict::default();
+        self.check_host_states(Op::GuestDonate, pfn, nr, &mut v);
+        Self::check_gfns_free(&vm.s2, gfn, nr, &mut v);
+        v.result()?;
+        Self::check_guest_pool(&vm.s2, gfn, nr)?;
+        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+
+        self.host_unmap(pfn, nr, HostAnnotation::Guest(slot))?;
+        self.prepare_for_guest(pfn, nr, prot.x());
+        let gleaf = Self::guest_leaf(prot, MemType::NormalWb, PageState::Owned);
+        let (s2, mnt) = self.guest_s2(slot)?;
+        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt).map_err(|_| Errno::ENOMEM)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn guest_map_device(
+        &mut self,
+        handle: u64,
+        pfn: u64,
+        gfn: u64,
+        nr: u64,
+        prot: Prot,
+        memtype: AbiMemType,
+    ) -> Result<(), Errno> {
+        let slot = self.vm_slot(handle)?;
+        let vm = self.vm(slot)?;
+        let (protected, mte) = (vm.protected, vm.mte);
+        // Step 4: class and type.
+        let (class, region) = self.class_of(pfn, nr)?;
+        let mt = match (class, memtype) {
+            (MemClass::Ram | MemClass::Hyp, _) => return Err(Errno::EINVAL), // D1
+            (MemClass::Mmio, _) if !region.is_some_and(|r| self.platform.regions()[r].assignable) => {
+                return Err(Errno::EINVAL)
+            }
+            (MemClass::Mmio, AbiMemType::Device) => MemType::Device,
+            (MemClass::Mmio, AbiMemType::NormalNc)
+                if region.is_some_and(|r| self.platform.regions()[r].uncached_ok) =>
+            {
+                MemType::NormalNc
+            }
+            (MemClass::Mmio, _) => return Err(Errno::EINVAL), // D2
+            (MemClass::Coherent, AbiMemType::NormalWb) => MemType::NormalWb,
+            (MemClass::Coherent, _) => return Err(Errno::EINVAL), // D5
+        };
+        if mte {
+            return Err(Errno::EINVAL); // D8
+        }
+        // Step 5: D3, then D4.
+        if mt == MemType::NormalWb && !self.cpu.cacheable_device() {
+            return Err(Errno::EFAULT);
+        }
+        if prot.x() && mt != MemType::NormalWb {
+            return Err(Errno::ENOEXEC);
+        }
+        // Step 6: per page.
+        let op = if protected { Op::MapDeviceProtected } else { Op::MapDeviceNormal };
+        let mut v = Verdict::default();
+        self.for_host_pages(pfn, nr, &mut |p, s, e| {
+            if !host_may(op, s) {
+                v.note(Errno::EPERM);
+                return;
+            }
+            if self.meta.share_count(self.platform.tracked_index(p)) >= MAX_SHARE_COUNT {
+                v.note(Errno::EBUSY);
+            }
+            // D7: a page already mapped in guests keeps its one type.
+            if s == HostState::SharedGuests {
+                if let Entry::Mapped { leaf, .. } = e {
+                    if leaf.memtype != mt {
+                        v.note(Errno::EINVAL);
+                    }
+                }
+            }
+        });
+        Self::check_gfns_free(&self.vm(slot)?.s2, gfn, nr, &mut v);
+        v.result()?;
+        Self::check_guest_pool(&self.vm(slot)?.s2, gfn, nr)?;
+        self.check_host_pool(self.host_tables(pfn, nr, mt == MemType::NormalWb))?;
+
+        let state = if protected {
+            self.host_unmap(pfn, nr, HostAnnotation::Guest(slot))?;
+            PageState::Owned
+        } else {
+            let leaf = Self::host_shared_leaf(class, mt, PageState::SharedOwned);
+            self.host_map(pfn, nr, leaf, mt == MemType::NormalWb)?;
+            for p in pfn..pfn + nr {
+                self.meta.share_inc(self.platform.tracked_index(p));
+            }
+            PageState::SharedBorrowed
+        };
+        if mt == MemType::NormalWb {
+            self.prepare_for_guest(pfn, nr, prot.x());
+        }
+        let gleaf = Self::guest_leaf(prot, mt, state);
+        let (s2, mnt) = self.guest_s2(slot)?;
+        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt).map_err(|_| Errno::ENOMEM)
+    }
+
+    /// Shared body of GUEST_UNSHARE and GUEST_UNMAP_DEVICE: each undoes only
+    /// its own kind of mapping (`device` says which).
+    fn guest_unborrow(&mut self, handle: u64, gfn: u64, nr: u64, device: bool) -> Result<(), Errno> {
+        let slot = self.vm_slot(handle)?;
+        let vm = self.vm(slot)?;
+        let mut v = Verdict::default();
+        let mut pages: Vec<(u64, u64)> = Vec::new();
+        let _ = vm.s2.walk(pa(gfn), nr, &mut |ipa, n, e| {
+            match e {
+                Entry::Invalid { .. } => v.note(Errno::ENOENT),
+                Entry::Mapped { pa: p, leaf, .. } => {
+                    let (class, _) = self.platform.classify(p >> 12);
+                    let is_device = class != MemClass::Ram;
+                    if vm.protected && device
+                        || leaf.state != PageState::SharedBorrowed
+                        || is_device != device
+                    {
+                        v.note(Errno::EPERM);
+                    }
+                    for i in 0..n {
+                        pages.push(((ipa >> 12) + i, (p >> 12) + i));
+                    }
+                }
+            }
+            true
+        });
+        v.result()?;
+        let host_need: usize = pages
+            .iter()
+            .map(|&(_, p)| self.host_tables(p, 1, false))
+            .sum();
+        self.check_host_pool(host_need)?;
+        if vm.s2.tables_needed(pa(gfn), nr, false) > vm.s2.pool_len() {
+            return Err(Errno::ENOMEM);
+        }
+        let (s2, mnt) = self.guest_s2(slot)?;
+        s2.set_invalid(pa(gfn), nr, 0, mnt).map_err(|_| Errno::ENOMEM)?;
+        for (_, p) in pages {
+            if self.meta.share_dec(self.platform.tracked_index(p)) == 0 {
+                // Back to the host alone, with its class's own type (D7).
+                self.host_unmap(p, 1, HostAnnotation::None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn guest_unshare(&mut self, handle: u64, gfn: u64, nr: u64) -> Result<(), Errno> {
+        self.guest_unborrow(handle, gfn, nr, false)
+    }
+
+    fn guest_unmap_device(&mut self, handle: u64, gfn: u64, nr: u64) -> Result<(), Errno> {
+        self.guest_unborrow(handle, gfn, nr, true)
+    }
+}
+
+/// HYP_FEATURES bit names, for banners.
+pub fn feature_names(bits: u64) -> impl Iterator<Item = &'static str> {
+    [
+        (fbits::FWB, "FWB"),
+        (fbits::DIC, "DIC"),
+        (fbits::IDC, "IDC"),
+        (fbits::MTE, "MTE"),
+        (fbits::CACHEABLE_DEVICE, "CACHEABLE_DEVICE"),
+    ]
+    .into_iter()
+    .filter(move |(b, _)| bits & b != 0)
+    .map(|(_, n)| n)
+}

@@ -1,0 +1,565 @@
+//! vCPUs: VCPU_RUN, the traps a running guest takes to EL2, the guest calls
+//! of ABI.md section 2 the hypervisor answers itself, and the exits of 2.3.
+//!
+//! Running guest code is behind [`VcpuExecutor`]: the EL2 image enters the
+//! guest through a world switch, the simulator through a model of the test
+//! guest. Everything a trap means is decided here, once, for both.
+
+use core::mem::offset_of;
+
+use host_interface::{
+    fault_flags, features, is_host_call_range, psci, Errno, ExitReason, GuestCallId, RunPage,
+    KVM_FEATURES_BITMAP, KVM_UID, PSCI_VERSION_1_1, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED,
+    SMCCC_VERSION_1_1,
+};
+use pagetables::{Entry, Maintenance, PageState, PhysMem, Stage2};
+use platform::MemClass;
+
+use crate::hypervisor::Hypervisor;
+use crate::owner::{HostAnnotation, GUEST_MMIO_GUARD};
+use crate::phys::{run_read, run_write};
+
+/// General-purpose state of a vCPU that the hypervisor keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuContext {
+    /// x0..x30.
+    pub x: [u64; 31],
+    /// Program counter (ELR_EL2 at a trap).
+    pub pc: u64,
+}
+
+/// Why a running guest came back to EL2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trap {
+    /// HVC: function ID and arguments in x0..x6, pc already past the HVC.
+    Hvc,
+    /// Stage-2 data abort at `ipa` (translation or permission fault), pc at
+    /// the faulting instruction. `reg` is the transfer register (31 = xzr).
+    DataAbort {
+        /// Faulting IPA (byte address).
+        ipa: u64,
+        /// Write access.
+        write: bool,
+        /// Access size in bytes.
+        size: u8,
+        /// Register transferred.
+        reg: u8,
+        /// ESR_EL2 as the hardware reported it.
+        esr: u64,
+    },
+    /// Stage-2 instruction abort at `ipa`.
+    InstAbort {
+        /// Faulting IPA.
+        ipa: u64,
+        /// ESR_EL2.
+        esr: u64,
+    },
+    /// WFI/WFE, pc at the instruction.
+    Wfi,
+    /// A physical interrupt for the host.
+    Irq,
+    /// Something the hypervisor cannot continue from.
+    Fatal,
+}
+
+/// What a running guest may look at: its own stage-2 and memory.
+pub struct GuestView<'a, P: PhysMem> {
+    /// The VM's stage-2.
+    pub s2: &'a Stage2<P>,
+    /// Physical memory.
+    pub phys: &'a P,
+    /// Whether the VM is protected.
+    pub protected: bool,
+}
+
+/// Runs guest code until it traps.
+pub trait VcpuExecutor<P: PhysMem> {
+    /// Enter the vCPU `vcpu` of VM `handle` with `ctx`; return at the next trap.
+    fn enter(&mut self, handle: u64, vcpu: u64, view: GuestView<'_, P>, ctx: &mut VcpuContext) -> Trap;
+}
+
+/// An executor with no guest: every entry comes straight back as an
+/// interrupt. For callers that never run vCPUs.
+pub struct NoExecutor;
+
+impl<P: PhysMem> VcpuExecutor<P> for NoExecutor {
+    fn enter(&mut self, _: u64, _: u64, _: GuestView<'_, P>, _: &mut VcpuContext) -> Trap {
+        Trap::Irq
+    }
+}
+
+/// What the next VCPU_RUN must complete before re-entering the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pending {
+    None,
+    MmioRead { reg: u8, size: u8 },
+    MmioWrite,
+    MemFault { ipa: u64, reg: u8, size: u8, write: bool, emulatable: bool },
+    Hvc,
+}
+
+/// One vCPU.
+pub struct Vcpu {
+    pub(crate) run_pfn: u64,
+    pub(crate) ctx_page: u64,
+    pub(crate) ctx: VcpuContext,
+    pub(crate) started: bool,
+    pub(crate) running: bool,
+    pub(crate) powered: bool,
+    pub(crate) pending: Pending,
+}
+
+impl Vcpu {
+    pub(crate) fn new(run_pfn: u64, ctx_page: u64, _index: u64) -> Self {
+        Self {
+            run_pfn,
+            ctx_page,
+            ctx: VcpuContext::default(),
+            started: false,
+            running: false,
+            powered: true,
+            pending: Pending::None,
+        }
+    }
+}
+
+/// Guest exits end the run; everything else goes back into the guest.
+enum Next {
+    Continue,
+    Exit(ExitReason),
+}
+
+/// Traps handled at EL2 in one VCPU_RUN before it counts as an interrupt
+/// (the simulator's stand-in for the host's timer tick).
+const MAX_TRAPS_PER_RUN: usize = 4096;
+
+const IPA_LIMIT: u64 = 1 << host_interface::GUEST_IPA_BITS;
+
+fn size_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
+    }
+}
+
+macro_rules! run_off {
+    ($f:ident) => {
+        offset_of!(RunPage, $f)
+    };
+}
+
+impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
+    /// VCPU_RUN: run vCPU `vcpu` of VM `handle` until an exit for the host.
+    pub(crate) fn vcpu_run(
+        &mut self,
+        handle: u64,
+        vcpu: u64,
+        exec: &mut dyn VcpuExecutor<P>,
+    ) -> Result<u64, Errno> {
+        let slot = self.vm_slot(handle)?;
+        let i = usize::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
+        let vm = self.vm(slot)?;
+        let c = vm.vcpus.get(i).ok_or(Errno::ENOENT)?;
+        if c.running {
+            return Err(Errno::EBUSY);
+        }
+        let run_pfn = c.run_pfn;
+        if vm.dead {
+            run_write(&self.phys, run_pfn, run_off!(exit_reason), ExitReason::Fatal as u64);
+            return Ok(ExitReason::Fatal as u64);
+        }
+        let mut ctx = c.ctx;
+        if !c.started {
+            let entry = run_read(&self.phys, run_pfn, run_off!(entry));
+            let x0 = run_read(&self.phys, run_pfn, run_off!(x0));
+            if vm.protected && !Self::guest_owns(&vm.s2, entry) {
+                return Err(Errno::EPERM);
+            }
+            ctx = VcpuContext::default();
+            ctx.pc = entry;
+            ctx.x[0] = x0;
+        } else {
+            self.complete_pending(slot, i, &mut ctx);
+        }
+        let vm = self.vm_mut(slot)?;
+        let c = &mut vm.vcpus[i];
+        c.started = true;
+        c.pending = Pending::None;
+        if !c.powered {
+            c.ctx = ctx;
+            run_write(&self.phys, run_pfn, run_off!(exit_reason), ExitReason::Wfi as u64);
+            return Ok(ExitReason::Wfi as u64);
+        }
+        c.running = true;
+        let mut reason = ExitReason::Interrupted;
+        for _ in 0..MAX_TRAPS_PER_RUN {
+            let Some(vm) = self.vms.get_mut(slot).and_then(Option::as_mut) else {
+                break;
+            };
+            let view = GuestView { s2: &vm.s2, phys: &self.phys, protected: vm.protected };
+            let trap = exec.enter(handle, vcpu, view, &mut ctx);
+            match self.handle_trap(slot, i, run_pfn, trap, &mut ctx) {
+                Next::Continue => {}
+                Next::Exit(r) => {
+                    reason = r;
+                    break;
+                }
+            }
+        }
+        run_write(&self.phys, run_pfn, run_off!(exit_reason), reason as u64);
+        if let Ok(vm) = self.vm_mut(slot) {
+            let c = &mut vm.vcpus[i];
+            c.running = false;
+            c.ctx = ctx;
+        }
+        Ok(reason as u64)
+    }
+
+    /// Whether `ipa` lies in memory the VM owns (OWNED or SHARED_OWNED RAM).
+    fn guest_owns(s2: &Stage2<P>, ipa: u64) -> bool {
+        ipa < IPA_LIMIT
+            && matches!(
+                s2.lookup(ipa & !0xfff),
+                Entry::Mapped { leaf, .. }
+                    if matches!(leaf.state, PageState::Owned | PageState::SharedOwned)
+            )
+    }
+
+    /// Finish the access or call that the last exit left to the host.
+    fn complete_pending(&mut self, slot: usize, i: usize, ctx: &mut VcpuContext) {
+        let Ok(vm) = self.vm(slot) else { return };
+        let c = &vm.vcpus[i];
+        let run_pfn = c.run_pfn;
+        let read_data = |size: u8| run_read(&self.phys, run_pfn, run_off!(mmio_read_data)) & size_mask(size);
+        match c.pending {
+            Pending::None => {}
+            Pending::MmioRead { reg, size } => {
+                if let Some(r) = ctx.x.get_mut(usize::from(reg)) {
+                    *r = read_data(size);
+                }
+                ctx.pc = ctx.pc.wrapping_add(4);
+            }
+            Pending::MmioWrite => ctx.pc = ctx.pc.wrapping_add(4),
+            Pending::Hvc => {
+                for k in 0..4 {
+                    ctx.x[k] = run_read(&self.phys, run_pfn, run_off!(hvc_results) + 8 * k);
+                }
+            }
+            Pending::MemFault { ipa, reg, size, write, emulatable } => {
+                // A normal VM's host may have emulated the access (ABI.md
+                // 2.2): if it mapped nothing there, complete it like MMIO;
+                // otherwise the guest retries the access.
+                let still_unmapped = matches!(vm.s2.lookup(ipa & !0xfff), Entry::Invalid { .. });
+                if emulatable && still_unmapped {
+                    if !write {
+                        if let Some(r) = ctx.x.get_mut(usize::from(reg)) {
+                            *r = read_data(size);
+                        }
+                    }
+                    ctx.pc = ctx.pc.wrapping_add(4);
+                }
+            }
+        }
+    }
+
+    fn handle_trap(
+        &mut self,
+        slot: usize,
+        i: usize,
+        run_pfn: u64,
+        trap: Trap,
+        ctx: &mut VcpuContext,
+    ) -> Next {
+        let Ok(vm) = self.vm(slot) else {
+            return Next::Exit(ExitReason::Fatal);
+        };
+        let protected = vm.protected;
+        let w = |off: usize, v: u64| run_write(&self.phys, run_pfn, off, v);
+        match trap {
+            Trap::Hvc => self.guest_call(slot, i, run_pfn, ctx),
+            Trap::DataAbort { ipa, write, size, reg, esr } => {
+                let page = ipa & !0xfff;
+                let e = if ipa < IPA_LIMIT { vm.s2.lookup(page) } else { Entry::Invalid { annotation: 0 } };
+                match e {
+                    Entry::Mapped { leaf, .. } if (write && leaf.perms.w) || (!write && leaf.perms.r) => {
+                        Next::Continue
+                    }
+                    Entry::Invalid { annotation: GUEST_MMIO_GUARD } => {
+                        let data = if write {
+                            ctx.x.get(usize::from(reg)).copied().unwrap_or(0) & size_mask(size)
+                        } else {
+                            0
+                        };
+                        w(run_off!(fault_ipa), ipa);
+                        w(run_off!(fault_flags), if write { fault_flags::WRITE } else { 0 });
+                        w(run_off!(fault_size), u64::from(size));
+                        w(run_off!(fault_esr), 0);
+                        w(run_off!(fault_data), data);
+                        let pending = if write { Pending::MmioWrite } else { Pending::MmioRead { reg, size } };
+                        self.set_pending(slot, i, pending);
+                        Next::Exit(ExitReason::Mmio)
+                    }
+                    _ => {
+                        // Only a normal VM's host sees the syndrome and data.
+                        let emulatable = !protected && matches!(e, Entry::Invalid { .. });
+                        let mut flags = if write { fault_flags::WRITE } else { 0 };
+                        let (esr_out, data) = if protected {
+                            (0, 0)
+                        } else {
+                            flags |= fault_flags::SYNDROME_VALID;
+                            let d = if write {
+                                ctx.x.get(usize::from(reg)).copied().unwrap_or(0) & size_mask(size)
+                            } else {
+                                0
+                            };
+                            (esr, d)
+                        };
+                        w(run_off!(fault_ipa), ipa);
+                        w(run_off!(fault_flags), flags);
+                        w(run_off!(fault_size), u64::from(size));
+                        w(run_off!(fault_esr), esr_out);
+                        w(run_off!(fault_data), data);
+                        self.set_pending(slot, i, Pending::MemFault { ipa, reg, size, write, emulatable });
+                        Next::Exit(ExitReason::MemFault)
+                    }
+                }
+            }
+            Trap::InstAbort { ipa, esr } => {
+                if ipa < IPA_LIMIT {
+                    if let Entry::Mapped { leaf, .. } = vm.s2.lookup(ipa & !0xfff) {
+                        if leaf.perms.x {
+                            return Next::Continue;
+                        }
+                    }
+                }
+                let mut flags = fault_flags::EXEC;
+                if !protected {
+                    flags |= fault_flags::SYNDROME_VALID;
+                }
+                w(run_off!(fault_ipa), ipa);
+                w(run_off!(fault_flags), flags);
+                w(run_off!(fault_size), 4);
+                w(run_off!(fault_esr), if protected { 0 } else { esr });
+                w(run_off!(fault_data), 0);
+                self.set_pending(slot, i, Pending::MemFault { ipa, reg: 31, size: 4, write: false, emulatable: false });
+                Next::Exit(ExitReason::MemFault)
+            }
+            Trap::Wfi => {
+                ctx.pc = ctx.pc.wrapping_add(4);
+                Next::Exit(ExitReason::Wfi)
+            }
+            Trap::Irq => Next::Exit(ExitReason::Interrupted),
+            Trap::Fatal => {
+                if let Ok(vm) = self.vm_mut(slot) {
+                    vm.dead = true;
+                }
+                Next::Exit(ExitReason::Fatal)
+            }
+        }
+    }
+
+    fn set_pending(&mut self, slot: usize, i: usize, p: Pending) {
+        if let Ok(vm) = self.vm_mut(slot) {
+            if let Some(c) = vm.vcpus.get_mut(i) {
+                c.pending = p;
+            }
+        }
+    }
+
+    /// A guest HVC: answer it here (ABI.md section 2) or forward it.
+    fn guest_call(&mut self, slot: usize, i: usize, run_pfn: u64, ctx: &mut VcpuContext) -> Next {
+        let id = ctx.x[0];
+        if is_host_call_range(id) {
+            ctx.x[0] = SMCCC_NOT_SUPPORTED;
+            return Next::Continue;
+        }
+        let Some(call) = GuestCallId::from_id(id) else {
+            // Not ours: the host handles it (ABI.md 2, HVC exit).
+            for k in 0..7 {
+                run_write(&self.phys, run_pfn, run_off!(hvc_args) + 8 * k, ctx.x[k]);
+            }
+            self.set_pending(slot, i, Pending::Hvc);
+            return Next::Exit(ExitReason::Hvc);
+        };
+        let args_zero = |from: usize| ctx.x[from..4].iter().all(|&r| r == 0);
+        match call {
+            GuestCallId::SmcccVersion => ctx.x[0] = SMCCC_VERSION_1_1,
+            GuestCallId::SmcccArchFeatures => {
+                let known = matches!(
+                    GuestCallId::from_id(ctx.x[1]),
+                    Some(GuestCallId::SmcccVersion | GuestCallId::SmcccArchFeatures)
+                );
+                ctx.x[0] = if known { 0 } else { SMCCC_NOT_SUPPORTED };
+            }
+            GuestCallId::VendorHypCallUid => {
+                for (k, w) in KVM_UID.iter().enumerate() {
+                    ctx.x[k] = u64::from(*w);
+                }
+            }
+            GuestCallId::VendorHypKvmFeatures => {
+                ctx.x[0] = KVM_FEATURES_BITMAP;
+                ctx.x[1..4].fill(0);
+            }
+            GuestCallId::HypMeminfo => {
+                if args_zero(1) {
+                    ctx.x[0] = 4096;
+                    ctx.x[1..4].fill(0);
+                } else {
+                    ctx.x[0] = SMCCC_INVALID_PARAMETER;
+                }
+            }
+            GuestCallId::MemShare | GuestCallId::MemUnshare | GuestCallId::MmioGuard => {
+                let ipa = ctx.x[1];
+                ctx.x[0] = if ipa & 0xfff != 0 || ipa >= IPA_LIMIT || !args_zero(2) {
+                    SMCCC_INVALID_PARAMETER
+                } else {
+                    let r = match call {
+                        GuestCallId::MemShare => self.guest_mem_share(slot, ipa),
+                        GuestCallId::MemUnshare => self.guest_mem_unshare(slot, ipa),
+                        _ => self.guest_mmio_guard(slot, ipa),
+                    };
+                    if r.is_ok() {
+                        0
+                    } else {
+                        SMCCC_INVALID_PARAMETER
+                    }
+                };
+            }
+            GuestCallId::PsciVersion => ctx.x[0] = PSCI_VERSION_1_1,
+            GuestCallId::PsciFeatures => {
+                let is_psci = matches!(
+                    GuestCallId::from_id(ctx.x[1]),
+                    Some(
+                        GuestCallId::PsciVersion
+                            | GuestCallId::PsciCpuSuspend
+                            | GuestCallId::PsciCpuOff
+                            | GuestCallId::PsciCpuOn
+                            | GuestCallId::PsciAffinityInfo
+                            | GuestCallId::PsciMigrateInfoType
+                            | GuestCallId::PsciSystemOff
+                            | GuestCallId::PsciSystemReset
+                            | GuestCallId::PsciFeatures
+                    )
+                );
+                ctx.x[0] = if is_psci { psci::SUCCESS } else { psci::NOT_SUPPORTED };
+            }
+            GuestCallId::PsciMigrateInfoType => ctx.x[0] = 2,
+            GuestCallId::PsciCpuSuspend => {
+                ctx.x[0] = psci::SUCCESS;
+                return Next::Exit(ExitReason::Wfi);
+            }
+            GuestCallId::PsciCpuOff => {
+                if let Ok(vm) = self.vm_mut(slot) {
+                    vm.vcpus[i].powered = false;
+                }
+                ctx.x[0] = psci::DENIED;
+                return Next::Exit(ExitReason::Wfi);
+            }
+            GuestCallId::PsciCpuOn => ctx.x[0] = self.guest_cpu_on(slot, ctx.x[1], ctx.x[2], ctx.x[3]),
+            GuestCallId::PsciAffinityInfo => {
+                ctx.x[0] = match self.vm(slot).ok().and_then(|vm| {
+                    Self::vcpu_of_mpidr(ctx.x[1]).and_then(|t| vm.vcpus.get(t))
+                }) {
+                    Some(c) if c.powered && c.started => 0,
+                    Some(_) => 1,
+                    None => psci::INVALID_PARAMETERS,
+                };
+            }
+            GuestCallId::PsciSystemOff | GuestCallId::PsciSystemReset => {
+                let t = u64::from(call == GuestCallId::PsciSystemReset);
+                run_write(&self.phys, run_pfn, run_off!(system_event), t);
+                return Next::Exit(ExitReason::SystemEvent);
+            }
+        }
+        Next::Continue
+    }
+
+    fn vcpu_of_mpidr(mpidr: u64) -> Option<usize> {
+        // vCPU n has MPIDR affinity 0.0.0.n.
+        if mpidr & !0xff != 0 {
+            None
+        } else {
+            Some((mpidr & 0xff) as usize)
+        }
+    }
+
+    fn guest_cpu_on(&mut self, slot: usize, target: u64, entry: u64, context: u64) -> u64 {
+        let Ok(vm) = self.vm_mut(slot) else { return psci::INTERNAL_FAILURE };
+        let protected = vm.protected;
+        let Some(t) = Self::vcpu_of_mpidr(target) else { return psci::INVALID_PARAMETERS };
+        if t >= vm.vcpus.len() {
+            return psci::INVALID_PARAMETERS;
+        }
+        if protected && !Self::guest_owns(&vm.s2, entry) {
+            return psci::INVALID_PARAMETERS;
+        }
+        let c = &mut vm.vcpus[t];
+        if c.powered && c.started {
+            return psci::ALREADY_ON;
+        }
+        c.ctx = VcpuContext::default();
+        c.ctx.pc = entry;
+        c.ctx.x[0] = context;
+        c.started = true;
+        c.powered = true;
+        c.pending = Pending::None;
+        psci::SUCCESS
+    }
+
+    /// MEM_SHARE: guest OWNED RAM -> guest SHARED_OWNED, host SHARED_BORROWED.
+    fn guest_mem_share(&mut self, slot: usize, ipa: u64) -> Result<(), ()> {
+        let vm = self.vm(slot).map_err(|_| ())?;
+        let Entry::Mapped { pa, leaf, .. } = vm.s2.lookup(ipa) else { return Err(()) };
+        if leaf.state != PageState::Owned || self.platform.classify(pa >> 12).0 != MemClass::Ram {
+            return Err(());
+        }
+        if self.host.tables_needed(pa, 1, false) > self.host.pool_len() {
+            return Err(());
+        }
+        let host_leaf = pagetables::Leaf {
+            perms: pagetables::Perms { r: true, w: true, x: false },
+            memtype: pagetables::MemType::NormalWb,
+            state: PageState::SharedBorrowed,
+        };
+        self.host.map(pa, pa, 1, host_leaf, false, &mut self.mnt).map_err(|_| ())?;
+        let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
+        let shared = pagetables::Leaf { state: PageState::SharedOwned, ..leaf };
+        // Only the software state bits change: no table pages, no BBM.
+        s2.map(ipa, pa, 1, shared, false, mnt).map_err(|_| ())
+    }
+
+    /// MEM_UNSHARE: guest SHARED_OWNED -> OWNED; the host loses access.
+    fn guest_mem_unshare(&mut self, slot: usize, ipa: u64) -> Result<(), ()> {
+        let vm = self.vm(slot).map_err(|_| ())?;
+        let Entry::Mapped { pa, leaf, .. } = vm.s2.lookup(ipa) else { return Err(()) };
+        if leaf.state != PageState::SharedOwned {
+            return Err(());
+        }
+        if self.host.tables_needed(pa, 1, false) > self.host.pool_len() {
+            return Err(());
+        }
+        self.host
+            .set_invalid(pa, 1, HostAnnotation::Guest(slot).encode(), &mut self.mnt)
+            .map_err(|_| ())?;
+        let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
+        let owned = pagetables::Leaf { state: PageState::Owned, ..leaf };
+        s2.map(ipa, pa, 1, owned, false, mnt).map_err(|_| ())
+    }
+
+    /// MMIO_GUARD: register an IPA with nothing mapped as MMIO.
+    fn guest_mmio_guard(&mut self, slot: usize, ipa: u64) -> Result<(), ()> {
+        let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
+        match s2.lookup(ipa) {
+            Entry::Mapped { .. } => Err(()),
+            Entry::Invalid { annotation: GUEST_MMIO_GUARD } => Ok(()),
+            Entry::Invalid { .. } => s2.set_invalid(ipa, 1, GUEST_MMIO_GUARD, mnt).map_err(|_| ()),
+        }
+    }
+
+    /// Whether the CPU features allow cacheable device memory (for banners).
+    pub fn cacheable_device_allowed(&self) -> bool {
+        self.feature_bits() & features::CACHEABLE_DEVICE != 0
+    }
+}
