@@ -146,7 +146,9 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         hyp_pages: &mut dyn Iterator<Item = u64>,
     ) -> Result<Self, InitError> {
         let needed = worst_case_tables(platform.tracked_pages()) + 1;
-        let root = hyp_pages.next().ok_or(InitError::NotEnoughMemory { needed, given: 0 })?;
+        let root = hyp_pages
+            .next()
+            .ok_or(InitError::NotEnoughMemory { needed, given: 0 })?;
         let mut host = Stage2::new(phys.clone(), root, cpu.pa_bits, cpu.fwb, 0);
         for p in hyp_pages {
             host.pool_add(p);
@@ -194,7 +196,10 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
     /// Live VMs.
     pub fn vms(&self) -> impl Iterator<Item = (usize, &Vm<P>)> {
-        self.vms.iter().enumerate().filter_map(|(i, v)| v.as_ref().map(|v| (i, v)))
+        self.vms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|v| (i, v)))
     }
     /// Bytes of per-page metadata (the benchmark reports it per GiB).
     pub fn metadata_bytes(&self) -> usize {
@@ -224,32 +229,55 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         };
         let r = match call {
             HostCall::HypVersion => Ok([HYP_VERSION, 0, 0]),
-            HostCall::HypFeatures => {
-                Ok([self.feature_bits(), MAX_VMS as u64, MAX_VCPUS as u64])
-            }
+            HostCall::HypFeatures => Ok([self.feature_bits(), MAX_VMS as u64, MAX_VCPUS as u64]),
             HostCall::PageQuery { pfn } => Ok(self.page_query(pfn)),
             HostCall::ShareHyp { pfn, nr } => self.share_hyp(pfn, nr).map(|()| [0; 3]),
             HostCall::UnshareHyp { pfn, nr } => self.unshare_hyp(pfn, nr).map(|()| [0; 3]),
-            HostCall::VmCreate { flags, pfn, nr } => self.vm_create(flags, pfn, nr).map(|h| [h, 0, 0]),
-            HostCall::VmTopup { handle, pfn, nr } => self.vm_topup(handle, pfn, nr).map(|()| [0; 3]),
+            HostCall::VmCreate { flags, pfn, nr } => {
+                self.vm_create(flags, pfn, nr).map(|h| [h, 0, 0])
+            }
+            HostCall::VmTopup { handle, pfn, nr } => {
+                self.vm_topup(handle, pfn, nr).map(|()| [0; 3])
+            }
             HostCall::VcpuCreate { handle, run_pfn } => {
                 self.vcpu_create(handle, run_pfn).map(|i| [i, 0, 0])
             }
-            HostCall::VcpuRun { handle, vcpu } => self.vcpu_run(handle, vcpu, exec).map(|r| [r, 0, 0]),
+            HostCall::VcpuRun { handle, vcpu } => {
+                self.vcpu_run(handle, vcpu, exec).map(|r| [r, 0, 0])
+            }
             HostCall::VmDestroy { handle } => self.vm_destroy(handle).map(|()| [0; 3]),
             HostCall::Reclaim { pfn, nr } => self.reclaim(pfn, nr).map(|()| [0; 3]),
-            HostCall::GuestShare { handle, pfn, gfn, nr, prot } => {
-                self.guest_share(handle, pfn, gfn, nr, prot).map(|()| [0; 3])
-            }
+            HostCall::GuestShare {
+                handle,
+                pfn,
+                gfn,
+                nr,
+                prot,
+            } => self
+                .guest_share(handle, pfn, gfn, nr, prot)
+                .map(|()| [0; 3]),
             HostCall::GuestUnshare { handle, gfn, nr } => {
                 self.guest_unshare(handle, gfn, nr).map(|()| [0; 3])
             }
-            HostCall::GuestDonate { handle, pfn, gfn, nr, prot } => {
-                self.guest_donate(handle, pfn, gfn, nr, prot).map(|()| [0; 3])
-            }
-            HostCall::GuestMapDevice { handle, pfn, gfn, nr, prot, memtype } => {
-                self.guest_map_device(handle, pfn, gfn, nr, prot, memtype).map(|()| [0; 3])
-            }
+            HostCall::GuestDonate {
+                handle,
+                pfn,
+                gfn,
+                nr,
+                prot,
+            } => self
+                .guest_donate(handle, pfn, gfn, nr, prot)
+                .map(|()| [0; 3]),
+            HostCall::GuestMapDevice {
+                handle,
+                pfn,
+                gfn,
+                nr,
+                prot,
+                memtype,
+            } => self
+                .guest_map_device(handle, pfn, gfn, nr, prot, memtype)
+                .map(|()| [0; 3]),
             HostCall::GuestUnmapDevice { handle, gfn, nr } => {
                 self.guest_unmap_device(handle, gfn, nr).map(|()| [0; 3])
             }
@@ -301,7 +329,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             for i in 0..n {
                 let p = (ipa >> 12) + i;
                 let e = match e {
-                    Entry::Mapped { pa, leaf, level } => Entry::Mapped { pa: pa + i * PAGE, leaf, level },
+                    Entry::Mapped { pa, leaf, level } => Entry::Mapped {
+                        pa: pa + i * PAGE,
+                        leaf,
+                        level,
+                    },
                     inv => inv,
                 };
                 f(p, self.host_state_of(p, e), e);
@@ -314,17 +346,29 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     fn host_private_leaf(class: MemClass) -> Leaf {
         match class {
             MemClass::Ram => Leaf {
-                perms: Perms { r: true, w: true, x: true },
+                perms: Perms {
+                    r: true,
+                    w: true,
+                    x: true,
+                },
                 memtype: MemType::Stage1,
                 state: PageState::Owned,
             },
             MemClass::Coherent => Leaf {
-                perms: Perms { r: true, w: true, x: true },
+                perms: Perms {
+                    r: true,
+                    w: true,
+                    x: true,
+                },
                 memtype: MemType::NormalWb,
                 state: PageState::Owned,
             },
             MemClass::Mmio | MemClass::Hyp => Leaf {
-                perms: Perms { r: true, w: true, x: false },
+                perms: Perms {
+                    r: true,
+                    w: true,
+                    x: false,
+                },
                 memtype: MemType::Device,
                 state: PageState::Owned,
             },
@@ -341,13 +385,19 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 w: true,
                 x: cacheable && class != MemClass::Mmio && state != PageState::SharedBorrowed,
             },
-            memtype: if memtype == MemType::Stage1 { MemType::NormalWb } else { memtype },
+            memtype: if memtype == MemType::Stage1 {
+                MemType::NormalWb
+            } else {
+                memtype
+            },
             state,
         }
     }
 
     fn class_of(&self, pfn: u64, nr: u64) -> Result<(MemClass, Option<usize>), Errno> {
-        self.platform.range_class(pfn, nr).map_err(|()| Errno::EINVAL)
+        self.platform
+            .range_class(pfn, nr)
+            .map_err(|()| Errno::EINVAL)
     }
 
     fn require_ram(&self, pfn: u64, nr: u64) -> Result<(), Errno> {
@@ -517,16 +567,26 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     pub(crate) fn vm(&self, slot: usize) -> Result<&Vm<P>, Errno> {
-        self.vms.get(slot).and_then(Option::as_ref).ok_or(Errno::ENOENT)
+        self.vms
+            .get(slot)
+            .and_then(Option::as_ref)
+            .ok_or(Errno::ENOENT)
     }
 
     pub(crate) fn vm_mut(&mut self, slot: usize) -> Result<&mut Vm<P>, Errno> {
-        self.vms.get_mut(slot).and_then(Option::as_mut).ok_or(Errno::ENOENT)
+        self.vms
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .ok_or(Errno::ENOENT)
     }
 
     /// A VM's stage-2 together with the maintenance backend, for writes.
     pub(crate) fn guest_s2(&mut self, slot: usize) -> Result<(&mut Stage2<P>, &mut M), Errno> {
-        let vm = self.vms.get_mut(slot).and_then(Option::as_mut).ok_or(Errno::ENOENT)?;
+        let vm = self
+            .vms
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .ok_or(Errno::ENOENT)?;
         Ok((&mut vm.s2, &mut self.mnt))
     }
 
@@ -539,7 +599,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let mut v = Verdict::default();
         self.check_host_states(Op::DonateHyp, pfn, nr, &mut v);
         v.result()?;
-        let slot = self.vms.iter().position(Option::is_none).ok_or(Errno::ENOMEM)?;
+        let slot = self
+            .vms
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Errno::ENOMEM)?;
         if nr < VM_CREATE_MIN_PAGES {
             return Err(Errno::ENOMEM);
         }
@@ -650,7 +714,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         }
         let mut released: Vec<u64> = Vec::new();
         for c in &vm.vcpus {
-            self.meta.set_pinned(self.platform.tracked_index(c.run_pfn), false);
+            self.meta
+                .set_pinned(self.platform.tracked_index(c.run_pfn), false);
             released.push(c.ctx_page);
         }
         vm.s2.destroy(&mut |p| released.push(p));
@@ -714,10 +779,25 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     fn guest_leaf(prot: Prot, memtype: MemType, state: PageState) -> Leaf {
-        Leaf { perms: Perms { r: prot.r(), w: prot.w(), x: prot.x() }, memtype, state }
+        Leaf {
+            perms: Perms {
+                r: prot.r(),
+                w: prot.w(),
+                x: prot.x(),
+            },
+            memtype,
+            state,
+        }
     }
 
-    fn guest_share(&mut self, handle: u64, pfn: u64, gfn: u64, nr: u64, prot: Prot) -> Result<(), Errno> {
+    fn guest_share(
+        &mut self,
+        handle: u64,
+        pfn: u64,
+        gfn: u64,
+        nr: u64,
+        prot: Prot,
+    ) -> Result<(), Errno> {
         let slot = self.vm_slot(handle)?;
         self.require_ram(pfn, nr)?;
         let vm = self.vm(slot)?;
@@ -745,10 +825,18 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         self.prepare_for_guest(pfn, nr, prot.x());
         let gleaf = Self::guest_leaf(prot, MemType::NormalWb, PageState::SharedBorrowed);
         let (s2, mnt) = self.guest_s2(slot)?;
-        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt).map_err(|_| Errno::ENOMEM)
+        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt)
+            .map_err(|_| Errno::ENOMEM)
     }
 
-    fn guest_donate(&mut self, handle: u64, pfn: u64, gfn: u64, nr: u64, prot: Prot) -> Result<(), Errno> {
+    fn guest_donate(
+        &mut self,
+        handle: u64,
+        pfn: u64,
+        gfn: u64,
+        nr: u64,
+        prot: Prot,
+    ) -> Result<(), Errno> {
         let slot = self.vm_slot(handle)?;
         self.require_ram(pfn, nr)?;
         let vm = self.vm(slot)?;
@@ -763,7 +851,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         self.prepare_for_guest(pfn, nr, prot.x());
         let gleaf = Self::guest_leaf(prot, MemType::NormalWb, PageState::Owned);
         let (s2, mnt) = self.guest_s2(slot)?;
-        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt).map_err(|_| Errno::ENOMEM)
+        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt)
+            .map_err(|_| Errno::ENOMEM)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -783,7 +872,9 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let (class, region) = self.class_of(pfn, nr)?;
         let mt = match (class, memtype) {
             (MemClass::Ram | MemClass::Hyp, _) => return Err(Errno::EINVAL), // D1
-            (MemClass::Mmio, _) if !region.is_some_and(|r| self.platform.regions()[r].assignable) => {
+            (MemClass::Mmio, _)
+                if !region.is_some_and(|r| self.platform.regions()[r].assignable) =>
+            {
                 return Err(Errno::EINVAL)
             }
             (MemClass::Mmio, AbiMemType::Device) => MemType::Device,
@@ -807,7 +898,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             return Err(Errno::ENOEXEC);
         }
         // Step 6: per page.
-        let op = if protected { Op::MapDeviceProtected } else { Op::MapDeviceNormal };
+        let op = if protected {
+            Op::MapDeviceProtected
+        } else {
+            Op::MapDeviceNormal
+        };
         let mut v = Verdict::default();
         self.for_host_pages(pfn, nr, &mut |p, s, e| {
             if !host_may(op, s) {
@@ -847,12 +942,19 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         }
         let gleaf = Self::guest_leaf(prot, mt, state);
         let (s2, mnt) = self.guest_s2(slot)?;
-        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt).map_err(|_| Errno::ENOMEM)
+        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt)
+            .map_err(|_| Errno::ENOMEM)
     }
 
     /// Shared body of GUEST_UNSHARE and GUEST_UNMAP_DEVICE: each undoes only
     /// its own kind of mapping (`device` says which).
-    fn guest_unborrow(&mut self, handle: u64, gfn: u64, nr: u64, device: bool) -> Result<(), Errno> {
+    fn guest_unborrow(
+        &mut self,
+        handle: u64,
+        gfn: u64,
+        nr: u64,
+        device: bool,
+    ) -> Result<(), Errno> {
         let slot = self.vm_slot(handle)?;
         let vm = self.vm(slot)?;
         let mut v = Verdict::default();
@@ -886,7 +988,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             return Err(Errno::ENOMEM);
         }
         let (s2, mnt) = self.guest_s2(slot)?;
-        s2.set_invalid(pa(gfn), nr, 0, mnt).map_err(|_| Errno::ENOMEM)?;
+        s2.set_invalid(pa(gfn), nr, 0, mnt)
+            .map_err(|_| Errno::ENOMEM)?;
         for (_, p) in pages {
             if self.meta.share_dec(self.platform.tracked_index(p)) == 0 {
                 // Back to the host alone, with its class's own type (D7).

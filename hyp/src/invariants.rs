@@ -31,7 +31,10 @@ fn cacheable(m: MemType) -> bool {
 /// Check I1–I4 over every tracked page and every guest mapping.
 /// `pages` limits the host-side scan to these pfn ranges (start, count);
 /// guest stage-2s are always walked whole.
-pub fn check<P: PhysMem, M: Maintenance>(hv: &Hypervisor<P, M>, pages: &[(u64, u64)]) -> Result<(), String> {
+pub fn check<P: PhysMem, M: Maintenance>(
+    hv: &Hypervisor<P, M>,
+    pages: &[(u64, u64)],
+) -> Result<(), String> {
     let mut uses: BTreeMap<u64, Vec<Use>> = BTreeMap::new();
     let mut host_annot: BTreeMap<u64, HostAnnotation> = BTreeMap::new();
     for &(start, n) in pages {
@@ -84,7 +87,9 @@ pub fn check<P: PhysMem, M: Maintenance>(hv: &Hypervisor<P, M>, pages: &[(u64, u
         if class == MemClass::Hyp {
             return Err(format!("I3: HYP page {pfn:#x} mapped: {us:?}"));
         }
-        if matches!(host_annot.get(&pfn), Some(HostAnnotation::None)) && us.iter().any(|u| u.space == HOST) {
+        if matches!(host_annot.get(&pfn), Some(HostAnnotation::None))
+            && us.iter().any(|u| u.space == HOST)
+        {
             return Err(format!("host maps {pfn:#x} at another output address"));
         }
         // I1/I2: exactly one owner among the mappings, or an owner elsewhere.
@@ -92,15 +97,24 @@ pub fn check<P: PhysMem, M: Maintenance>(hv: &Hypervisor<P, M>, pages: &[(u64, u
             .iter()
             .filter(|u| matches!(u.state, PageState::Owned | PageState::SharedOwned))
             .collect();
-        let borrowers = us.iter().filter(|u| u.state == PageState::SharedBorrowed).count();
-        let host_owns_unmapped = in_scope(pfn) && matches!(host_annot.get(&pfn), None | Some(HostAnnotation::None));
+        let borrowers = us
+            .iter()
+            .filter(|u| u.state == PageState::SharedBorrowed)
+            .count();
+        let host_owns_unmapped =
+            in_scope(pfn) && matches!(host_annot.get(&pfn), None | Some(HostAnnotation::None));
         if owners.len() > 1 {
-            return Err(format!("I1: page {pfn:#x} has {} owners: {us:?}", owners.len()));
+            return Err(format!(
+                "I1: page {pfn:#x} has {} owners: {us:?}",
+                owners.len()
+            ));
         }
         if owners.is_empty() && borrowers > 0 && in_scope(pfn) && !host_owns_unmapped {
             // The owner must then be the host with no mapping: impossible,
             // since a shared page is mapped SHARED_OWNED by its owner.
-            return Err(format!("I2: borrowed page {pfn:#x} has no owner mapping: {us:?}"));
+            return Err(format!(
+                "I2: borrowed page {pfn:#x} has no owner mapping: {us:?}"
+            ));
         }
         if let Some(o) = owners.first() {
             let shared = o.state == PageState::SharedOwned;
@@ -110,13 +124,17 @@ pub fn check<P: PhysMem, M: Maintenance>(hv: &Hypervisor<P, M>, pages: &[(u64, u
             // stage-2 mapping of them).
             let hyp_borrow = o.space == HOST && shared && count == 0 && class == MemClass::Ram;
             if shared && borrowers == 0 && !hyp_borrow {
-                return Err(format!("I2: {pfn:#x} SHARED_OWNED with no borrower: {us:?}"));
+                return Err(format!(
+                    "I2: {pfn:#x} SHARED_OWNED with no borrower: {us:?}"
+                ));
             }
             if !shared && borrowers > 0 {
                 return Err(format!("I2: {pfn:#x} OWNED but borrowed: {us:?}"));
             }
             if o.space == HOST && shared && count as usize != borrowers && count != 0 {
-                return Err(format!("share count {count} of {pfn:#x} but {borrowers} borrowers"));
+                return Err(format!(
+                    "share count {count} of {pfn:#x} but {borrowers} borrowers"
+                ));
             }
             // I3: a guest-owned page is mapped elsewhere only if shared.
             if o.space != HOST && !shared && us.len() > 1 {
@@ -127,25 +145,43 @@ pub fn check<P: PhysMem, M: Maintenance>(hv: &Hypervisor<P, M>, pages: &[(u64, u
         // guest's table and nowhere else unless shared.
         if let Some(HostAnnotation::Guest(slot)) = host_annot.get(&pfn) {
             if !us.iter().any(|u| u.space == *slot) {
-                return Err(format!("I1: {pfn:#x} annotated for VM slot {slot} which does not map it"));
+                return Err(format!(
+                    "I1: {pfn:#x} annotated for VM slot {slot} which does not map it"
+                ));
             }
         }
-        if matches!(host_annot.get(&pfn), Some(HostAnnotation::Hyp | HostAnnotation::Reclaimable)) {
-            return Err(format!("I3: hypervisor/reclaimable page {pfn:#x} mapped: {us:?}"));
+        if matches!(
+            host_annot.get(&pfn),
+            Some(HostAnnotation::Hyp | HostAnnotation::Reclaimable)
+        ) {
+            return Err(format!(
+                "I3: hypervisor/reclaimable page {pfn:#x} mapped: {us:?}"
+            ));
         }
         // I4: one memory type across all live mappings (Stage1 on the
         // host's private RAM is its own, unshared, mapping).
         if us.len() > 1 {
             let first = us[0].memtype;
-            if us.iter().any(|u| cacheable(u.memtype) != cacheable(first) || (!cacheable(first) && u.memtype != first)) {
-                return Err(format!("I4: {pfn:#x} mapped with several memory types: {us:?}"));
+            if us.iter().any(|u| {
+                cacheable(u.memtype) != cacheable(first)
+                    || (!cacheable(first) && u.memtype != first)
+            }) {
+                return Err(format!(
+                    "I4: {pfn:#x} mapped with several memory types: {us:?}"
+                ));
             }
             if us.iter().any(|u| u.memtype == MemType::Stage1) {
-                return Err(format!("I4: shared page {pfn:#x} left to stage 1's type: {us:?}"));
+                return Err(format!(
+                    "I4: shared page {pfn:#x} left to stage 1's type: {us:?}"
+                ));
             }
         }
         // Shared device pages: the host's entry follows the guest type (D7).
-        if class == MemClass::Mmio && us.iter().any(|u| u.space == HOST && u.state == PageState::Owned && u.memtype != MemType::Device) {
+        if class == MemClass::Mmio
+            && us.iter().any(|u| {
+                u.space == HOST && u.state == PageState::Owned && u.memtype != MemType::Device
+            })
+        {
             return Err(format!("D7: host-private MMIO {pfn:#x} not Device: {us:?}"));
         }
     }

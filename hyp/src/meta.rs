@@ -22,9 +22,9 @@ impl PageMeta {
     /// Metadata for every tracked page of `platform`, all zero.
     pub fn new(platform: &Platform) -> Self {
         let n = usize::try_from(platform.tracked_pages()).unwrap_or(0);
-        let mut entries = Vec::new();
-        entries.resize(n, 0);
-        Self { entries }
+        Self {
+            entries: alloc::vec![0; n],
+        }
     }
 
     /// Bytes of metadata held.
@@ -60,7 +60,9 @@ impl PageMeta {
 
     /// One more guest mapping borrows the page. The caller checked the limit.
     pub fn share_inc(&mut self, index: Option<u64>) {
-        self.update(index, |e| (e & PINNED) | ((e & !PINNED).saturating_add(1) & !PINNED));
+        self.update(index, |e| {
+            (e & PINNED) | ((e & !PINNED).saturating_add(1) & !PINNED)
+        });
     }
 
     /// One guest mapping fewer; returns the remaining count.

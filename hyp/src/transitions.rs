@@ -78,12 +78,42 @@ use HostState::*;
 
 /// The host-side transitions of RULES.md.
 pub const TABLE: &[Row] = &[
-    Row { op: Op::ShareHyp, call: "SHARE_HYP", from: &[Owned], to: SharedHyp },
-    Row { op: Op::UnshareHyp, call: "UNSHARE_HYP", from: &[SharedHyp], to: Owned },
-    Row { op: Op::DonateHyp, call: "VM_CREATE, VM_TOPUP", from: &[Owned], to: HypOwned },
-    Row { op: Op::PinRunPage, call: "VCPU_CREATE (run page)", from: &[SharedHyp], to: SharedHyp },
-    Row { op: Op::GuestShare, call: "GUEST_SHARE", from: &[Owned, SharedGuests], to: SharedGuests },
-    Row { op: Op::GuestDonate, call: "GUEST_DONATE", from: &[Owned], to: GuestOwned },
+    Row {
+        op: Op::ShareHyp,
+        call: "SHARE_HYP",
+        from: &[Owned],
+        to: SharedHyp,
+    },
+    Row {
+        op: Op::UnshareHyp,
+        call: "UNSHARE_HYP",
+        from: &[SharedHyp],
+        to: Owned,
+    },
+    Row {
+        op: Op::DonateHyp,
+        call: "VM_CREATE, VM_TOPUP",
+        from: &[Owned],
+        to: HypOwned,
+    },
+    Row {
+        op: Op::PinRunPage,
+        call: "VCPU_CREATE (run page)",
+        from: &[SharedHyp],
+        to: SharedHyp,
+    },
+    Row {
+        op: Op::GuestShare,
+        call: "GUEST_SHARE",
+        from: &[Owned, SharedGuests],
+        to: SharedGuests,
+    },
+    Row {
+        op: Op::GuestDonate,
+        call: "GUEST_DONATE",
+        from: &[Owned],
+        to: GuestOwned,
+    },
     Row {
         op: Op::MapDeviceProtected,
         call: "GUEST_MAP_DEVICE, protected VM",
@@ -96,7 +126,12 @@ pub const TABLE: &[Row] = &[
         from: &[Owned, SharedGuests],
         to: SharedGuests,
     },
-    Row { op: Op::Reclaim, call: "RECLAIM", from: &[Reclaimable], to: Owned },
+    Row {
+        op: Op::Reclaim,
+        call: "RECLAIM",
+        from: &[Reclaimable],
+        to: Owned,
+    },
 ];
 
 /// Whether `op` accepts a page in host state `s`.
@@ -108,13 +143,37 @@ pub fn host_may(op: Op, s: HostState) -> bool {
 pub const GUEST_TABLE: &[(&str, &str, &str)] = &[
     ("GUEST_SHARE", "gfn NOPAGE", "guest SHARED_BORROWED"),
     ("GUEST_DONATE", "gfn NOPAGE", "guest OWNED"),
-    ("GUEST_MAP_DEVICE, protected VM", "gfn NOPAGE", "guest OWNED"),
-    ("GUEST_MAP_DEVICE, normal VM", "gfn NOPAGE", "guest SHARED_BORROWED"),
+    (
+        "GUEST_MAP_DEVICE, protected VM",
+        "gfn NOPAGE",
+        "guest OWNED",
+    ),
+    (
+        "GUEST_MAP_DEVICE, normal VM",
+        "gfn NOPAGE",
+        "guest SHARED_BORROWED",
+    ),
     ("GUEST_UNSHARE", "guest SHARED_BORROWED of RAM", "NOPAGE"),
-    ("GUEST_UNMAP_DEVICE", "normal VM, guest SHARED_BORROWED of device memory", "NOPAGE"),
-    ("guest MEM_SHARE", "guest OWNED RAM", "guest SHARED_OWNED, host SHARED_BORROWED"),
-    ("guest MEM_UNSHARE", "guest SHARED_OWNED", "guest OWNED, host NOPAGE"),
-    ("guest MMIO_GUARD", "NOPAGE (or already registered)", "NOPAGE, registered as MMIO"),
+    (
+        "GUEST_UNMAP_DEVICE",
+        "normal VM, guest SHARED_BORROWED of device memory",
+        "NOPAGE",
+    ),
+    (
+        "guest MEM_SHARE",
+        "guest OWNED RAM",
+        "guest SHARED_OWNED, host SHARED_BORROWED",
+    ),
+    (
+        "guest MEM_UNSHARE",
+        "guest SHARED_OWNED",
+        "guest OWNED, host NOPAGE",
+    ),
+    (
+        "guest MMIO_GUARD",
+        "NOPAGE (or already registered)",
+        "NOPAGE, registered as MMIO",
+    ),
 ];
 
 /// The tables as Markdown (docs/TRANSITIONS.md).
@@ -126,12 +185,24 @@ pub fn render_markdown() -> String {
         "Generated from `hyp/src/transitions.rs`, the table the core checks \
          every request against (a test keeps this file equal to it).\n"
     );
-    let _ = writeln!(s, "## Host side\n\n| call | host state before | after |\n|---|---|---|");
+    let _ = writeln!(
+        s,
+        "## Host side\n\n| call | host state before | after |\n|---|---|---|"
+    );
     for r in TABLE {
         let from: alloc::vec::Vec<&str> = r.from.iter().map(|s| s.name()).collect();
-        let _ = writeln!(s, "| {} | {} | {} |", r.call, from.join(", or "), r.to.name());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            r.call,
+            from.join(", or "),
+            r.to.name()
+        );
     }
-    let _ = writeln!(s, "\n## Guest side\n\n| call | before | after |\n|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n## Guest side\n\n| call | before | after |\n|---|---|---|"
+    );
     for (c, b, a) in GUEST_TABLE {
         let _ = writeln!(s, "| {c} | {b} | {a} |");
     }

@@ -75,7 +75,13 @@ pub struct GuestView<'a, P: PhysMem> {
 /// Runs guest code until it traps.
 pub trait VcpuExecutor<P: PhysMem> {
     /// Enter the vCPU `vcpu` of VM `handle` with `ctx`; return at the next trap.
-    fn enter(&mut self, handle: u64, vcpu: u64, view: GuestView<'_, P>, ctx: &mut VcpuContext) -> Trap;
+    fn enter(
+        &mut self,
+        handle: u64,
+        vcpu: u64,
+        view: GuestView<'_, P>,
+        ctx: &mut VcpuContext,
+    ) -> Trap;
 }
 
 /// An executor with no guest: every entry comes straight back as an
@@ -92,9 +98,18 @@ impl<P: PhysMem> VcpuExecutor<P> for NoExecutor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pending {
     None,
-    MmioRead { reg: u8, size: u8 },
+    MmioRead {
+        reg: u8,
+        size: u8,
+    },
     MmioWrite,
-    MemFault { ipa: u64, reg: u8, size: u8, write: bool, emulatable: bool },
+    MemFault {
+        ipa: u64,
+        reg: u8,
+        size: u8,
+        write: bool,
+        emulatable: bool,
+    },
     Hvc,
 }
 
@@ -167,7 +182,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         }
         let run_pfn = c.run_pfn;
         if vm.dead {
-            run_write(&self.phys, run_pfn, run_off!(exit_reason), ExitReason::Fatal as u64);
+            run_write(
+                &self.phys,
+                run_pfn,
+                run_off!(exit_reason),
+                ExitReason::Fatal as u64,
+            );
             return Ok(ExitReason::Fatal as u64);
         }
         let mut ctx = c.ctx;
@@ -189,7 +209,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         c.pending = Pending::None;
         if !c.powered {
             c.ctx = ctx;
-            run_write(&self.phys, run_pfn, run_off!(exit_reason), ExitReason::Wfi as u64);
+            run_write(
+                &self.phys,
+                run_pfn,
+                run_off!(exit_reason),
+                ExitReason::Wfi as u64,
+            );
             return Ok(ExitReason::Wfi as u64);
         }
         c.running = true;
@@ -198,7 +223,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             let Some(vm) = self.vms.get_mut(slot).and_then(Option::as_mut) else {
                 break;
             };
-            let view = GuestView { s2: &vm.s2, phys: &self.phys, protected: vm.protected };
+            let view = GuestView {
+                s2: &vm.s2,
+                phys: &self.phys,
+                protected: vm.protected,
+            };
             let trap = exec.enter(handle, vcpu, view, &mut ctx);
             match self.handle_trap(slot, i, run_pfn, trap, &mut ctx) {
                 Next::Continue => {}
@@ -232,7 +261,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let Ok(vm) = self.vm(slot) else { return };
         let c = &vm.vcpus[i];
         let run_pfn = c.run_pfn;
-        let read_data = |size: u8| run_read(&self.phys, run_pfn, run_off!(mmio_read_data)) & size_mask(size);
+        let read_data =
+            |size: u8| run_read(&self.phys, run_pfn, run_off!(mmio_read_data)) & size_mask(size);
         match c.pending {
             Pending::None => {}
             Pending::MmioRead { reg, size } => {
@@ -247,7 +277,13 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                     ctx.x[k] = run_read(&self.phys, run_pfn, run_off!(hvc_results) + 8 * k);
                 }
             }
-            Pending::MemFault { ipa, reg, size, write, emulatable } => {
+            Pending::MemFault {
+                ipa,
+                reg,
+                size,
+                write,
+                emulatable,
+            } => {
                 // A normal VM's host may have emulated the access (ABI.md
                 // 2.2): if it mapped nothing there, complete it like MMIO;
                 // otherwise the guest retries the access.
@@ -279,25 +315,46 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let w = |off: usize, v: u64| run_write(&self.phys, run_pfn, off, v);
         match trap {
             Trap::Hvc => self.guest_call(slot, i, run_pfn, ctx),
-            Trap::DataAbort { ipa, write, size, reg, esr } => {
+            Trap::DataAbort {
+                ipa,
+                write,
+                size,
+                reg,
+                esr,
+            } => {
                 let page = ipa & !0xfff;
-                let e = if ipa < IPA_LIMIT { vm.s2.lookup(page) } else { Entry::Invalid { annotation: 0 } };
+                let e = if ipa < IPA_LIMIT {
+                    vm.s2.lookup(page)
+                } else {
+                    Entry::Invalid { annotation: 0 }
+                };
                 match e {
-                    Entry::Mapped { leaf, .. } if (write && leaf.perms.w) || (!write && leaf.perms.r) => {
+                    Entry::Mapped { leaf, .. }
+                        if (write && leaf.perms.w) || (!write && leaf.perms.r) =>
+                    {
                         Next::Continue
                     }
-                    Entry::Invalid { annotation: GUEST_MMIO_GUARD } => {
+                    Entry::Invalid {
+                        annotation: GUEST_MMIO_GUARD,
+                    } => {
                         let data = if write {
                             ctx.x.get(usize::from(reg)).copied().unwrap_or(0) & size_mask(size)
                         } else {
                             0
                         };
                         w(run_off!(fault_ipa), ipa);
-                        w(run_off!(fault_flags), if write { fault_flags::WRITE } else { 0 });
+                        w(
+                            run_off!(fault_flags),
+                            if write { fault_flags::WRITE } else { 0 },
+                        );
                         w(run_off!(fault_size), u64::from(size));
                         w(run_off!(fault_esr), 0);
                         w(run_off!(fault_data), data);
-                        let pending = if write { Pending::MmioWrite } else { Pending::MmioRead { reg, size } };
+                        let pending = if write {
+                            Pending::MmioWrite
+                        } else {
+                            Pending::MmioRead { reg, size }
+                        };
                         self.set_pending(slot, i, pending);
                         Next::Exit(ExitReason::Mmio)
                     }
@@ -321,7 +378,17 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                         w(run_off!(fault_size), u64::from(size));
                         w(run_off!(fault_esr), esr_out);
                         w(run_off!(fault_data), data);
-                        self.set_pending(slot, i, Pending::MemFault { ipa, reg, size, write, emulatable });
+                        self.set_pending(
+                            slot,
+                            i,
+                            Pending::MemFault {
+                                ipa,
+                                reg,
+                                size,
+                                write,
+                                emulatable,
+                            },
+                        );
                         Next::Exit(ExitReason::MemFault)
                     }
                 }
@@ -343,7 +410,17 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 w(run_off!(fault_size), 4);
                 w(run_off!(fault_esr), if protected { 0 } else { esr });
                 w(run_off!(fault_data), 0);
-                self.set_pending(slot, i, Pending::MemFault { ipa, reg: 31, size: 4, write: false, emulatable: false });
+                self.set_pending(
+                    slot,
+                    i,
+                    Pending::MemFault {
+                        ipa,
+                        reg: 31,
+                        size: 4,
+                        write: false,
+                        emulatable: false,
+                    },
+                );
                 Next::Exit(ExitReason::MemFault)
             }
             Trap::Wfi => {
@@ -443,7 +520,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                             | GuestCallId::PsciFeatures
                     )
                 );
-                ctx.x[0] = if is_psci { psci::SUCCESS } else { psci::NOT_SUPPORTED };
+                ctx.x[0] = if is_psci {
+                    psci::SUCCESS
+                } else {
+                    psci::NOT_SUPPORTED
+                };
             }
             GuestCallId::PsciMigrateInfoType => ctx.x[0] = 2,
             GuestCallId::PsciCpuSuspend => {
@@ -457,11 +538,15 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 ctx.x[0] = psci::DENIED;
                 return Next::Exit(ExitReason::Wfi);
             }
-            GuestCallId::PsciCpuOn => ctx.x[0] = self.guest_cpu_on(slot, ctx.x[1], ctx.x[2], ctx.x[3]),
+            GuestCallId::PsciCpuOn => {
+                ctx.x[0] = self.guest_cpu_on(slot, ctx.x[1], ctx.x[2], ctx.x[3])
+            }
             GuestCallId::PsciAffinityInfo => {
-                ctx.x[0] = match self.vm(slot).ok().and_then(|vm| {
-                    Self::vcpu_of_mpidr(ctx.x[1]).and_then(|t| vm.vcpus.get(t))
-                }) {
+                ctx.x[0] = match self
+                    .vm(slot)
+                    .ok()
+                    .and_then(|vm| Self::vcpu_of_mpidr(ctx.x[1]).and_then(|t| vm.vcpus.get(t)))
+                {
                     Some(c) if c.powered && c.started => 0,
                     Some(_) => 1,
                     None => psci::INVALID_PARAMETERS,
@@ -486,9 +571,13 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     fn guest_cpu_on(&mut self, slot: usize, target: u64, entry: u64, context: u64) -> u64 {
-        let Ok(vm) = self.vm_mut(slot) else { return psci::INTERNAL_FAILURE };
+        let Ok(vm) = self.vm_mut(slot) else {
+            return psci::INTERNAL_FAILURE;
+        };
         let protected = vm.protected;
-        let Some(t) = Self::vcpu_of_mpidr(target) else { return psci::INVALID_PARAMETERS };
+        let Some(t) = Self::vcpu_of_mpidr(target) else {
+            return psci::INVALID_PARAMETERS;
+        };
         if t >= vm.vcpus.len() {
             return psci::INVALID_PARAMETERS;
         }
@@ -511,7 +600,9 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// MEM_SHARE: guest OWNED RAM -> guest SHARED_OWNED, host SHARED_BORROWED.
     fn guest_mem_share(&mut self, slot: usize, ipa: u64) -> Result<(), ()> {
         let vm = self.vm(slot).map_err(|_| ())?;
-        let Entry::Mapped { pa, leaf, .. } = vm.s2.lookup(ipa) else { return Err(()) };
+        let Entry::Mapped { pa, leaf, .. } = vm.s2.lookup(ipa) else {
+            return Err(());
+        };
         if leaf.state != PageState::Owned || self.platform.classify(pa >> 12).0 != MemClass::Ram {
             return Err(());
         }
@@ -519,13 +610,22 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             return Err(());
         }
         let host_leaf = pagetables::Leaf {
-            perms: pagetables::Perms { r: true, w: true, x: false },
+            perms: pagetables::Perms {
+                r: true,
+                w: true,
+                x: false,
+            },
             memtype: pagetables::MemType::NormalWb,
             state: PageState::SharedBorrowed,
         };
-        self.host.map(pa, pa, 1, host_leaf, false, &mut self.mnt).map_err(|_| ())?;
+        self.host
+            .map(pa, pa, 1, host_leaf, false, &mut self.mnt)
+            .map_err(|_| ())?;
         let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
-        let shared = pagetables::Leaf { state: PageState::SharedOwned, ..leaf };
+        let shared = pagetables::Leaf {
+            state: PageState::SharedOwned,
+            ..leaf
+        };
         // Only the software state bits change: no table pages, no BBM.
         s2.map(ipa, pa, 1, shared, false, mnt).map_err(|_| ())
     }
@@ -533,7 +633,9 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// MEM_UNSHARE: guest SHARED_OWNED -> OWNED; the host loses access.
     fn guest_mem_unshare(&mut self, slot: usize, ipa: u64) -> Result<(), ()> {
         let vm = self.vm(slot).map_err(|_| ())?;
-        let Entry::Mapped { pa, leaf, .. } = vm.s2.lookup(ipa) else { return Err(()) };
+        let Entry::Mapped { pa, leaf, .. } = vm.s2.lookup(ipa) else {
+            return Err(());
+        };
         if leaf.state != PageState::SharedOwned {
             return Err(());
         }
@@ -544,7 +646,10 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             .set_invalid(pa, 1, HostAnnotation::Guest(slot).encode(), &mut self.mnt)
             .map_err(|_| ())?;
         let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
-        let owned = pagetables::Leaf { state: PageState::Owned, ..leaf };
+        let owned = pagetables::Leaf {
+            state: PageState::Owned,
+            ..leaf
+        };
         s2.map(ipa, pa, 1, owned, false, mnt).map_err(|_| ())
     }
 
@@ -553,8 +658,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
         match s2.lookup(ipa) {
             Entry::Mapped { .. } => Err(()),
-            Entry::Invalid { annotation: GUEST_MMIO_GUARD } => Ok(()),
-            Entry::Invalid { .. } => s2.set_invalid(ipa, 1, GUEST_MMIO_GUARD, mnt).map_err(|_| ()),
+            Entry::Invalid {
+                annotation: GUEST_MMIO_GUARD,
+            } => Ok(()),
+            Entry::Invalid { .. } => s2
+                .set_invalid(ipa, 1, GUEST_MMIO_GUARD, mnt)
+                .map_err(|_| ()),
         }
     }
 

@@ -9,7 +9,9 @@ use std::ptr::NonNull;
 use std::time::Instant;
 
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
-use aarch64_paging::paging::{Constraints, MemoryRegion, PageTable, RootTable, Stage2, Translation};
+use aarch64_paging::paging::{
+    Constraints, MemoryRegion, PageTable, RootTable, Stage2, Translation,
+};
 use host_interface::{HostCallId, MemType};
 use scenario::{Machine, PageKind};
 use sim::SimMachine;
@@ -43,9 +45,20 @@ impl Translation<Stage2Attributes> for HeapTranslation {
 /// Bare aarch64-paging: map one 4 KiB page then unmap it, per iteration.
 fn bare_map_unmap() -> f64 {
     let mut root = RootTable::new(HeapTranslation, 1, Stage2);
-    let flags = Stage2Attributes::VALID | Stage2Attributes::ACCESS_FLAG | Stage2Attributes::S2AP_ACCESS_RW | Stage2Attributes::SH_INNER | Stage2Attributes::MEMATTR_NORMAL_INNER_WB | Stage2Attributes::MEMATTR_NORMAL_OUTER_WB;
+    let flags = Stage2Attributes::VALID
+        | Stage2Attributes::ACCESS_FLAG
+        | Stage2Attributes::S2AP_ACCESS_RW
+        | Stage2Attributes::SH_INNER
+        | Stage2Attributes::MEMATTR_NORMAL_INNER_WB
+        | Stage2Attributes::MEMATTR_NORMAL_OUTER_WB;
     // Keep the tables around the page alive so the loop measures entry writes.
-    root.map_range(&MemoryRegion::new(0x8000_0000, 0x8000_2000), PhysicalAddress(0x4000_0000), flags, Constraints::empty()).unwrap();
+    root.map_range(
+        &MemoryRegion::new(0x8000_0000, 0x8000_2000),
+        PhysicalAddress(0x4000_0000),
+        flags,
+        Constraints::empty(),
+    )
+    .unwrap();
     let iters = 20_000;
     let runs = (0..RUNS)
         .map(|_| {
@@ -53,8 +66,20 @@ fn bare_map_unmap() -> f64 {
             for i in 0..iters {
                 let va = 0x8000_0000 + (i & 1) * 4096;
                 let r = MemoryRegion::new(va, va + 4096);
-                root.map_range(&r, PhysicalAddress(0x4000_0000 + va), flags, Constraints::empty()).unwrap();
-                root.map_range(&r, PhysicalAddress(0), Stage2Attributes::empty(), Constraints::empty()).unwrap();
+                root.map_range(
+                    &r,
+                    PhysicalAddress(0x4000_0000 + va),
+                    flags,
+                    Constraints::empty(),
+                )
+                .unwrap();
+                root.map_range(
+                    &r,
+                    PhysicalAddress(0),
+                    Stage2Attributes::empty(),
+                    Constraints::empty(),
+                )
+                .unwrap();
             }
             t.elapsed().as_nanos() as f64 / iters as f64
         })
@@ -84,11 +109,18 @@ fn ram512(m: &mut SimMachine) -> u64 {
 
 fn vm(m: &mut SimMachine, flags: u64) -> u64 {
     let pool = m.alloc(PageKind::Ram, 64).unwrap();
-    ok(m.call(HostCallId::VmCreate, &[flags, pool, 64]), "VM_CREATE")[2]
+    ok(
+        m.call(HostCallId::VmCreate, &[flags, pool, 64]),
+        "VM_CREATE",
+    )[2]
 }
 
 /// Time `timed` per page; `reset` runs untimed between runs.
-fn measure(m: &mut SimMachine, mut timed: impl FnMut(&mut SimMachine), mut reset: impl FnMut(&mut SimMachine)) -> f64 {
+fn measure(
+    m: &mut SimMachine,
+    mut timed: impl FnMut(&mut SimMachine),
+    mut reset: impl FnMut(&mut SimMachine),
+) -> f64 {
     let runs = (0..RUNS)
         .map(|_| {
             let t = Instant::now();
@@ -127,7 +159,10 @@ fn main() {
         measure(
             &mut m,
             |m| {
-                ok(m.call(HostCallId::GuestDonate, &[g.get(), a, 0x80000, NR, 3]), "GUEST_DONATE");
+                ok(
+                    m.call(HostCallId::GuestDonate, &[g.get(), a, 0x80000, NR, 3]),
+                    "GUEST_DONATE",
+                );
             },
             |m| {
                 ok(m.call(HostCallId::VmDestroy, &[g.get()]), "VM_DESTROY");
@@ -145,8 +180,14 @@ fn main() {
         measure(
             &mut m,
             |m| {
-                ok(m.call(HostCallId::GuestShare, &[n, a, 0x80000, NR, 3]), "GUEST_SHARE");
-                ok(m.call(HostCallId::GuestUnshare, &[n, 0x80000, NR]), "GUEST_UNSHARE");
+                ok(
+                    m.call(HostCallId::GuestShare, &[n, a, 0x80000, NR, 3]),
+                    "GUEST_SHARE",
+                );
+                ok(
+                    m.call(HostCallId::GuestUnshare, &[n, 0x80000, NR]),
+                    "GUEST_UNSHARE",
+                );
             },
             |_| {},
         ),
@@ -161,10 +202,16 @@ fn main() {
         measure(
             &mut m,
             |m| {
-                ok(m.call(HostCallId::GuestMapDevice, &[n, d, 0x90000, NR, 3 | dev]), "GUEST_MAP_DEVICE");
+                ok(
+                    m.call(HostCallId::GuestMapDevice, &[n, d, 0x90000, NR, 3 | dev]),
+                    "GUEST_MAP_DEVICE",
+                );
             },
             |m| {
-                ok(m.call(HostCallId::GuestUnmapDevice, &[n, 0x90000, NR]), "GUEST_UNMAP_DEVICE");
+                ok(
+                    m.call(HostCallId::GuestUnmapDevice, &[n, 0x90000, NR]),
+                    "GUEST_UNMAP_DEVICE",
+                );
             },
         ),
     ));
@@ -173,7 +220,10 @@ fn main() {
     let a = ram512(&mut m);
     let pool = m.alloc(PageKind::Ram, 64).unwrap();
     let g = Cell::new(ok(m.call(HostCallId::VmCreate, &[1, pool, 64]), "VM_CREATE")[2]);
-    ok(m.call(HostCallId::GuestDonate, &[g.get(), a, 0x80000, NR, 3]), "GUEST_DONATE");
+    ok(
+        m.call(HostCallId::GuestDonate, &[g.get(), a, 0x80000, NR, 3]),
+        "GUEST_DONATE",
+    );
     rows.push((
         "VM_DESTROY+RECLAIM",
         measure(
@@ -185,17 +235,26 @@ fn main() {
             |m| {
                 ok(m.call(HostCallId::Reclaim, &[pool, 64]), "RECLAIM pool");
                 g.set(ok(m.call(HostCallId::VmCreate, &[1, pool, 64]), "VM_CREATE")[2]);
-                ok(m.call(HostCallId::GuestDonate, &[g.get(), a, 0x80000, NR, 3]), "GUEST_DONATE");
+                ok(
+                    m.call(HostCallId::GuestDonate, &[g.get(), a, 0x80000, NR, 3]),
+                    "GUEST_DONATE",
+                );
             },
         ),
     ));
 
     println!("Per-page cost of 512-page transitions (median of {RUNS} runs, release build, this machine)");
     println!("bare aarch64-paging map+unmap of one page: {bare:.1} ns");
-    println!("{:<28} {:>10} {:>8} {:>8}", "transition", "ns/page", "ratio", "target");
+    println!(
+        "{:<28} {:>10} {:>8} {:>8}",
+        "transition", "ns/page", "ratio", "target"
+    );
     for (name, ns) in &rows {
         let ratio = ns / bare;
-        println!("{name:<28} {ns:>10.1} {ratio:>8.2} {:>8}", if ratio <= 1.5 { "<= 1.5" } else { "MISSED" });
+        println!(
+            "{name:<28} {ns:>10.1} {ratio:>8.2} {:>8}",
+            if ratio <= 1.5 { "<= 1.5" } else { "MISSED" }
+        );
     }
     let m = board();
     let tracked = m.hyp().platform().tracked_pages();

@@ -35,7 +35,13 @@ fn data_abort_esr(write: bool, size: u8, reg: u8) -> u64 {
         4 => 2,
         _ => 3,
     };
-    (0x24u64 << 26) | (1 << 25) | (1 << 24) | (sas << 22) | (u64::from(reg) << 16) | (u64::from(write) << 6) | 0x4
+    (0x24u64 << 26)
+        | (1 << 25)
+        | (1 << 24)
+        | (sas << 22)
+        | (u64::from(reg) << 16)
+        | (u64::from(write) << 6)
+        | 0x4
 }
 
 /// Per-vCPU command slot.
@@ -75,11 +81,22 @@ fn report(ctx: &mut VcpuContext, what: u64, value: u64) -> Trap {
 }
 
 impl<P: PhysMem> VcpuExecutor<P> for SimGuest {
-    fn enter(&mut self, handle: u64, vcpu: u64, view: GuestView<'_, P>, ctx: &mut VcpuContext) -> Trap {
+    fn enter(
+        &mut self,
+        handle: u64,
+        vcpu: u64,
+        view: GuestView<'_, P>,
+        ctx: &mut VcpuContext,
+    ) -> Trap {
         // Instruction fetch of the model's own code.
         match translate(&view, ctx.pc) {
             Some((_, leaf)) if leaf.perms.x => {}
-            _ => return Trap::InstAbort { ipa: ctx.pc, esr: 0x20 << 26 },
+            _ => {
+                return Trap::InstAbort {
+                    ipa: ctx.pc,
+                    esr: 0x20 << 26,
+                }
+            }
         }
         let cpu = self.cpus.entry((handle, vcpu)).or_default();
         match ctx.pc {
@@ -121,7 +138,13 @@ fn perform<P: PhysMem>(cpu: &mut Cpu, view: &GuestView<'_, P>, ctx: &mut VcpuCon
                 let v = hyp::phys::read_u64(view.phys, pa);
                 report(ctx, TG_DONE, v)
             }
-            _ => Trap::DataAbort { ipa, write: false, size: 8, reg: 1, esr: data_abort_esr(false, 8, 1) },
+            _ => Trap::DataAbort {
+                ipa,
+                write: false,
+                size: 8,
+                reg: 1,
+                esr: data_abort_esr(false, 8, 1),
+            },
         },
         GuestOp::Write { ipa, value } => {
             ctx.x[1] = value;
@@ -131,7 +154,13 @@ fn perform<P: PhysMem>(cpu: &mut Cpu, view: &GuestView<'_, P>, ctx: &mut VcpuCon
                     hyp::phys::write_u64(view.phys, pa, value);
                     report(ctx, TG_DONE, 0)
                 }
-                _ => Trap::DataAbort { ipa, write: true, size: 8, reg: 1, esr: data_abort_esr(true, 8, 1) },
+                _ => Trap::DataAbort {
+                    ipa,
+                    write: true,
+                    size: 8,
+                    reg: 1,
+                    esr: data_abort_esr(true, 8, 1),
+                },
             }
         }
         GuestOp::Exec { ipa } => match translate(view, ipa) {
@@ -139,7 +168,10 @@ fn perform<P: PhysMem>(cpu: &mut Cpu, view: &GuestView<'_, P>, ctx: &mut VcpuCon
                 cpu.op = None;
                 report(ctx, TG_DONE, 0)
             }
-            _ => Trap::InstAbort { ipa, esr: 0x20 << 26 },
+            _ => Trap::InstAbort {
+                ipa,
+                esr: 0x20 << 26,
+            },
         },
         GuestOp::Hvc { regs } => {
             ctx.x[..7].copy_from_slice(&regs);

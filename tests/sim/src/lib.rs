@@ -15,9 +15,7 @@ pub mod mem;
 
 use std::collections::HashMap;
 
-use host_interface::{
-    ExitReason, HostCallId, RunPage, GUEST_IPA_BITS, PAGE_SIZE,
-};
+use host_interface::{ExitReason, HostCallId, RunPage, GUEST_IPA_BITS, PAGE_SIZE};
 use hyp::{Access, Hypervisor};
 use pagetables::{Entry, PhysMem};
 use platform::{qemu_virt, CpuFeatures, MemClass, Platform};
@@ -76,7 +74,10 @@ fn region_cursor(p: &Platform, class: MemClass, uncached: Option<bool>, skip_pag
         .iter()
         .find(|r| r.class == class && uncached.is_none_or(|u| r.assignable && r.uncached_ok == u));
     match r {
-        Some(r) => Cursor { next: r.base_pfn + skip_pages.min(r.nr_pages), end: r.base_pfn + r.nr_pages },
+        Some(r) => Cursor {
+            next: r.base_pfn + skip_pages.min(r.nr_pages),
+            end: r.base_pfn + r.nr_pages,
+        },
         None => Cursor { next: 0, end: 0 },
     }
 }
@@ -84,8 +85,12 @@ fn region_cursor(p: &Platform, class: MemClass, uncached: Option<bool>, skip_pag
 impl SimMachine {
     /// A fresh board with the CPU features of QEMU model `model`.
     pub fn new(model: &str) -> Result<Self, String> {
-        let cpu = platform::qemu_cpu(model, true)
-            .ok_or_else(|| format!("unknown CPU model {model:?} (known: {})", platform::qemu_cpu_models().join(", ")))?;
+        let cpu = platform::qemu_cpu(model, true).ok_or_else(|| {
+            format!(
+                "unknown CPU model {model:?} (known: {})",
+                platform::qemu_cpu_models().join(", ")
+            )
+        })?;
         Self::with_features(cpu)
     }
 
@@ -104,14 +109,21 @@ impl SimMachine {
         // The first pages stand for the EL2 image; the rest feed the host
         // stage-2's table pool.
         let image = 256;
-        let mut pool = (hyp_region.base_pfn + image..hyp_region.base_pfn + hyp_region.nr_pages).map(|p| p << 12);
+        let mut pool = (hyp_region.base_pfn + image..hyp_region.base_pfn + hyp_region.nr_pages)
+            .map(|p| p << 12);
         let ram = region_cursor(&platform, MemClass::Ram, None, 0);
         let coherent = region_cursor(&platform, MemClass::Coherent, None, 0);
         let mmio_dev = region_cursor(&platform, MemClass::Mmio, Some(false), 0);
         let mmio_uc = region_cursor(&platform, MemClass::Mmio, Some(true), 0);
         let hyp_pfn = hyp_region.base_pfn + hyp_region.nr_pages / 2;
-        let hv = Hypervisor::new(platform, cpu, phys.clone(), CountingMaintenance::default(), &mut pool)
-            .map_err(|e| format!("hypervisor init: {e:?}"))?;
+        let hv = Hypervisor::new(
+            platform,
+            cpu,
+            phys.clone(),
+            CountingMaintenance::default(),
+            &mut pool,
+        )
+        .map_err(|e| format!("hypervisor init: {e:?}"))?;
         Ok(Self {
             hv,
             phys,
@@ -221,7 +233,10 @@ impl SimMachine {
             }
             Some(ExitReason::Mmio | ExitReason::MemFault) => {
                 let ipa = self.run_field(run, core::mem::offset_of!(RunPage, fault_ipa));
-                GuestOutcome::Exit { reason, ipa: Some(ipa) }
+                GuestOutcome::Exit {
+                    reason,
+                    ipa: Some(ipa),
+                }
             }
             _ => GuestOutcome::Exit { reason, ipa: None },
         }
@@ -273,7 +288,8 @@ impl Machine for SimMachine {
             PageKind::Mmio => &mut self.mmio_dev,
             PageKind::MmioUc => &mut self.mmio_uc,
         };
-        c.take(pages).ok_or_else(|| format!("no {pages} free {kind:?} pages left"))
+        c.take(pages)
+            .ok_or_else(|| format!("no {pages} free {kind:?} pages left"))
     }
 
     fn hyp_pfn(&mut self) -> u64 {
@@ -286,15 +302,30 @@ impl Machine for SimMachine {
 
     fn guest_boot(&mut self, vm: u64, vcpu: u64, protected: bool) -> GuestOutcome {
         let Some(&run) = self.run_pages.get(&(vm, vcpu)) else {
-            return GuestOutcome::Error(format!("vCPU {vcpu} of VM {vm} was not created by this scenario"));
+            return GuestOutcome::Error(format!(
+                "vCPU {vcpu} of VM {vm} was not created by this scenario"
+            ));
         };
         if !self.booted.get(&vm).copied().unwrap_or(false) {
             let pfn = match self.alloc(PageKind::Ram, GUEST_IMAGE_PAGES) {
                 Ok(p) => p,
                 Err(e) => return GuestOutcome::Error(e),
             };
-            let id = if protected { HostCallId::GuestDonate } else { HostCallId::GuestShare };
-            let r = self.call(id, &[vm, pfn, GUEST_BASE_IPA >> 12, GUEST_IMAGE_PAGES, host_interface::prot::R | host_interface::prot::W | host_interface::prot::X]);
+            let id = if protected {
+                HostCallId::GuestDonate
+            } else {
+                HostCallId::GuestShare
+            };
+            let r = self.call(
+                id,
+                &[
+                    vm,
+                    pfn,
+                    GUEST_BASE_IPA >> 12,
+                    GUEST_IMAGE_PAGES,
+                    host_interface::prot::R | host_interface::prot::W | host_interface::prot::X,
+                ],
+            );
             if r[0] != 0 || r[1] != 0 {
                 return GuestOutcome::CallFailed(r);
             }
@@ -312,7 +343,11 @@ impl Machine for SimMachine {
 
     fn guest_resume(&mut self, vm: u64, vcpu: u64, mmio_read: u64) -> GuestOutcome {
         if let Some(&run) = self.run_pages.get(&(vm, vcpu)) {
-            self.set_run_field(run, core::mem::offset_of!(RunPage, mmio_read_data), mmio_read);
+            self.set_run_field(
+                run,
+                core::mem::offset_of!(RunPage, mmio_read_data),
+                mmio_read,
+            );
             for k in 0..4 {
                 self.set_run_field(run, core::mem::offset_of!(RunPage, hvc_results) + 8 * k, 0);
             }

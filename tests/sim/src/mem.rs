@@ -38,7 +38,11 @@ impl SimPhys {
         let mut store = vec![0u8; size as usize + 4096];
         let raw = store.as_mut_ptr();
         let ptr = raw.wrapping_add(raw.align_offset(4096));
-        Self { buf: Arc::new(Buf { _store: store, ptr }), base, size }
+        Self {
+            buf: Arc::new(Buf { _store: store, ptr }),
+            base,
+            size,
+        }
     }
 
     /// Whether `pa` is backed by RAM.
@@ -49,7 +53,10 @@ impl SimPhys {
 
 impl PhysMem for SimPhys {
     fn phys_to_virt(&self, pa: u64) -> *mut u8 {
-        assert!(self.contains(pa), "hypervisor touched unbacked physical address {pa:#x}");
+        assert!(
+            self.contains(pa),
+            "hypervisor touched unbacked physical address {pa:#x}"
+        );
         self.buf.ptr.wrapping_add((pa - self.base) as usize)
     }
 }

@@ -1,0 +1,789 @@
+//! [`Stage2`]: one stage-2 translation table, its pool, and the
+//! break-before-make protocol around aarch64-paging's `map_range`.
+//!
+//! # How an update is done
+//!
+//! Every stage-2 is treated as live. [`Stage2::map`] and
+//! [`Stage2::set_invalid`] work on *units*: the overlap of the range with
+//! one non-table descriptor (a page, a block, or an invalid descriptor at any
+//! level), or — for `set_invalid` — a whole table whose span lies inside the
+//! range.
+//!
+//! 0. **Count.** The table pages the update allocates are counted exactly
+//!    from the existing tables; if the pool is short: [`Error::NoMem`],
+//!    nothing written. Only then is aarch64-paging called, whose
+//!    `Translation::allocate_table` is infallible.
+//! 1. **Break.** Every valid leaf that cannot be changed in place (output
+//!    address or memory attributes change, or a block must be split) is
+//!    made invalid; then `dsb`, `tlbi_ipa` for each, `dsb`.
+//! 2. **Make.** Blocks that straddle the range get their replacement table,
+//!    re-creating the old mapping outside the range; then the range's new
+//!    entries are written. Units that already hold the requested content are
+//!    left alone. A partly covered *invalid* block is split by
+//!    aarch64-paging, which copies its attributes — the annotation — into
+//!    the new table.
+//! 3. **Complete.** `dsb`; `tlbi_ipa` for valid leaves changed in place
+//!    (permissions) or removed, `tlbi_vmid` if a table was detached or the
+//!    batch overflowed; `dsb`. Then detached table pages join the pool. If
+//!    only invalid entries were replaced, a single `dsb` publishes them.
+//!
+//! The invalidations of one step are batched: up to
+//! [`TlbBatch::CAPACITY`] `tlbi_ipa`s, beyond that one `tlbi_vmid`. Pure
+//! software-bit changes get no TLBI. Cache maintenance is the core's (D9):
+//! this module issues none.
+
+use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
+use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2 as Stage2Regime};
+
+use crate::desc::{
+    attrs, decode_entry, granule, index, invalid_attrs, is_table, is_valid, leaf_attrs, LEAF_LEVEL,
+    OA_LIMIT, OA_MASK, PAGE_SIZE, PERM_BITS,
+};
+use crate::pool::{drain_list, PoolTranslation};
+use crate::{Entry, Error, Leaf, Maintenance, PhysMem, MAX_ANNOTATION};
+
+/// One stage-2 translation table with its pool of table pages.
+pub struct Stage2<P: PhysMem> {
+    root: RootTable<Stage2Regime, PoolTranslation<P>>,
+    root_pa: u64,
+    root_level: u8,
+    ipa_bits: u32,
+    fwb: bool,
+    vmid: u16,
+}
+
+/// What an update writes into every page of its range.
+#[derive(Clone, Copy)]
+enum Write {
+    /// Valid leaves with attribute bits `attrs`, output `pa + (ipa' - ipa)`.
+    Map {
+        ipa: u64,
+        pa: u64,
+        attrs: u64,
+        /// Blocks may be used (allowed by the caller and the memory type).
+        blocks: bool,
+    },
+    /// Invalid descriptors with attribute bits `attrs` (the annotation).
+    Invalid { attrs: u64 },
+}
+
+impl Write {
+    /// Output address (for `Invalid`: the IPA itself, which keeps
+    /// aarch64-paging's address arithmetic in range) written for `ipa'`.
+    fn pa_at(&self, at: u64) -> u64 {
+        match *self {
+            Write::Map { ipa, pa, .. } => pa + (at - ipa),
+            Write::Invalid { .. } => at,
+        }
+    }
+
+    fn attrs(&self) -> u64 {
+        match *self {
+            Write::Map { attrs, .. } | Write::Invalid { attrs } => attrs,
+        }
+    }
+
+    /// Whether aarch64-paging's `map_range` writes one descriptor at `level`
+    /// (< 3) for a chunk covering all of the descriptor starting at `at`,
+    /// rather than a table.
+    fn block_fits(&self, level: u8, at: u64) -> bool {
+        level > 0
+            && match *self {
+                Write::Map { blocks, .. } => {
+                    blocks && self.pa_at(at).is_multiple_of(granule(level))
+                }
+                Write::Invalid { .. } => true,
+            }
+    }
+
+    /// Whether the unit `u` overlapping the range from `at` already holds
+    /// exactly what this write would put there.
+    fn holds(&self, u: &Unit, at: u64) -> bool {
+        match *self {
+            Write::Map { attrs: a, .. } => {
+                is_valid(u.desc)
+                    && attrs(u.desc) == a
+                    && (u.desc & OA_MASK) + (at - u.start) == self.pa_at(at)
+            }
+            Write::Invalid { attrs: a } => u.desc == a,
+        }
+    }
+
+    fn constraints(&self) -> Constraints {
+        match *self {
+            Write::Map { blocks: false, .. } => {
+                Constraints::NO_BLOCK_MAPPINGS | Constraints::NO_CONTIGUOUS_HINT
+            }
+            _ => Constraints::NO_CONTIGUOUS_HINT,
+        }
+    }
+
+    /// Table pages `map_range` allocates to write `[a, b)`, which lies
+    /// inside one non-table descriptor at `level` that it replaces
+    /// (splitting it if needed). Independent of the descriptor's content:
+    /// a split copies the descriptor into a fresh table whose entries are
+    /// again non-table descriptors.
+    fn tables_for(&self, level: u8, a: u64, b: u64) -> usize {
+        if level == LEAF_LEVEL {
+            return 0;
+        }
+        let gran = granule(level);
+        if a.is_multiple_of(gran) && b - a == gran && self.block_fits(level, a) {
+            return 0;
+        }
+        // One new table at level + 1, then its entries overlapping [a, b).
+        let child = granule(level + 1);
+        let mut n = 1;
+        let mut cur = a;
+        if !cur.is_multiple_of(child) {
+            let end = (cur - cur % child + child).min(b);
+            n += self.tables_for(level + 1, cur, end);
+            cur = end;
+        }
+        let full_end = b - b % child;
+        if full_end > cur {
+            // Entirely covered children all get the same treatment: their
+            // output addresses have the same alignment.
+            let count = ((full_end - cur) / child) as usize;
+            n += count * self.tables_for(level + 1, cur, cur + child);
+            cur = full_end;
+        }
+        if cur < b {
+            n += self.tables_for(level + 1, cur, b);
+        }
+        n
+    }
+}
+
+/// The descriptor translating an address, as found by [`Stage2::unit_at`].
+#[derive(Clone, Copy, Debug)]
+struct Unit {
+    level: u8,
+    /// Span of the descriptor.
+    start: u64,
+    end: u64,
+    desc: u64,
+    /// `desc` is a table whose span lies inside the searched range.
+    table: bool,
+}
+
+/// A valid block that straddles the range and was broken: its mapping
+/// outside the range is re-created before the range is written.
+#[derive(Clone, Copy)]
+struct Straddle {
+    start: u64,
+    end: u64,
+    oa: u64,
+    attrs: u64,
+}
+
+/// TLB invalidations collected while writing, issued in one go. Past a few
+/// entries a whole-VMID invalidation is cheaper and covers them all.
+struct TlbBatch {
+    entries: [(u64, u8); Self::CAPACITY],
+    len: usize,
+    whole_vmid: bool,
+}
+
+impl TlbBatch {
+    const CAPACITY: usize = 8;
+
+    const fn new() -> Self {
+        Self {
+            entries: [(0, 0); Self::CAPACITY],
+            len: 0,
+            whole_vmid: false,
+        }
+    }
+
+    fn add(&mut self, ipa: u64, level: u8) {
+        if self.whole_vmid {
+            return;
+        }
+        match self.entries.get_mut(self.len) {
+            Some(slot) => {
+                *slot = (ipa, level);
+                self.len += 1;
+            }
+            None => self.whole_vmid = true,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0 && !self.whole_vmid
+    }
+
+    /// Issue the invalidations (no barriers).
+    fn issue(&mut self, vmid: u16, mnt: &mut dyn Maintenance) {
+        if self.whole_vmid {
+            mnt.tlbi_vmid(vmid);
+        } else {
+            for &(ipa, level) in &self.entries[..self.len] {
+                mnt.tlbi_ipa(vmid, ipa, level);
+            }
+        }
+        *self = Self::new();
+    }
+}
+
+impl<P: PhysMem> Stage2<P> {
+    /// New empty table. `root_pa`: a page (zeroed here) for the root table,
+    /// taken over by the table. `ipa_bits`: size of the input address space
+    /// (root level chosen: 0 for > 39 bits, else 1; a single root page—no
+    /// concatenation); values outside 32..=48 are clamped into it. `fwb`:
+    /// which MemAttr encoding to use (HCR_EL2.FWB). `vmid`: for TLB
+    /// maintenance.
+    pub fn new(phys: P, root_pa: u64, ipa_bits: u32, fwb: bool, vmid: u16) -> Self {
+        let ipa_bits = ipa_bits.clamp(32, 48);
+        let root_level = if ipa_bits > 39 { 0 } else { 1 };
+        let root_pa = root_pa & !(PAGE_SIZE - 1);
+        let translation = PoolTranslation::new(phys);
+        // RootTable::new allocates (and we zero) the root from the pool,
+        // which holds exactly this page now.
+        translation.pool_add(root_pa);
+        let root = RootTable::new(translation, usize::from(root_level), Stage2Regime);
+        debug_assert_eq!(root.to_physical().0 as u64, root_pa);
+        Self {
+            root,
+            root_pa,
+            root_level,
+            ipa_bits,
+            fwb,
+            vmid,
+        }
+    }
+
+    /// Physical address of the root table (for VTTBR_EL2).
+    pub fn root_pa(&self) -> u64 {
+        self.root_pa
+    }
+
+    /// Initial lookup level (for VTCR_EL2.SL0).
+    pub fn root_level(&self) -> u8 {
+        self.root_level
+    }
+
+    /// The VMID used for TLB maintenance.
+    pub fn vmid(&self) -> u16 {
+        self.vmid
+    }
+
+    /// Size of the input address space (for VTCR_EL2.T0SZ).
+    pub fn ipa_bits(&self) -> u32 {
+        self.ipa_bits
+    }
+
+    /// Whether leaves use the FWB MemAttr encodings.
+    pub fn fwb(&self) -> bool {
+        self.fwb
+    }
+
+    fn pool(&self) -> &PoolTranslation<P> {
+        self.root.translation()
+    }
+
+    /// Give a page to this table's pool (for future table pages). The pool
+    /// is an intrusive free list (next pointer stored in the free page
+    /// itself): no metadata outside the pages. `pa` must be page aligned
+    /// (an unaligned address is ignored).
+    pub fn pool_add(&mut self, pa: u64) {
+        debug_assert!(pa.is_multiple_of(PAGE_SIZE), "unaligned pool page {pa:#x}");
+        if pa.is_multiple_of(PAGE_SIZE) {
+            self.pool().pool_add(pa);
+        }
+    }
+
+    /// Pages in the pool.
+    pub fn pool_len(&self) -> usize {
+        self.pool().pool_len()
+    }
+
+    /// Take a page out of the pool (used by the core for other per-VM
+    /// metadata, e.g. vCPU contexts). Zeroed. The page is no longer owned by
+    /// this table ([`Stage2::destroy`] does not report it).
+    pub fn pool_take(&mut self) -> Option<u64> {
+        self.pool().pool_take()
+    }
+
+    /// Number of table pages currently in use (root included).
+    pub fn table_pages(&self) -> usize {
+        self.pool().table_pages()
+    }
+
+    /// `[ipa, end)` for a well-formed range inside the table.
+    fn range(&self, ipa: u64, nr_pages: u64) -> Result<u64, Error> {
+        let end = nr_pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| ipa.checked_add(len))
+            .ok_or(Error::Range)?;
+        if nr_pages == 0 || !ipa.is_multiple_of(PAGE_SIZE) || end > 1 << self.ipa_bits {
+            return Err(Error::Range);
+        }
+        Ok(end)
+    }
+
+    /// The descriptor translating `at`: descends through tables, except
+    /// (with `table_units`) a table whose span lies inside `[lo, hi)`.
+    fn unit_at(&self, at: u64, lo: u64, hi: u64, table_units: bool) -> Unit {
+        let pool = self.pool();
+        let mut level = self.root_level;
+        let mut table_pa = self.root_pa;
+        loop {
+            let gran = granule(level);
+            let start = at & !(gran - 1);
+            let end = start + gran;
+            let desc = pool.read_entry(table_pa, index(at, level));
+            let table = is_table(desc, level);
+            if !table || (table_units && start >= lo && end <= hi) {
+                return Unit {
+                    level,
+                    start,
+                    end,
+                    desc,
+                    table,
+                };
+            }
+            table_pa = desc & OA_MASK;
+            level += 1;
+        }
+    }
+
+    /// Table pages `w` allocates over `[a, b)`.
+    fn count(&self, w: &Write, a: u64, b: u64, skip_held: bool) -> usize {
+        self.count_in(w, self.root_level, self.root_pa, a, b, skip_held)
+    }
+
+    fn count_in(
+        &self,
+        w: &Write,
+        level: u8,
+        table_pa: u64,
+        a: u64,
+        b: u64,
+        skip_held: bool,
+    ) -> usize {
+        let gran = granule(level);
+        let mut n = 0;
+        let mut cur = a;
+        while cur < b {
+            let start = cur & !(gran - 1);
+            let end = (start + gran).min(b);
+            let desc = self.pool().read_entry(table_pa, index(cur, level));
+            if is_table(desc, level) {
+                // Existing tables are kept (or, fully covered by an unmap,
+                // detached); only their non-table entries may need tables,
+                // and entries of a last-level table never do.
+                let detached =
+                    matches!(w, Write::Invalid { .. }) && start == cur && end == start + gran;
+                if !detached && level + 1 < LEAF_LEVEL {
+                    n += self.count_in(w, level + 1, desc & OA_MASK, cur, end, skip_held);
+                }
+            } else {
+                let u = Unit {
+                    level,
+                    start,
+                    end: start + gran,
+                    desc,
+                    table: false,
+                };
+                if !(skip_held && w.holds(&u, cur)) {
+                    n += w.tables_for(level, cur, end);
+                }
+            }
+            cur = end;
+        }
+        n
+    }
+
+    fn check_pool(&self, w: &Write, a: u64, b: u64) -> Result<(), Error> {
+        let needed = self.count(w, a, b, true);
+        let available = self.pool_len();
+        if needed > available {
+            return Err(Error::NoMem { needed, available });
+        }
+        Ok(())
+    }
+
+    /// Number of new table pages that map(..)/set_invalid(..) on this range
+    /// would allocate right now, by walking the existing tables (block
+    /// splits for break-before-make included). 0 for a malformed range.
+    ///
+    /// The count assumes the output address is congruent to the IPA modulo
+    /// the block sizes (as for an identity map) and that no part of the
+    /// range already holds the requested content. Hence it is exact for
+    /// `set_invalid` with `allow_blocks = true`, and for `map` with
+    /// `pa == ipa` (mod 1 GiB) of a cacheable memory type; it is an upper
+    /// bound for `set_invalid` and, with `allow_blocks = false`, for `map`
+    /// with any `pa` and leaf. [`Stage2::map_tables_needed`] and
+    /// [`Stage2::set_invalid_tables_needed`] give the exact count of one
+    /// particular update.
+    pub fn tables_needed(&self, ipa: u64, nr_pages: u64, allow_blocks: bool) -> usize {
+        let Ok(end) = self.range(ipa, nr_pages) else {
+            return 0;
+        };
+        let w = Write::Map {
+            ipa,
+            pa: ipa,
+            attrs: 0,
+            blocks: allow_blocks,
+        };
+        self.count(&w, ipa, end, false)
+    }
+
+    /// Exactly the table pages `map(ipa, pa, nr_pages, leaf, allow_blocks, ..)`
+    /// would take from the pool now (0 for a malformed request).
+    pub fn map_tables_needed(
+        &self,
+        ipa: u64,
+        pa: u64,
+        nr_pages: u64,
+        leaf: Leaf,
+        allow_blocks: bool,
+    ) -> usize {
+        match self.map_write(ipa, pa, nr_pages, leaf, allow_blocks) {
+            Ok((w, end)) => self.count(&w, ipa, end, true),
+            Err(_) => 0,
+        }
+    }
+
+    /// Exactly the table pages `set_invalid(ipa, nr_pages, annotation, ..)`
+    /// would take from the pool now (0 for a malformed request).
+    pub fn set_invalid_tables_needed(&self, ipa: u64, nr_pages: u64, annotation: u16) -> usize {
+        match self.invalid_write(ipa, nr_pages, annotation) {
+            Ok((w, end)) => self.count(&w, ipa, end, true),
+            Err(_) => 0,
+        }
+    }
+
+    fn map_write(
+        &self,
+        ipa: u64,
+        pa: u64,
+        nr_pages: u64,
+        leaf: Leaf,
+        allow_blocks: bool,
+    ) -> Result<(Write, u64), Error> {
+        let end = self.range(ipa, nr_pages)?;
+        let pa_end = pa.checked_add(end - ipa).ok_or(Error::Range)?;
+        if !pa.is_multiple_of(PAGE_SIZE) || pa_end > OA_LIMIT {
+            return Err(Error::Range);
+        }
+        let w = Write::Map {
+            ipa,
+            pa,
+            attrs: leaf_attrs(leaf, self.fwb),
+            // D6: non-cacheable mappings are page-granular.
+            blocks: allow_blocks && leaf.memtype.is_cacheable(),
+        };
+        Ok((w, end))
+    }
+
+    fn invalid_write(
+        &self,
+        ipa: u64,
+        nr_pages: u64,
+        annotation: u16,
+    ) -> Result<(Write, u64), Error> {
+        let end = self.range(ipa, nr_pages)?;
+        if annotation > MAX_ANNOTATION {
+            return Err(Error::Annotation);
+        }
+        Ok((
+            Write::Invalid {
+                attrs: invalid_attrs(annotation),
+            },
+            end,
+        ))
+    }
+
+    /// aarch64-paging's `map_range` on `[a, b)`. Callers keep it from
+    /// failing: the range is inside the table, and attributes never carry
+    /// the table/page bit. They also keep it away from its "block already
+    /// maps this" shortcut for a non-table entry whose attributes equal the
+    /// new ones, which computes `pa - (offset of the chunk in the block)` and
+    /// would underflow (a panic with overflow checks) for a `pa` below that
+    /// offset: unmaps pass the IPA as `pa`, and a map never writes over a
+    /// valid entry with equal attributes (such units hold the content
+    /// already and are skipped, or map another address and were broken).
+    fn put(&mut self, a: u64, b: u64, pa: u64, attrs: u64, constraints: Constraints) {
+        let region = MemoryRegion::new(a as usize, b as usize);
+        let flags = Stage2Attributes::from_bits_retain(attrs as usize);
+        let r = self
+            .root
+            .map_range(&region, PhysicalAddress(pa as usize), flags, constraints);
+        debug_assert!(r.is_ok(), "map_range {a:#x}..{b:#x}: {r:?}");
+    }
+
+    /// Make the valid leaf `u` invalid (the "break" of break-before-make).
+    fn break_leaf(&mut self, u: &Unit, tlb: &mut TlbBatch) {
+        self.put(u.start, u.end, u.start, 0, Constraints::NO_CONTIGUOUS_HINT);
+        tlb.add(u.start, u.level);
+    }
+
+    /// Map [ipa, ipa + nr_pages*4K) to [pa, ...) with `leaf`. Blocks (2 MiB
+    /// level 2, 1 GiB level 1) are used where the IPA and PA are aligned and
+    /// allow_blocks is true; never for NormalNc/Device (D6). First checks the
+    /// pool holds the table pages needed, else Error::NoMem and NOTHING is
+    /// written. Break-before-make as described in the module docs; pages
+    /// already mapped exactly so are left alone (an existing block that maps
+    /// part of the range exactly as requested stays a block).
+    pub fn map(
+        &mut self,
+        ipa: u64,
+        pa: u64,
+        nr_pages: u64,
+        leaf: Leaf,
+        allow_blocks: bool,
+        mnt: &mut dyn Maintenance,
+    ) -> Result<(), Error> {
+        let (w, end) = self.map_write(ipa, pa, nr_pages, leaf, allow_blocks)?;
+        self.check_pool(&w, ipa, end)?;
+        let new = w.attrs();
+
+        // Break: valid leaves that cannot change in place.
+        let mut tlb = TlbBatch::new();
+        let mut straddles = [None; 2];
+        let mut cur = ipa;
+        while cur < end {
+            let u = self.unit_at(cur, ipa, end, false);
+            let b = u.end.min(end);
+            if is_valid(u.desc) && !w.holds(&u, cur) {
+                let whole = cur == u.start && b == u.end;
+                let in_place = whole
+                    && (u.level == LEAF_LEVEL || w.block_fits(u.level, cur))
+                    && u.desc & OA_MASK == w.pa_at(cur)
+                    && bbm_safe(attrs(u.desc), new);
+                if !in_place {
+                    self.break_leaf(&u, &mut tlb);
+                    if !whole {
+                        straddles[usize::from(cur != ipa)] = Some(Straddle {
+                            start: u.start,
+                            end: u.end,
+                            oa: u.desc & OA_MASK,
+                            attrs: attrs(u.desc),
+                        });
+                    }
+                }
+            }
+            cur = b;
+        }
+        self.complete(&mut tlb, false, mnt);
+
+        // Make.
+        let rebuilt = self.rebuild(&straddles, ipa, end);
+        let wrote = self.write_units(&w, ipa, end, &mut tlb);
+        if rebuilt || wrote {
+            self.complete(&mut tlb, true, mnt);
+        }
+        Ok(())
+    }
+
+    /// Make [ipa, ..+nr) invalid, storing `annotation` (0 = plain unmapped)
+    /// in every covered invalid descriptor; a table whose whole span is in
+    /// the range is replaced by one invalid descriptor carrying the
+    /// annotation and its pages return to the pool after the TLB
+    /// maintenance. Valid entries removed get dsb+TLBI. Blocks straddling
+    /// the range are split (BBM) so pages outside the range keep their
+    /// mapping/annotation. Same NoMem contract as [`Stage2::map`].
+    pub fn set_invalid(
+        &mut self,
+        ipa: u64,
+        nr_pages: u64,
+        annotation: u16,
+        mnt: &mut dyn Maintenance,
+    ) -> Result<(), Error> {
+        let (w, end) = self.invalid_write(ipa, nr_pages, annotation)?;
+        self.check_pool(&w, ipa, end)?;
+
+        // Break: only a valid block sticking out of the range needs it;
+        // everything inside is simply overwritten.
+        let mut tlb = TlbBatch::new();
+        let mut straddles = [None; 2];
+        for (slot, at) in [ipa, end - PAGE_SIZE].into_iter().enumerate() {
+            let u = self.unit_at(at, ipa, end, false);
+            if is_valid(u.desc) && (u.start < ipa || u.end > end) {
+                self.break_leaf(&u, &mut tlb);
+                straddles[slot] = Some(Straddle {
+                    start: u.start,
+                    end: u.end,
+                    oa: u.desc & OA_MASK,
+                    attrs: attrs(u.desc),
+                });
+            }
+        }
+        self.complete(&mut tlb, false, mnt);
+
+        let rebuilt = self.rebuild(&straddles, ipa, end);
+        let wrote = self.write_units(&w, ipa, end, &mut tlb);
+        if rebuilt || wrote {
+            self.complete(&mut tlb, true, mnt);
+        }
+        Ok(())
+    }
+
+    /// Re-create, after their break, the parts of straddling blocks outside
+    /// `[ipa, end)` with their old attributes one level down. Returns
+    /// whether there was any.
+    fn rebuild(&mut self, straddles: &[Option<Straddle>; 2], ipa: u64, end: u64) -> bool {
+        let mut any = false;
+        for s in straddles.iter().flatten() {
+            any = true;
+            if s.start < ipa {
+                self.put(s.start, ipa, s.oa, s.attrs, Constraints::NO_CONTIGUOUS_HINT);
+            }
+            if end < s.end {
+                self.put(
+                    end,
+                    s.end,
+                    s.oa + (end - s.start),
+                    s.attrs,
+                    Constraints::NO_CONTIGUOUS_HINT,
+                );
+            }
+        }
+        any
+    }
+
+    /// Write `w` over `[ipa, end)` after the breaks: runs of units that
+    /// change go to `map_range` together; fully covered tables are detached
+    /// (unmaps only). Valid leaves that are overwritten here (permission
+    /// changes, removals) are added to `tlb`. Returns whether anything was
+    /// written.
+    fn write_units(&mut self, w: &Write, ipa: u64, end: u64, tlb: &mut TlbBatch) -> bool {
+        let unmap = matches!(w, Write::Invalid { .. });
+        let mut run: Option<u64> = None;
+        let mut wrote = false;
+        let mut cur = ipa;
+        while cur < end {
+            let u = self.unit_at(cur, ipa, end, unmap);
+            let b = u.end.min(end);
+            if u.table {
+                self.flush_run(w, &mut run, cur);
+                // map_range replaces the table descriptor by an invalid one
+                // and lets go of the hierarchy without touching it; park its
+                // pages until the TLB maintenance below.
+                self.put(u.start, u.end, u.start, w.attrs(), w.constraints());
+                self.pool().defer_free_tree(u.desc & OA_MASK, u.level + 1);
+                tlb.whole_vmid = true;
+                wrote = true;
+            } else if w.holds(&u, cur) {
+                self.flush_run(w, &mut run, cur);
+            } else {
+                if is_valid(u.desc) {
+                    // Removal, or (map) an in-place change: the breaks
+                    // handled everything else.
+                    debug_assert!(unmap || (u.desc & OA_MASK) + (cur - u.start) == w.pa_at(cur));
+                    if unmap || (u.desc ^ w.attrs()) & PERM_BITS != 0 {
+                        tlb.add(u.start, u.level);
+                    }
+                }
+                run.get_or_insert(cur);
+                wrote = true;
+            }
+            cur = b;
+        }
+        self.flush_run(w, &mut run, end);
+        wrote
+    }
+
+    fn flush_run(&mut self, w: &Write, run: &mut Option<u64>, end: u64) {
+        if let Some(start) = run.take() {
+            self.put(start, end, w.pa_at(start), w.attrs(), w.constraints());
+        }
+    }
+
+    /// Barriers and TLB maintenance after a batch of writes; then pages of
+    /// detached tables may be reused. With `always_dsb`, a DSB is issued even
+    /// without invalidations (new entries become visible to walkers).
+    fn complete(&mut self, tlb: &mut TlbBatch, always_dsb: bool, mnt: &mut dyn Maintenance) {
+        if tlb.is_empty() {
+            if always_dsb {
+                mnt.dsb();
+            }
+            return;
+        }
+        mnt.dsb();
+        tlb.issue(self.vmid, mnt);
+        mnt.dsb();
+        self.pool().release_pending();
+    }
+
+    /// The entry translating one page (the page containing `ipa`). Outside
+    /// the input address space: `Invalid { annotation: 0 }`.
+    pub fn lookup(&self, ipa: u64) -> Entry {
+        if ipa >> self.ipa_bits != 0 {
+            return Entry::Invalid { annotation: 0 };
+        }
+        let page = ipa & !(PAGE_SIZE - 1);
+        let u = self.unit_at(page, 0, 0, false);
+        decode_entry(u.desc, u.level, page, self.fwb)
+    }
+
+    /// The raw non-table descriptor translating `ipa` and its level (for
+    /// tests and invariant checkers). Outside the input address space:
+    /// `(0, root level)`.
+    pub fn descriptor(&self, ipa: u64) -> (u64, u8) {
+        if ipa >> self.ipa_bits != 0 {
+            return (0, self.root_level);
+        }
+        let u = self.unit_at(ipa & !(PAGE_SIZE - 1), 0, 0, false);
+        (u.desc, u.level)
+    }
+
+    /// Visit the range in maximal runs: f(ipa_of_run_start,
+    /// nr_pages_in_run, entry_of_first_page). A run is one descriptor's
+    /// overlap with the range (one block, one page, or one invalid
+    /// descriptor at any level); for Mapped runs the entry's pa is the first
+    /// page's pa. Returns early if f returns false.
+    pub fn walk(
+        &self,
+        ipa: u64,
+        nr_pages: u64,
+        f: &mut dyn FnMut(u64, u64, Entry) -> bool,
+    ) -> Result<(), Error> {
+        let end = self.range(ipa, nr_pages)?;
+        let fwb = self.fwb;
+        let region = MemoryRegion::new(ipa as usize, end as usize);
+        // An error from walk_range can only be our early stop: the region
+        // was checked above.
+        let _ = self.root.walk_range(&region, &mut |chunk, desc, level| {
+            let bits = (desc.output_address().0 | desc.flags().bits()) as u64;
+            let start = chunk.start().0 as u64;
+            let pages = chunk.len() as u64 / PAGE_SIZE;
+            if f(start, pages, decode_entry(bits, level as u8, start, fwb)) {
+                Ok(())
+            } else {
+                Err(())
+            }
+        });
+        Ok(())
+    }
+
+    /// Tear down: free every table page (root included) and every pool page,
+    /// calling `f(pa)` once for each page this Stage2 owns (tables + pool;
+    /// not pages handed out by [`Stage2::pool_take`]). `f` runs after the
+    /// table is gone, so it may scrub or hand on each page at once. No TLB
+    /// maintenance is issued: the caller invalidates the VMID.
+    pub fn destroy(self, f: &mut dyn FnMut(u64)) {
+        let pool = self.pool();
+        pool.dismantle(self.root_pa, self.root_level);
+        let phys = pool.phys().clone();
+        let list = pool.free_list();
+        let root_pa = self.root_pa;
+        // Dropping the RootTable reads only the emptied root.
+        drop(self);
+        drain_list(&phys, list, f);
+        f(root_pa);
+    }
+}
+
+/// Whether a live valid leaf may go from attributes `old` to `new` (same
+/// output address) without break-before-make: only permissions and software
+/// bits differ (aarch64-paging's rule for stage 2).
+fn bbm_safe(old: u64, new: u64) -> bool {
+    use aarch64_paging::descriptor::PagingAttributes;
+    Stage2Attributes::is_bbm_safe(
+        Stage2Attributes::from_bits_retain(old as usize),
+        Stage2Attributes::from_bits_retain(new as usize),
+    )
+}
