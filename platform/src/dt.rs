@@ -266,3 +266,102 @@ pub(crate) fn memory_ranges(blob: &[u8]) -> Result<Vec<(u64, u64)>, PlatformErro
     }
     Ok(ranges)
 }
+
+/// Locations of the `reg` values of every available `/memory` node, and the
+/// root's cell sizes: what [`patch_host_memory`] rewrites.
+fn memory_reg_slots(blob: &[u8]) -> Result<(Vec<(usize, usize)>, usize, usize), PlatformError> {
+    let fdt = Fdt::new(blob)?;
+    let mut walk = fdt.walk();
+    let (mut address_cells, mut size_cells) = (2, 1);
+    let mut slots = Vec::new();
+    let (mut is_memory, mut available, mut reg) = (false, true, None);
+    loop {
+        let depth = walk.depth();
+        let Some(token) = walk.next_token()? else {
+            break;
+        };
+        match token {
+            Token::Prop { name, value } if depth == 1 => match name {
+                b"#address-cells" => address_cells = cells(value)?,
+                b"#size-cells" => size_cells = cells(value)?,
+                _ => {}
+            },
+            Token::Prop { name, value } if depth == 2 => match name {
+                b"device_type" => is_memory = string_is(value, b"memory"),
+                b"status" => available = string_is(value, b"okay") || string_is(value, b"ok"),
+                b"reg" => {
+                    // `value` is a sub-slice of `blob`: its offset is exact.
+                    let offset = value.as_ptr() as usize - blob.as_ptr() as usize;
+                    reg = Some((offset, value.len()));
+                }
+                _ => {}
+            },
+            Token::BeginNode(_) if depth == 1 => {
+                (is_memory, available, reg) = (false, true, None);
+            }
+            Token::EndNode if depth == 2 && is_memory && available => {
+                slots.push(reg.ok_or(PlatformError::BadMemoryReg)?);
+            }
+            _ => {}
+        }
+    }
+    if !(1..=2).contains(&address_cells) || !(1..=2).contains(&size_cells) {
+        return Err(PlatformError::BadCells);
+    }
+    Ok((slots, address_cells, size_cells))
+}
+
+/// Rewrite the `/memory` nodes of `blob` in place so that they offer exactly
+/// `ranges` (base, size in bytes): the host's RAM once the hypervisor's own
+/// memory and COHERENT memory are taken out. Entries are written into the
+/// existing `reg` slots in order; slots left over get size 0, which operating
+/// systems ignore. Fails (leaving the blob unchanged) when the tree has fewer
+/// slots than ranges or a range does not fit the cell sizes.
+pub fn patch_host_memory(blob: &mut [u8], ranges: &[(u64, u64)]) -> Result<(), PlatformError> {
+    let (slots, ac, sc) = memory_reg_slots(blob)?;
+    let pair = (ac + sc) * 4;
+    let capacity: usize = slots.iter().map(|&(_, len)| len / pair).sum();
+    let fits = |v: u64, n: usize| n == 2 || v >> 32 == 0;
+    if ranges.len() > capacity || ranges.iter().any(|&(b, s)| !fits(b, ac) || !fits(s, sc)) {
+        return Err(PlatformError::BadMemoryReg);
+    }
+    let mut next = ranges.iter();
+    for (offset, len) in slots {
+        for k in 0..len / pair {
+            let at = offset + k * pair;
+            let (base, size) = next.next().copied().unwrap_or((0, 0));
+            let mut write = |pos: usize, v: u64, n: usize| {
+                for c in 0..n {
+                    let word = (v >> (32 * (n - 1 - c))) as u32;
+                    if let Some(dst) = blob.get_mut(pos + 4 * c..pos + 4 * c + 4) {
+                        dst.copy_from_slice(&word.to_be_bytes());
+                    }
+                }
+            };
+            write(at, base, ac);
+            write(at + ac * 4, size, sc);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod patch_tests {
+    use super::*;
+
+    #[test]
+    fn host_memory_is_rewritten_in_place() {
+        let mut blob = crate::qemu_virt_fdt(0x4000_0000, 0x4000_0000);
+        let before = blob.len();
+        patch_host_memory(&mut blob, &[(0x4400_0000, 0x3800_0000)]).unwrap();
+        assert_eq!(blob.len(), before);
+        assert_eq!(memory_ranges(&blob).unwrap(), [(0x4400_0000, 0x3800_0000)]);
+        // More ranges than slots: refused, blob unchanged.
+        let copy = blob.clone();
+        assert!(patch_host_memory(&mut blob, &[(0x4400_0000, 0x1000), (0x5000_0000, 0x1000)]).is_err());
+        assert_eq!(blob, copy);
+        // A garbage blob is an error, not a panic.
+        let mut junk = alloc::vec![0u8; 64];
+        assert!(patch_host_memory(&mut junk, &[]).is_err());
+    }
+}

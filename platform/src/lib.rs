@@ -83,6 +83,7 @@ pub use cpu::{
 pub use error::{FdtError, Origin, PlatformError};
 pub use manifest::{Manifest, ManifestEntry, ManifestKind};
 pub use memmap::{MemClass, Platform, Region};
+pub use dt::patch_host_memory;
 #[cfg(any(test, feature = "std"))]
 pub use qemu_virt::qemu_virt_fdt;
 

@@ -62,6 +62,7 @@ impl ManifestEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
     entries: Vec<ManifestEntry>,
+    host_image: Option<u64>,
 }
 
 impl Manifest {
@@ -69,6 +70,7 @@ impl Manifest {
     pub fn parse(text: &str, pa_bits: u32) -> Result<Self, PlatformError> {
         let pa_limit = pa_limit(pa_bits)?;
         let mut entries = Vec::new();
+        let mut host_image = None;
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             let content = raw.split('#').next().unwrap_or("");
@@ -76,6 +78,24 @@ impl Manifest {
             let Some(keyword) = words.next() else {
                 continue;
             };
+            if keyword == "host-image" {
+                // Where the boot loader put the host kernel (an arm64 Image).
+                let (Some(addr), None) = (words.next(), words.next()) else {
+                    return Err(PlatformError::ManifestSyntax { line });
+                };
+                let addr = parse_number(addr).ok_or(PlatformError::BadNumber { line })?;
+                let at = Origin::Manifest { line };
+                if addr & ((1u64 << PAGE_SHIFT) - 1) != 0 {
+                    return Err(PlatformError::Unaligned { at });
+                }
+                if addr >= pa_limit {
+                    return Err(PlatformError::OutsidePaSpace { at });
+                }
+                if host_image.replace(addr).is_some() {
+                    return Err(PlatformError::ManifestSyntax { line });
+                }
+                continue;
+            }
             let kind = ManifestKind::from_keyword(keyword)
                 .ok_or(PlatformError::UnknownKeyword { line })?;
             let (Some(base), Some(size), None) = (words.next(), words.next(), words.next()) else {
@@ -115,7 +135,15 @@ impl Manifest {
                 }
             }
         }
-        Ok(Self { entries })
+        Ok(Self {
+            entries,
+            host_image,
+        })
+    }
+
+    /// The physical address of the host kernel image (`host-image` line).
+    pub fn host_image(&self) -> Option<u64> {
+        self.host_image
     }
 
     /// The declarations, in file order.
