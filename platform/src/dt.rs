@@ -358,10 +358,60 @@ mod patch_tests {
         assert_eq!(memory_ranges(&blob).unwrap(), [(0x4400_0000, 0x3800_0000)]);
         // More ranges than slots: refused, blob unchanged.
         let copy = blob.clone();
-        assert!(patch_host_memory(&mut blob, &[(0x4400_0000, 0x1000), (0x5000_0000, 0x1000)]).is_err());
+        assert!(
+            patch_host_memory(&mut blob, &[(0x4400_0000, 0x1000), (0x5000_0000, 0x1000)]).is_err()
+        );
         assert_eq!(blob, copy);
         // A garbage blob is an error, not a panic.
         let mut junk = alloc::vec![0u8; 64];
         assert!(patch_host_memory(&mut junk, &[]).is_err());
+    }
+}
+
+/// The MPIDR affinity (`reg`) of every CPU node under `/cpus`, in tree order.
+pub fn cpu_mpidrs(blob: &[u8]) -> Result<Vec<u64>, PlatformError> {
+    let fdt = Fdt::new(blob)?;
+    let mut walk = fdt.walk();
+    let mut in_cpus = false;
+    let mut address_cells = 1;
+    let (mut is_cpu, mut reg) = (false, None);
+    let mut out = Vec::new();
+    loop {
+        let depth = walk.depth();
+        let Some(token) = walk.next_token()? else {
+            break;
+        };
+        match token {
+            Token::BeginNode(name) if depth == 1 => in_cpus = name == b"cpus",
+            Token::EndNode if depth == 2 => in_cpus = false,
+            Token::Prop { name, value } if depth == 2 && in_cpus && name == b"#address-cells" => {
+                address_cells = cells(value)?;
+            }
+            Token::BeginNode(_) if depth == 2 && in_cpus => (is_cpu, reg) = (false, None),
+            Token::Prop { name, value } if depth == 3 && in_cpus => match name {
+                b"device_type" => is_cpu = string_is(value, b"cpu"),
+                b"reg" => reg = Some(value),
+                _ => {}
+            },
+            Token::EndNode if depth == 3 && in_cpus && is_cpu => {
+                let r = reg.ok_or(PlatformError::BadCells)?;
+                if !(1..=2).contains(&address_cells) || r.len() < address_cells * 4 {
+                    return Err(PlatformError::BadCells);
+                }
+                out.push(read_cells(r, address_cells));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    #[test]
+    fn cpus_of_the_qemu_board() {
+        let blob = crate::qemu_virt_fdt(0x4000_0000, 0x4000_0000);
+        assert_eq!(super::cpu_mpidrs(&blob).unwrap(), [0, 1]);
+        assert!(super::cpu_mpidrs(&[0u8; 16]).is_err());
     }
 }

@@ -80,10 +80,10 @@ pub use cpu::{
     qemu_cpu, qemu_cpu_models, qemu_id_regs, CpuFeatures, IdRegs, FEATURE_CACHEABLE_DEVICE,
     FEATURE_DIC, FEATURE_FWB, FEATURE_IDC, FEATURE_MTE, MAX_PA_BITS,
 };
+pub use dt::{cpu_mpidrs, patch_host_memory};
 pub use error::{FdtError, Origin, PlatformError};
 pub use manifest::{Manifest, ManifestEntry, ManifestKind};
 pub use memmap::{MemClass, Platform, Region};
-pub use dt::patch_host_memory;
 #[cfg(any(test, feature = "std"))]
 pub use qemu_virt::qemu_virt_fdt;
 

@@ -1106,8 +1106,16 @@ fn errors_display() {
 fn manifest_host_image() {
     let m = Manifest::parse(crate::QEMU_VIRT_MANIFEST, 48).unwrap();
     assert_eq!(m.host_image(), Some(0x4400_0000));
-    assert_eq!(Manifest::parse("host-image 0x1001", 48).unwrap_err().line(), Some(1));
-    assert_eq!(Manifest::parse("\nhost-image 0x1000\nhost-image 0x2000", 48).unwrap_err().line(), Some(3));
+    assert_eq!(
+        Manifest::parse("host-image 0x1001", 48).unwrap_err().line(),
+        Some(1)
+    );
+    assert_eq!(
+        Manifest::parse("\nhost-image 0x1000\nhost-image 0x2000", 48)
+            .unwrap_err()
+            .line(),
+        Some(3)
+    );
     assert!(Manifest::parse("host-image", 48).is_err());
     assert!(Manifest::parse("host-image 0x1_0000_0000_0000", 48).is_err());
 }

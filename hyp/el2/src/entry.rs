@@ -1,0 +1,242 @@
+//! Entry points, exception vectors and stacks: the assembly the rest of the
+//! image stands on.
+//!
+//! - `_start`: the arm64 Image header, then the primary CPU's entry (x0 = the
+//!   device tree): zero BSS, take CPU 0's stack, call `rust_primary_main`.
+//! - `secondary_entry`: where our own PSCI CPU_ON starts other CPUs (x0 = CPU
+//!   index): take that CPU's stack, turn the MMU on with the primary's
+//!   EL2 tables ([`BOOT_PARAMS`]), call `rust_secondary_main`.
+//! - `el2_vectors`: a synchronous exception from EL1 first goes through a
+//!   fast path that answers host HVCs outside the host-call range with
+//!   NOT_SUPPORTED without leaving the vector; everything else saves x0..x30
+//!   in a [`Frame`] on the CPU's EL2 stack and calls `handle_lower_sync`.
+
+use core::arch::global_asm;
+use core::sync::atomic::AtomicU64;
+
+/// Most CPUs the image runs on.
+pub const MAX_CPUS: usize = 4;
+/// Usable stack per CPU.
+pub const STACK_SIZE: usize = 32 * 1024;
+/// Each CPU's stack has an unmapped guard page below it.
+pub const GUARD_SIZE: usize = 4096;
+const STACK_SLOT: usize = STACK_SIZE + GUARD_SIZE;
+
+/// Stacks of every CPU, each preceded by its guard page.
+#[repr(C, align(4096))]
+pub struct Stacks(pub [[u8; STACK_SLOT]; MAX_CPUS]);
+
+/// Per-CPU stacks (in BSS).
+#[no_mangle]
+pub static mut STACKS: Stacks = Stacks([[0; STACK_SLOT]; MAX_CPUS]);
+
+/// What a secondary CPU needs to turn its MMU on: MAIR_EL2, TCR_EL2,
+/// TTBR0_EL2, SCTLR_EL2, written by the primary and cleaned to PoC before
+/// any secondary starts (they read it with the MMU off).
+#[no_mangle]
+pub static BOOT_PARAMS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// General-purpose registers saved at a trap from EL1.
+#[repr(C)]
+pub struct Frame {
+    /// x0..x30.
+    pub x: [u64; 31],
+    _pad: u64,
+}
+
+global_asm!(
+    r#"
+.section .text.head, "ax"
+.global _start
+_start:
+    b       primary_entry
+    .long   0
+    .quad   0x80000             // text_offset
+    .quad   __image_size
+    .quad   0x2                 // little endian, 4 KiB pages, 2 MiB-aligned base
+    .quad   0, 0, 0
+    .ascii  "ARM\x64"
+    .long   0
+
+primary_entry:
+    mov     x19, x0
+    adrp    x1, __bss_start
+    add     x1, x1, :lo12:__bss_start
+    adrp    x2, __bss_end
+    add     x2, x2, :lo12:__bss_end
+0:  cmp     x1, x2
+    b.hs    1f
+    stp     xzr, xzr, [x1], #16
+    b       0b
+1:  mov     x0, #0
+    bl      set_stack
+    mov     x0, x19
+    bl      rust_primary_main
+2:  wfe
+    b       2b
+
+.global secondary_entry
+secondary_entry:
+    mov     x19, x0
+    bl      set_stack
+    // MMU on with the primary's tables.
+    adrp    x1, BOOT_PARAMS
+    add     x1, x1, :lo12:BOOT_PARAMS
+    ldp     x2, x3, [x1]
+    ldp     x4, x5, [x1, #16]
+    msr     mair_el2, x2
+    msr     tcr_el2, x3
+    msr     ttbr0_el2, x4
+    isb
+    tlbi    alle2
+    dsb     nsh
+    isb
+    msr     sctlr_el2, x5
+    isb
+    mov     x0, x19
+    bl      rust_secondary_main
+3:  wfe
+    b       3b
+
+// x0 = CPU index: sp = top of that CPU's stack. Clobbers x1, x2.
+set_stack:
+    adrp    x1, STACKS
+    add     x1, x1, :lo12:STACKS
+    mov     x2, #{slot}
+    madd    x1, x0, x2, x1
+    add     x1, x1, x2
+    mov     sp, x1
+    ret
+
+.section .text.vectors, "ax"
+.balign 2048
+.global el2_vectors
+el2_vectors:
+    // Current EL with SP_EL0.
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    // Current EL with SP_ELx.
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    // Lower EL, AArch64: synchronous.
+    .balign 0x80
+    stp     x5, x6, [sp, #-16]!
+    mrs     x5, esr_el2
+    lsr     x5, x5, #26
+    cmp     x5, #0x16           // HVC64
+    b.ne    4f
+    mov     x5, #0x0100
+    movk    x5, #0xc600, lsl #16
+    sub     x5, x0, x5
+    cmp     x5, #0x40           // host-call table range: full dispatch
+    b.lo    4f
+    mov     x0, #-1             // NOT_SUPPORTED, nothing else runs
+    mov     x1, xzr
+    mov     x2, xzr
+    mov     x3, xzr
+    mov     x4, xzr
+    ldp     x5, x6, [sp], #16
+    eret
+4:  ldp     x5, x6, [sp], #16
+    b       el1_sync_slow
+    // Lower EL, AArch64: IRQ, FIQ, SError.
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    // Lower EL, AArch32.
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+
+el1_sync_slow:
+    sub     sp, sp, #256
+    stp     x0, x1, [sp, #0]
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x19, [sp, #144]
+    stp     x20, x21, [sp, #160]
+    stp     x22, x23, [sp, #176]
+    stp     x24, x25, [sp, #192]
+    stp     x26, x27, [sp, #208]
+    stp     x28, x29, [sp, #224]
+    str     x30, [sp, #240]
+    mov     x0, sp
+    bl      handle_lower_sync
+    ldp     x0, x1, [sp, #0]
+    ldp     x2, x3, [sp, #16]
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x19, [sp, #144]
+    ldp     x20, x21, [sp, #160]
+    ldp     x22, x23, [sp, #176]
+    ldp     x24, x25, [sp, #192]
+    ldp     x26, x27, [sp, #208]
+    ldp     x28, x29, [sp, #224]
+    ldr     x30, [sp, #240]
+    add     sp, sp, #256
+    eret
+
+el2_unexpected:
+    mrs     x0, esr_el2
+    mrs     x1, elr_el2
+    mrs     x2, far_el2
+    mrs     x3, spsr_el2
+    bl      handle_unexpected
+5:  wfe
+    b       5b
+
+// eret_to_host(entry, x0): enter EL1h at `entry`, interrupts masked, with x0.
+.global eret_to_host
+eret_to_host:
+    msr     elr_el2, x0
+    mov     x2, #0x3c5
+    msr     spsr_el2, x2
+    mov     x0, x1
+    mov     x1, xzr
+    mov     x2, xzr
+    mov     x3, xzr
+    isb
+    eret
+"#,
+    slot = const STACK_SLOT,
+);
+
+extern "C" {
+    /// Where PSCI CPU_ON starts secondary CPUs.
+    pub fn secondary_entry();
+    /// Base of the exception vectors.
+    pub fn el2_vectors();
+    /// Enter the host at EL1h.
+    pub fn eret_to_host(entry: u64, x0: u64) -> !;
+}

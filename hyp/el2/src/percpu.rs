@@ -1,0 +1,155 @@
+//! Physical CPUs: the MPIDRs from the device tree, the ID registers each CPU
+//! reported at boot, and the host's CPU_ON requests, which start the CPU
+//! through the hypervisor's entry so it is set up at EL2 before the host's
+//! code runs at EL1.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use host_interface::psci;
+use platform::IdRegs;
+use smccc::psci::{cpu_off, cpu_on};
+use smccc::Smc;
+
+use crate::entry::{secondary_entry, MAX_CPUS};
+use crate::sysreg;
+
+const MODE_PROBE: u64 = 1;
+const MODE_HOST: u64 = 2;
+
+/// One physical CPU.
+pub struct PerCpu {
+    mpidr: AtomicU64,
+    mode: AtomicU64,
+    host_entry: AtomicU64,
+    host_ctx: AtomicU64,
+    probed: AtomicBool,
+    id: [AtomicU64; 5],
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const CPU: PerCpu = PerCpu {
+    mpidr: AtomicU64::new(u64::MAX),
+    mode: AtomicU64::new(0),
+    host_entry: AtomicU64::new(0),
+    host_ctx: AtomicU64::new(0),
+    probed: AtomicBool::new(false),
+    id: [const { AtomicU64::new(0) }; 5],
+};
+
+static CPUS: [PerCpu; MAX_CPUS] = [CPU; MAX_CPUS];
+static NCPUS: AtomicUsize = AtomicUsize::new(0);
+
+/// This CPU's ID registers.
+pub fn id_regs() -> IdRegs {
+    IdRegs {
+        mmfr0: sysreg::id_aa64mmfr0_el1(),
+        mmfr1: sysreg::id_aa64mmfr1_el1(),
+        mmfr2: sysreg::id_aa64mmfr2_el1(),
+        pfr1: sysreg::id_aa64pfr1_el1(),
+        ctr: sysreg::ctr_el0(),
+    }
+}
+
+/// Record the CPUs of the device tree (the boot CPU must be among them).
+pub fn set_cpus(mpidrs: &[u64]) -> Result<(), &'static str> {
+    if mpidrs.len() > MAX_CPUS {
+        return Err("more CPUs in the device tree than the hypervisor supports (4)");
+    }
+    for (c, m) in CPUS.iter().zip(mpidrs) {
+        c.mpidr.store(*m, Ordering::Relaxed);
+    }
+    NCPUS.store(mpidrs.len(), Ordering::Release);
+    let me = sysreg::mpidr_el1() & 0xff_00ff_ffff;
+    if index_of(me) != Some(0) {
+        return Err("the boot CPU is not the first CPU of the device tree");
+    }
+    Ok(())
+}
+
+fn index_of(mpidr: u64) -> Option<usize> {
+    let n = NCPUS.load(Ordering::Acquire);
+    CPUS[..n]
+        .iter()
+        .position(|c| c.mpidr.load(Ordering::Relaxed) == mpidr)
+}
+
+/// Start every secondary CPU once so it reports its ID registers, then let it
+/// power off again. Returns the ID registers of each CPU that answered.
+pub fn probe_all(out: &mut [Option<IdRegs>; MAX_CPUS]) {
+    out[0] = Some(id_regs());
+    let n = NCPUS.load(Ordering::Acquire);
+    for (i, c) in CPUS.iter().enumerate().take(n).skip(1) {
+        c.mode.store(MODE_PROBE, Ordering::Release);
+        let target = c.mpidr.load(Ordering::Relaxed);
+        if cpu_on::<Smc>(target, secondary_entry as *const () as u64, i as u64).is_err() {
+            continue;
+        }
+        // Bounded wait: a CPU that never answers is left out.
+        for _ in 0..50_000_000u64 {
+            if c.probed.load(Ordering::Acquire) {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        if c.probed.load(Ordering::Acquire) {
+            let r = &c.id;
+            out[i] = Some(IdRegs {
+                mmfr0: r[0].load(Ordering::Relaxed),
+                mmfr1: r[1].load(Ordering::Relaxed),
+                mmfr2: r[2].load(Ordering::Relaxed),
+                pfr1: r[3].load(Ordering::Relaxed),
+                ctr: r[4].load(Ordering::Relaxed),
+            });
+            // Wait until the firmware has it off again before any CPU_ON.
+            for _ in 0..50_000_000u64 {
+                if smccc::psci::affinity_info::<Smc>(target, smccc::psci::LowestAffinityLevel::All)
+                    == Ok(smccc::psci::AffinityState::Off)
+                {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
+
+/// A secondary CPU arrived at `rust_secondary_main`.
+pub fn secondary(index: usize) -> ! {
+    let Some(c) = CPUS.get(index) else {
+        crate::power_off()
+    };
+    match c.mode.load(Ordering::Acquire) {
+        MODE_PROBE => {
+            let r = id_regs();
+            for (slot, v) in c.id.iter().zip([r.mmfr0, r.mmfr1, r.mmfr2, r.pfr1, r.ctr]) {
+                slot.store(v, Ordering::Relaxed);
+            }
+            c.probed.store(true, Ordering::Release);
+            let _ = cpu_off::<Smc>();
+            crate::park()
+        }
+        MODE_HOST => {
+            crate::init_cpu_for_host(index);
+            let entry = c.host_entry.load(Ordering::Acquire);
+            let ctx = c.host_ctx.load(Ordering::Acquire);
+            crate::enter_host(entry, ctx)
+        }
+        _ => crate::park(),
+    }
+}
+
+/// The host's PSCI CPU_ON: remember where it wants the CPU to start, and
+/// start it at the hypervisor's entry instead.
+pub fn host_cpu_on(target: u64, entry: u64, ctx: u64) -> u64 {
+    let Some(i) = index_of(target & 0xff_00ff_ffff) else {
+        return psci::INVALID_PARAMETERS;
+    };
+    let c = &CPUS[i];
+    c.host_entry.store(entry, Ordering::Release);
+    c.host_ctx.store(ctx, Ordering::Release);
+    c.mode.store(MODE_HOST, Ordering::Release);
+    // The firmware's answer goes back to the host as it is.
+    let mut args = [0u64; 17];
+    args[..3].copy_from_slice(&[target, secondary_entry as *const () as u64, i as u64]);
+    smccc::smc64(0xc400_0003, args)[0]
+}
