@@ -244,6 +244,31 @@ fn parse_requirements(lines: &[(usize, &str)]) -> Result<Option<Requirements>, F
 
 /// Parse and run one file. Failed statements are printed as `FILE:LINE: expected EXPECTED, got ACTUAL` (plus `: message` where useful), one line each.
 pub fn run_file(name: &str, text: &str, m: &mut dyn Machine, out: &mut dyn Write) -> Tally {
+    run_file_traced(name, text, m, out, false)
+}
+
+/// [`run_file`], optionally narrating as it goes (`trace`): every comment
+/// line that starts with `##` is printed as it is reached (without the
+/// `##`), and every statement is printed with its verdict, e.g.
+/// `    call SHARE_HYP a 1 -> ok   [ok]` or `... [FAILED: got EPERM]`.
+/// Failure lines and the tally are the same as without tracing. Used for
+/// demonstrations.
+pub fn run_file_traced(
+    name: &str,
+    text: &str,
+    m: &mut dyn Machine,
+    out: &mut dyn Write,
+    trace: bool,
+) -> Tally {
+    let narration: Vec<(usize, &str)> = if trace {
+        text.lines()
+            .enumerate()
+            .filter_map(|(i, l)| l.trim_start().strip_prefix("##").map(|t| (i + 1, t.trim())))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut narrated = 0;
     // (line number, code without comment or surrounding blanks)
     let mut statements: Vec<(usize, &str)> = Vec::new();
     let mut requires: Vec<(usize, &str)> = Vec::new();
@@ -301,13 +326,31 @@ pub fn run_file(name: &str, text: &str, m: &mut dyn Machine, out: &mut dyn Write
     let mut tally = Tally::default();
     let mut run = exec::Run::default();
     for &(line, code) in &statements {
+        while let Some(&(at, words)) = narration.get(narrated) {
+            if at > line {
+                break;
+            }
+            let _ = writeln!(out, "{words}");
+            narrated += 1;
+        }
         match run.statement(code, m) {
-            Ok(()) => tally.passed = tally.passed.saturating_add(1),
+            Ok(()) => {
+                tally.passed = tally.passed.saturating_add(1);
+                if trace {
+                    let _ = writeln!(out, "    {code:<56} [ok]");
+                }
+            }
             Err(failure) => {
+                if trace {
+                    let _ = writeln!(out, "    {code:<56} [FAILED]");
+                }
                 failure.report(name, line, out);
                 tally.failed = tally.failed.saturating_add(1);
             }
         }
+    }
+    for &(_, words) in narration.get(narrated..).unwrap_or_default() {
+        let _ = writeln!(out, "{words}");
     }
     m.end_file();
     tally
