@@ -267,9 +267,17 @@ pub(crate) fn memory_ranges(blob: &[u8]) -> Result<Vec<(u64, u64)>, PlatformErro
     Ok(ranges)
 }
 
+/// Where the `reg` values of the available `/memory` nodes lie in the blob.
+struct RegSlots {
+    /// (byte offset, length) of each `reg` value.
+    slots: Vec<(usize, usize)>,
+    address_cells: usize,
+    size_cells: usize,
+}
+
 /// Locations of the `reg` values of every available `/memory` node, and the
 /// root's cell sizes: what [`patch_host_memory`] rewrites.
-fn memory_reg_slots(blob: &[u8]) -> Result<(Vec<(usize, usize)>, usize, usize), PlatformError> {
+fn memory_reg_slots(blob: &[u8]) -> Result<RegSlots, PlatformError> {
     let fdt = Fdt::new(blob)?;
     let mut walk = fdt.walk();
     let (mut address_cells, mut size_cells) = (2, 1);
@@ -308,7 +316,11 @@ fn memory_reg_slots(blob: &[u8]) -> Result<(Vec<(usize, usize)>, usize, usize), 
     if !(1..=2).contains(&address_cells) || !(1..=2).contains(&size_cells) {
         return Err(PlatformError::BadCells);
     }
-    Ok((slots, address_cells, size_cells))
+    Ok(RegSlots {
+        slots,
+        address_cells,
+        size_cells,
+    })
 }
 
 /// Rewrite the `/memory` nodes of `blob` in place so that they offer exactly
@@ -318,7 +330,11 @@ fn memory_reg_slots(blob: &[u8]) -> Result<(Vec<(usize, usize)>, usize, usize), 
 /// systems ignore. Fails (leaving the blob unchanged) when the tree has fewer
 /// slots than ranges or a range does not fit the cell sizes.
 pub fn patch_host_memory(blob: &mut [u8], ranges: &[(u64, u64)]) -> Result<(), PlatformError> {
-    let (slots, ac, sc) = memory_reg_slots(blob)?;
+    let RegSlots {
+        slots,
+        address_cells: ac,
+        size_cells: sc,
+    } = memory_reg_slots(blob)?;
     let pair = (ac + sc) * 4;
     let capacity: usize = slots.iter().map(|&(_, len)| len / pair).sum();
     let fits = |v: u64, n: usize| n == 2 || v >> 32 == 0;
