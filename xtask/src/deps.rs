@@ -8,8 +8,9 @@ use std::process::{self, Command};
 
 use crate::workspace_root;
 
-/// The bare-metal target the EL2 image, test host kernel and guest build for.
-pub const RUST_TARGET: &str = "aarch64-unknown-none";
+/// The bare-metal targets: the EL2 image builds without FP/SIMD
+/// (softfloat), the test host kernel and guest with it.
+pub const RUST_TARGETS: [&str; 2] = ["aarch64-unknown-none", "aarch64-unknown-none-softfloat"];
 
 /// The QEMU binary that runs the image.
 const QEMU: &str = "qemu-system-aarch64";
@@ -33,19 +34,17 @@ pub fn ensure_rust_target() {
         )),
         Err(e) => fail_rust_target(&format!("cannot run rustup: {e}")),
     };
-    if String::from_utf8_lossy(&installed)
-        .lines()
-        .any(|l| l.trim() == RUST_TARGET)
-    {
-        return;
-    }
-    println!("xtask: installing the Rust target {RUST_TARGET}: rustup target add {RUST_TARGET}");
-    match rustup().args(["target", "add", RUST_TARGET]).status() {
-        Ok(s) if s.success() => {}
-        Ok(s) => fail_rust_target(&format!(
-            "`rustup target add {RUST_TARGET}` exited with {s}"
-        )),
-        Err(e) => fail_rust_target(&format!("cannot run rustup: {e}")),
+    let installed = String::from_utf8_lossy(&installed);
+    for target in RUST_TARGETS {
+        if installed.lines().any(|l| l.trim() == target) {
+            continue;
+        }
+        println!("xtask: installing the Rust target {target}: rustup target add {target}");
+        match rustup().args(["target", "add", target]).status() {
+            Ok(s) if s.success() => {}
+            Ok(s) => fail_rust_target(&format!("`rustup target add {target}` exited with {s}")),
+            Err(e) => fail_rust_target(&format!("cannot run rustup: {e}")),
+        }
     }
 }
 
@@ -59,10 +58,12 @@ fn rustup() -> Command {
 
 fn fail_rust_target(why: &str) -> ! {
     eprintln!(
-        "xtask: error: the Rust target {RUST_TARGET} is needed and could not be installed ({why}).\n\
-         xtask: install rustup (https://rustup.rs), then run, in {}:\n\
-         \n    rustup target add {RUST_TARGET}\n",
-        workspace_root().display()
+        "xtask: error: the Rust targets {and} are needed and could not be installed ({why}).\n\
+         xtask: install rustup (https://rustup.rs), then run, in {root}:\n\
+         \n    rustup target add {list}\n",
+        and = RUST_TARGETS.join(" and "),
+        list = RUST_TARGETS.join(" "),
+        root = workspace_root().display()
     );
     process::exit(1);
 }

@@ -1,61 +1,366 @@
-//! Where things run: the simulator now, the real EL2 image in QEMU once it
-//! is built. Every place that must change when the image exists is in this
-//! file:
+//! The real EL2 image in QEMU: building the hypervisor and the test host,
+//! packing scenario files into an initrd, running QEMU and reading the test
+//! host's verdicts off the serial console.
 //!
-//! - [`REAL_IMAGE`]: flip to `true` so `cargo xtask test` checks QEMU and
-//!   runs [`real_image_tests`];
 //! - [`real_scenarios`]: `cargo xtask scenario` without `--sim`;
-//! - [`real_image_tests`]: step 6 of `cargo xtask test`;
+//! - [`real_image_tests`]: the real-image step of `cargo xtask test`, which
+//!   also checks that every verdict equals the simulator's;
 //! - [`run_demo`]: `cargo xtask run`;
 //! - [`real_image_bench`]: the second half of `cargo xtask bench`.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
 
+use crate::deps;
+use crate::elf::elf_to_image;
 use crate::process::{self, Counts};
+use crate::qemu::{mte_supported, QemuRun};
 use crate::workspace_root;
 
-/// Whether the EL2 image exists, so `cargo xtask test` must make sure QEMU
-/// is installed and run the scenarios on it.
-pub const REAL_IMAGE: bool = false;
+/// The real image exists: `cargo xtask test` makes sure QEMU is installed
+/// and runs the scenarios on it.
+pub const REAL_IMAGE: bool = true;
 
-/// `cargo xtask scenario FILE... [--cpu MODEL]` (without `--sim`): run the
-/// files on the real image in QEMU with CPU `model`. QEMU (>= 10) and the
-/// Rust target are already checked. Must print one line per failed
-/// statement and the closing `N passed, N failed[, N skipped]` line, and
-/// return success only when nothing failed.
-pub fn real_scenarios(model: &str, files: &[PathBuf]) -> ExitCode {
-    let _ = (model, files);
-    eprintln!("xtask: the EL2 image is not built yet (issue: the EL2 image); use --sim");
-    ExitCode::from(2)
+/// Where the host image is loaded (the manifest's `host-image`).
+const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
+/// CPUs QEMU gives the machine.
+const SMP: u32 = 2;
+/// A run that takes longer than this has hung.
+const TIMEOUT: Duration = Duration::from_secs(300);
+/// The line the test host ends with: `TESTHOST DONE <status>`.
+const DONE: &str = "TESTHOST DONE ";
+
+/// The two bare-metal images, as arm64 Image files.
+pub struct Images {
+    /// The hypervisor (`hyp/el2`).
+    pub hyp: PathBuf,
+    /// The test host kernel (`tests/host-kernel`).
+    pub host: PathBuf,
 }
 
-/// Step 6 of `cargo xtask test`: every scenario file (paths relative to the
-/// workspace root, which is the working directory) on the real image.
-/// Add each runner's counts to `total` (see [`process::run_counted`]) and
-/// return `Err(step name)` on the first failure; print a `==> STEP` header
-/// per step.
+fn out_dir() -> PathBuf {
+    workspace_root().join("target").join("xtask")
+}
+
+/// Build one bare-metal crate (its own workspace, with its own target in
+/// `.cargo/config.toml`) and convert its ELF to an Image.
+fn build_image(dir: &str, target: &str, bin: &str, out: &str) -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let crate_dir = root.join(dir);
+    let target_dir = root.join("target").join(bin);
+    let mut cmd = process::cargo();
+    // Run inside the crate so its .cargo/config.toml applies.
+    cmd.current_dir(&crate_dir)
+        .args(["build", "--release", "-q", "--target", target])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    if !process::succeeded(&mut cmd) {
+        return Err(format!("building {dir} failed"));
+    }
+    let elf_path = target_dir.join(target).join("release").join(bin);
+    let elf = fs::read(&elf_path).map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    let image = elf_to_image(&elf).map_err(|e| format!("{}: {e}", elf_path.display()))?;
+    fs::create_dir_all(out_dir()).map_err(|e| e.to_string())?;
+    let path = out_dir().join(out);
+    fs::write(&path, image).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Build the hypervisor and the test host.
+pub fn build_images() -> Result<Images, String> {
+    deps::ensure_rust_target();
+    Ok(Images {
+        hyp: build_image(
+            "hyp/el2",
+            "aarch64-unknown-none-softfloat",
+            "hyp-el2",
+            "hyp.bin",
+        )?,
+        host: build_image(
+            "tests/host-kernel",
+            "aarch64-unknown-none",
+            "test-host",
+            "test-host.bin",
+        )?,
+    })
+}
+
+/// What the test host does with the initrd.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run scenario files, printing failures and the tally.
+    Scenarios,
+    /// Run scenario files narrating every statement (the demo).
+    Trace,
+    /// Measure per-call costs with the generic counter.
+    Bench,
+    /// Fire random hypercalls, then check the hypervisor still answers.
+    Fuzz,
+}
+
+/// Pack `files` into the initrd format the test host reads:
+/// `pkvm-scenarios 1 cpu=MODEL [trace|bench|fuzz]`, then `=== FILE <path>`
+/// and the text of each file.
+fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String> {
+    let mut blob = format!(
+        "pkvm-scenarios 1 cpu={model}{}\n",
+        match mode {
+            Mode::Scenarios => "",
+            Mode::Trace => " trace",
+            Mode::Bench => " bench",
+            Mode::Fuzz => " fuzz",
+        }
+    );
+    for f in files {
+        let text = fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        blob.push_str(&format!("=== FILE {}\n{text}", f.display()));
+        if !text.ends_with('\n') {
+            blob.push('\n');
+        }
+    }
+    fs::create_dir_all(out_dir()).map_err(|e| e.to_string())?;
+    let path = out_dir().join(format!("initrd-{model}.txt"));
+    fs::write(&path, blob).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// What one QEMU run printed and how the test host ended.
+pub struct RealRun {
+    /// Console lines, the test host's sentinel removed.
+    pub lines: Vec<String>,
+    /// The test host's exit status, or None if it never finished.
+    pub status: Option<u32>,
+}
+
+/// Boot the hypervisor with the test host on `model` and run `files`.
+pub fn run_real(
+    images: &Images,
+    model: &str,
+    files: &[PathBuf],
+    mode: Mode,
+    echo: bool,
+) -> Result<RealRun, String> {
+    let initrd = initrd(model, files, mode)?;
+    let mut extra = Vec::new();
+    if mode == Mode::Bench {
+        // One tick of CNTVCT is one instruction, the same from run to run.
+        extra.extend(["-icount", "shift=0,sleep=off", "-seed", "1"].map(String::from));
+    }
+    let run = QemuRun {
+        cpu: model.to_string(),
+        mte: mte_supported(model),
+        smp: SMP,
+        kernel: images.hyp.clone(),
+        initrd: Some(initrd),
+        loader: vec![(images.host.clone(), HOST_IMAGE_ADDR)],
+        extra,
+        timeout: TIMEOUT,
+    };
+    let out = run.run(&deps::qemu_binary(), echo)?;
+    let mut status = None;
+    let mut lines = Vec::new();
+    for l in out.text.lines() {
+        let l = l.trim_end_matches('\r');
+        match l.strip_prefix(DONE) {
+            Some(s) => status = s.trim().parse().ok(),
+            None => lines.push(l.to_string()),
+        }
+    }
+    if out.timed_out {
+        lines.push(format!(
+            "xtask: QEMU did not finish within {}s",
+            TIMEOUT.as_secs()
+        ));
+    }
+    Ok(RealRun { lines, status })
+}
+
+/// Whether a scenario file runs guest code (`boot`, `guest`, `resume`, or a
+/// raw `call VCPU_RUN`), which the real image cannot do yet: guests do not
+/// run at EL2 until the world switch exists.
+fn uses_guests(path: &Path) -> bool {
+    fs::read_to_string(path).is_ok_and(|t| {
+        t.lines().any(|l| {
+            let mut w = l.split('#').next().unwrap_or("").split_whitespace();
+            match w.next() {
+                Some("boot" | "guest" | "resume") => true,
+                Some("call") => w.next() == Some("VCPU_RUN"),
+                _ => false,
+            }
+        })
+    })
+}
+
+/// Split files into those the real image runs and those it cannot yet.
+pub fn real_eligible(files: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    files.iter().cloned().partition(|f| !uses_guests(f))
+}
+
+fn closing_counts(lines: &[String]) -> Option<Counts> {
+    lines.iter().rev().find_map(|l| Counts::parse(l))
+}
+
+/// `cargo xtask scenario FILE... [--cpu MODEL]` on the real image.
+pub fn real_scenarios(model: &str, files: &[PathBuf]) -> ExitCode {
+    let images = match build_images() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (run, skip) = real_eligible(files);
+    for f in &skip {
+        eprintln!(
+            "xtask: {}: has guest statements; guests do not run on the real image yet (use --sim)",
+            f.display()
+        );
+    }
+    match run_real(&images, model, &run, Mode::Scenarios, false) {
+        Ok(r) => {
+            for l in r.lines.iter().filter(|l| !is_boot_chatter(l)) {
+                println!("{l}");
+            }
+            match (r.status, closing_counts(&r.lines)) {
+                (Some(0), Some(_)) if skip.is_empty() => ExitCode::SUCCESS,
+                (Some(0), Some(_)) => ExitCode::from(1),
+                (None, _) | (_, None) => {
+                    eprintln!("xtask: the test host did not finish (see the console output above)");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::from(1),
+            }
+        }
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The hypervisor's own boot lines, not scenario output.
+fn is_boot_chatter(l: &str) -> bool {
+    l.starts_with("hyp: ") || l.starts_with("pkvm-rs hypervisor") || l.is_empty()
+}
+
+/// The real-image step of `cargo xtask test`: on each CPU model, run every
+/// file the image supports and require the same counts as the simulator.
 pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), String> {
-    let _ = (files, total);
-    println!("==> scenarios (real image): skipped, the EL2 image does not exist yet");
+    println!("==> build: EL2 image and test host");
+    let images = build_images()?;
+    let (run, skip) = real_eligible(files);
+    if !skip.is_empty() {
+        println!(
+            "==> real image: {} of {} files have guest statements and run in --sim only until guests run at EL2",
+            skip.len(),
+            files.len()
+        );
+    }
+    for model in crate::test_all::CPU_MODELS {
+        let step = format!("scenarios (real image, {model})");
+        println!("==> {step}");
+        let real = run_real(&images, model, &run, Mode::Scenarios, false)
+            .map_err(|e| format!("{step}: {e}"))?;
+        for l in real.lines.iter().filter(|l| !is_boot_chatter(l)) {
+            println!("{l}");
+        }
+        let Some(counts) = closing_counts(&real.lines) else {
+            return Err(format!("{step}: the test host did not finish"));
+        };
+        *total += counts;
+        if real.status != Some(0) || counts.failed != 0 {
+            return Err(step);
+        }
+        // The same files on the simulator must give the same verdicts.
+        let sim_counts = sim_counts(model, &run).map_err(|e| format!("{step}: simulator: {e}"))?;
+        if sim_counts != counts {
+            println!("xtask: real image {counts} but simulator {sim_counts}");
+            return Err(format!("{step}: verdicts differ from --sim"));
+        }
+        println!("same verdicts as --sim: {counts}");
+    }
     Ok(())
 }
 
-/// `cargo xtask run [--cpu MODEL]`: the main demo. For now the simulator's
-/// `demo` binary; later the EL2 image and test host in QEMU (call
-/// `crate::deps::ensure_qemu()` and `ensure_rust_target()` first then).
+/// `cargo xtask run [--cpu MODEL]`: boot the hypervisor in QEMU with the test
+/// host narrating the tour of `tests/demo/`.
 pub fn run_demo(model: &str) -> ExitCode {
-    let mut cmd = process::cargo();
-    cmd.arg("run")
-        .arg("--manifest-path")
-        .arg(workspace_root().join("Cargo.toml"))
-        .args(["--release", "-q", "-p", "sim", "--bin", "demo", "--"])
-        .args(["--cpu", model]);
-    process::exit_code(process::status(&mut cmd))
+    deps::ensure_qemu();
+    let images = match build_images() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut tour: Vec<PathBuf> = match fs::read_dir(workspace_root().join("tests/demo")) {
+        Ok(d) => d
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "scn"))
+            .collect(),
+        Err(e) => {
+            eprintln!("xtask: tests/demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tour.sort();
+    let rel: Vec<PathBuf> = tour
+        .iter()
+        .map(|p| p.strip_prefix(workspace_root()).unwrap_or(p).to_path_buf())
+        .collect();
+    match run_real(&images, model, &rel, Mode::Trace, true) {
+        Ok(r) if r.status == Some(0) => ExitCode::SUCCESS,
+        Ok(_) => {
+            eprintln!("xtask: the demo did not end cleanly");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
-/// The second half of `cargo xtask bench`: benchmarks on the real image.
+/// The second half of `cargo xtask bench`: per-call costs on the real image
+/// under `-icount shift=0`, read by the test host from the generic counter.
 pub fn real_image_bench() -> ExitCode {
-    println!("==> bench (real image): skipped, image benchmarks come later");
-    ExitCode::SUCCESS
+    deps::ensure_qemu();
+    let images = match build_images() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("==> bench (real image, -cpu max,pauth-impdef=on -icount shift=0)");
+    match run_real(&images, "max", &[], Mode::Bench, false) {
+        Ok(r) => {
+            for l in r.lines.iter().filter(|l| !is_boot_chatter(l)) {
+                println!("{l}");
+            }
+            if r.status == Some(0) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The simulator's counts for `files` on `model`, without echoing its output.
+fn sim_counts(model: &str, files: &[PathBuf]) -> Result<Counts, String> {
+    let mut c: Command = process::sim_command(model);
+    c.args(files).current_dir(workspace_root());
+    let out = c.output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .rev()
+        .find_map(Counts::parse)
+        .ok_or_else(|| "no closing line".to_string())
 }

@@ -13,8 +13,10 @@
 
 mod cli;
 mod deps;
+mod elf;
 mod image;
 mod process;
+mod qemu;
 mod test_all;
 
 use std::path::{Path, PathBuf};

@@ -11,6 +11,12 @@ use crate::{deps, image, workspace_root};
 /// The CPU models every scenario file runs on.
 pub const CPU_MODELS: [&str; 4] = ["cortex-a57", "cortex-a710", "neoverse-v1", "max"];
 
+/// The bare-metal crates and their targets.
+const BARE_METAL: [(&str, &str); 2] = [
+    ("hyp/el2", "aarch64-unknown-none-softfloat"),
+    ("tests/host-kernel", "aarch64-unknown-none"),
+];
+
 /// Where the scenario files live, relative to the workspace root.
 const SCENARIO_DIR: &str = "tests/scenarios";
 
@@ -66,6 +72,32 @@ fn steps(total: &mut Counts) -> Result<(), String> {
             "warnings",
         ]),
     )?;
+    // The bare-metal crates are workspaces of their own (one target each).
+    for (dir, target) in BARE_METAL {
+        let in_crate = |args: &[&str]| {
+            let mut cmd = process::cargo();
+            cmd.args(args).current_dir(root.join(dir));
+            cmd
+        };
+        step(
+            &format!("fmt ({dir})"),
+            in_crate(&["fmt", "--all", "--", "--check"]),
+        )?;
+        step(
+            &format!("clippy ({dir})"),
+            in_crate(&[
+                "clippy",
+                "--release",
+                "--target",
+                target,
+                "--target-dir",
+                "../../target/clippy-bare",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
     step("test", cargo(&["test", "--workspace", "--release"]))?;
 
     let files = scenario_files()?;

@@ -1,0 +1,166 @@
+//! System registers, barriers, cache maintenance and the two conduits out
+//! of EL1 (HVC to the hypervisor, SMC or HVC to PSCI), one small function
+//! each.
+
+use core::arch::asm;
+
+macro_rules! read_only {
+    ($($read:ident, $reg:literal;)*) => {$(
+        #[doc = concat!("Read ", $reg, ".")]
+        #[inline(always)]
+        pub fn $read() -> u64 {
+            let v: u64;
+            // SAFETY: reading an ID or status register has no side effects.
+            unsafe { asm!(concat!("mrs {}, ", $reg), out(reg) v, options(nomem, nostack, preserves_flags)) };
+            v
+        }
+    )*};
+}
+
+read_only! {
+    current_el, "CurrentEL";
+    id_aa64mmfr0_el1, "id_aa64mmfr0_el1";
+    ctr_el0, "ctr_el0";
+    esr_el1, "esr_el1";
+    elr_el1, "elr_el1";
+    far_el1, "far_el1";
+    spsr_el1, "spsr_el1";
+    sctlr_el1, "sctlr_el1";
+}
+
+/// Physical address bits the CPU implements (ID_AA64MMFR0_EL1.PARange),
+/// at most 48: the host uses 4 KiB pages without FEAT_LPA2.
+pub fn pa_bits() -> u32 {
+    match id_aa64mmfr0_el1() & 0xf {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        _ => 48,
+    }
+}
+
+/// Smallest data cache line, in bytes (CTR_EL0.DminLine).
+pub fn dcache_line() -> usize {
+    4 << ((ctr_el0() >> 16) & 0xf)
+}
+
+/// Invalidate the data cache lines over `[start, end)` to the point of
+/// coherency, discarding what they hold.
+///
+/// # Safety
+///
+/// Nothing in the range may have been written through the cache (only with
+/// the MMU off), or those writes are lost.
+pub unsafe fn dcache_invalidate(start: usize, end: usize) {
+    let line = dcache_line();
+    let mut at = start & !(line - 1);
+    while at < end {
+        // SAFETY: the caller guarantees no cached write is discarded.
+        unsafe { asm!("dc ivac, {}", in(reg) at, options(nostack, preserves_flags)) };
+        at += line;
+    }
+    // SAFETY: a barrier has no other effect.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// Turn the MMU and caches on with the given translation settings.
+///
+/// # Safety
+///
+/// `ttbr0` must be the root of valid EL1 tables that identity-map
+/// everything the program touches from here on (code, data, stack, heap,
+/// console), with attributes that match `mair`.
+pub unsafe fn enable_mmu(mair: u64, tcr: u64, ttbr0: u64) {
+    // M, C, I on; alignment checks stay off.
+    let sctlr = sctlr_el1() | 1 | (1 << 2) | (1 << 12);
+    // SAFETY: the caller vouches for the tables; the TLB and instruction
+    // cache are invalidated before translation starts, and the identity map
+    // keeps the next instruction's address valid.
+    unsafe {
+        asm!(
+            "msr mair_el1, {mair}",
+            "msr tcr_el1, {tcr}",
+            "msr ttbr0_el1, {ttbr0}",
+            "isb",
+            "tlbi vmalle1",
+            "ic iallu",
+            "dsb nsh",
+            "isb",
+            "msr sctlr_el1, {sctlr}",
+            "isb",
+            mair = in(reg) mair,
+            tcr = in(reg) tcr,
+            ttbr0 = in(reg) ttbr0,
+            sctlr = in(reg) sctlr,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// A host call (ABI.md 1): `hvc #0` with x0..x6, results in x0..x4. The
+/// hypervisor preserves every other register; x5..x17 are declared
+/// clobbered all the same.
+pub fn hvc_host_call(regs: [u64; 7]) -> [u64; 5] {
+    let [mut x0, mut x1, mut x2, mut x3, mut x4, x5, x6] = regs;
+    // SAFETY: an HVC enters the hypervisor, which answers in registers and
+    // touches only memory the host shared with it (run pages), which Rust
+    // does not hold references to across this call.
+    unsafe {
+        asm!(
+            "hvc #0",
+            inout("x0") x0,
+            inout("x1") x1,
+            inout("x2") x2,
+            inout("x3") x3,
+            inout("x4") x4,
+            inout("x5") x5 => _,
+            inout("x6") x6 => _,
+            out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+            out("x12") _, out("x13") _, out("x14") _, out("x15") _, out("x16") _,
+            out("x17") _,
+            options(nostack),
+        );
+    }
+    [x0, x1, x2, x3, x4]
+}
+
+/// PSCI SYSTEM_OFF.
+const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
+
+/// PSCI SYSTEM_OFF through the conduit the device tree names (`hvc` or
+/// `smc`). Returns only if the call failed.
+pub fn psci_system_off(use_hvc: bool) {
+    // SAFETY: SYSTEM_OFF either powers the machine off or returns an error
+    // code in x0; it takes no memory arguments. SMCCC lets the callee corrupt x1..x17.
+    unsafe {
+        if use_hvc {
+            asm!(
+                "hvc #0",
+                inout("x0") PSCI_SYSTEM_OFF => _,
+                out("x1") _, out("x2") _, out("x3") _, out("x4") _, out("x5") _,
+                out("x6") _, out("x7") _, out("x8") _, out("x9") _, out("x10") _,
+                out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+                out("x16") _, out("x17") _,
+                options(nostack),
+            );
+        } else {
+            asm!(
+                "smc #0",
+                inout("x0") PSCI_SYSTEM_OFF => _,
+                out("x1") _, out("x2") _, out("x3") _, out("x4") _, out("x5") _,
+                out("x6") _, out("x7") _, out("x8") _, out("x9") _, out("x10") _,
+                out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+                out("x16") _, out("x17") _,
+                options(nostack),
+            );
+        }
+    }
+}
+
+/// Wait for an interrupt (which never comes: they stay masked).
+pub fn wfi() {
+    // SAFETY: WFI only pauses the CPU.
+    unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+}
