@@ -11,7 +11,9 @@ use host_interface::{
     features as fbits, Errno, HostCall, HostResult, MemClassCode, MemType as AbiMemType, Owner,
     Prot,
 };
-use pagetables::{Entry, Leaf, Maintenance, MemType, PageState, Perms, PhysMem, Stage2};
+use pagetables::{
+    stage2_root_geometry, Entry, Leaf, Maintenance, MemType, PageState, Perms, PhysMem, Stage2,
+};
 use platform::{CpuFeatures, MemClass, Platform};
 
 use crate::meta::{PageMeta, MAX_SHARE_COUNT};
@@ -137,7 +139,10 @@ fn worst_case_tables(pages: u64) -> u64 {
 
 impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// Set up the hypervisor. `hyp_pages` are free pages of the hypervisor's
-    /// own memory for the host's stage-2 (its root is the first of them).
+    /// own memory for the host's stage-2: its root is the first run of
+    /// consecutive pages that is long enough and aligned for the root
+    /// geometry (one page, or 2-16 concatenated pages when the PA size
+    /// forbids starting at level 0); all other pages go to its pool.
     pub fn new(
         platform: Platform,
         cpu: CpuFeatures,
@@ -145,15 +150,36 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         mnt: M,
         hyp_pages: &mut dyn Iterator<Item = u64>,
     ) -> Result<Self, InitError> {
-        let needed = worst_case_tables(platform.tracked_pages()) + 1;
-        let root = hyp_pages
-            .next()
-            .ok_or(InitError::NotEnoughMemory { needed, given: 0 })?;
-        let mut host = Stage2::new(phys.clone(), root, cpu.pa_bits, cpu.fwb, 0);
-        for p in hyp_pages {
+        let geometry = stage2_root_geometry(cpu.pa_bits, cpu.pa_bits);
+        let root_pages = geometry.root_pages as u64;
+        let needed = worst_case_tables(platform.tracked_pages()) + root_pages;
+        // Pages passed over while looking for the root run (none when the
+        // pages are consecutive from an aligned start, as in practice).
+        let mut skipped = Vec::new();
+        let mut root = 0;
+        let mut run = 0;
+        while run < root_pages {
+            let Some(p) = hyp_pages.next() else {
+                let given = skipped.len() as u64 + run;
+                return Err(InitError::NotEnoughMemory { needed, given });
+            };
+            if run > 0 && p == root + run * PAGE {
+                run += 1;
+            } else {
+                skipped.extend((0..run).map(|i| root + i * PAGE));
+                if p.is_multiple_of(geometry.root_align()) {
+                    (root, run) = (p, 1);
+                } else {
+                    (root, run) = (0, 0);
+                    skipped.push(p);
+                }
+            }
+        }
+        let mut host = Stage2::new(phys.clone(), root, cpu.pa_bits, cpu.pa_bits, cpu.fwb, 0);
+        for p in skipped.into_iter().chain(hyp_pages) {
             host.pool_add(p);
         }
-        let given = host.pool_len() as u64 + 1;
+        let given = host.pool_len() as u64 + root_pages;
         if given < needed {
             return Err(InitError::NotEnoughMemory { needed, given });
         }
@@ -607,18 +633,31 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         if nr < VM_CREATE_MIN_PAGES {
             return Err(Errno::ENOMEM);
         }
+        // The stage-2 root: `root_pages` donated pages aligned to their
+        // total size (a 40-bit IPA space needs 2 concatenated level-1 tables
+        // where PAMax < 44 forbids starting at level 0). VM_CREATE_MIN_PAGES
+        // holds for a 1-page root; a 2-page root may need up to 3 donated
+        // pages to contain an 8 KiB-aligned pair (more for larger roots). No
+        // such run: ENOMEM, before anything changed.
+        let geometry = stage2_root_geometry(host_interface::GUEST_IPA_BITS, self.cpu.pa_bits);
+        let root_pages = geometry.root_pages as u64;
+        let root_pfn = pfn.next_multiple_of(root_pages);
+        if root_pfn + root_pages > pfn + nr {
+            return Err(Errno::ENOMEM);
+        }
         self.check_host_pool(self.host_tables(pfn, nr, true))?;
         self.host_unmap(pfn, nr, HostAnnotation::Hyp)?;
         // VMID 0 is the host's.
         let vmid = (slot + 1) as u16;
         let mut s2 = Stage2::new(
             self.phys.clone(),
-            pa(pfn),
+            pa(root_pfn),
             host_interface::GUEST_IPA_BITS,
+            self.cpu.pa_bits,
             self.cpu.fwb,
             vmid,
         );
-        for p in pfn + 1..pfn + nr {
+        for p in (pfn..root_pfn).chain(root_pfn + root_pages..pfn + nr) {
             s2.pool_add(pa(p));
         }
         let handle = self.next_handle;

@@ -19,6 +19,12 @@
 //! will allocate and fails with [`Error::NoMem`] before writing anything if the
 //! pool is short, so an update is either complete or absent.
 //!
+//! The start level and the number of concatenated root tables follow the
+//! architecture's rules for the IPA size and the CPU's PA size
+//! ([`stage2_root_geometry`]): a 40-bit IPA space on a CPU with PAMax < 44
+//! starts at level 1 with two concatenated root tables, each handled by its
+//! own aarch64-paging `RootTable`.
+//!
 //! aarch64-paging is used with `live == false` semantics only, through
 //! `RootTable::map_range` and `RootTable::walk_range`; `Mapping`/`activate`
 //! (which would program `VTTBR_EL2`) are not used. On aarch64 the library's
@@ -34,10 +40,12 @@
 extern crate alloc;
 
 mod desc;
+mod geometry;
 mod pool;
 mod stage2;
 
 pub use desc::{decode_memattr, memattr_bits};
+pub use geometry::{stage2_root_geometry, RootGeometry, MAX_ROOT_PAGES};
 pub use stage2::Stage2;
 
 /// Physical memory access: where a physical page can be read/written by the

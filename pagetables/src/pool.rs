@@ -6,6 +6,11 @@
 //! so the pool needs no memory of its own. `RootTable` only lends `&T` to its
 //! owner, so the list heads sit in [`Cell`]s.
 //!
+//! A concatenated root is one `RootTable` per root page, each with its own
+//! [`PoolTranslation`]. The stage-2's one pool lives in the first; for a call
+//! into another root's `RootTable` it is lent to that root's translation
+//! ([`PoolTranslation::hand_over`]) and taken back afterwards.
+//!
 //! Table pages detached by an unmap wait on a second list, `pending`, until
 //! the TLB maintenance for them was issued; only then do they join the free
 //! list. A link is stored as `next_pa | 0b10` (0 ends the list): bit 0 is
@@ -196,21 +201,42 @@ impl<P: PhysMem> PoolTranslation<P> {
         f(table_pa);
     }
 
-    /// Teardown: move every table page below the root (at `root_level`) to
-    /// the free list and clear the root, so that dropping the `RootTable`
-    /// reads nothing but the (now empty) root.
-    pub(crate) fn dismantle(&self, root_pa: u64, root_level: u8) {
+    /// Teardown: move every table page below the `root_pages` root pages
+    /// from `root_pa` on (tables at `root_level`) to the free list and clear
+    /// the roots, so that dropping the `RootTable`s reads nothing but the
+    /// (now empty) roots.
+    pub(crate) fn dismantle(&self, root_pa: u64, root_pages: usize, root_level: u8) {
         self.release_pending();
-        for idx in 0..512 {
-            let desc = self.read_entry(root_pa, idx);
-            if is_table(desc, root_level) {
-                self.for_each_table(desc & OA_MASK, root_level + 1, &mut |pa| {
-                    self.push(&self.free, pa);
-                });
-                self.word(root_pa, idx).store(0, Ordering::Release);
+        for k in 0..root_pages as u64 {
+            let root = root_pa + k * PAGE_SIZE;
+            for idx in 0..512 {
+                let desc = self.read_entry(root, idx);
+                if is_table(desc, root_level) {
+                    self.for_each_table(desc & OA_MASK, root_level + 1, &mut |pa| {
+                        self.push(&self.free, pa);
+                    });
+                    self.word(root, idx).store(0, Ordering::Release);
+                }
             }
         }
-        self.tables.set(1);
+        self.tables.set(root_pages);
+    }
+
+    /// Move the whole pool state (free and pending lists, table count) to
+    /// `to`, whose state must be empty, leaving this one empty. Used to lend
+    /// the one pool of a stage-2 to the `RootTable` of another page of a
+    /// concatenated root for the duration of a call into aarch64-paging.
+    pub(crate) fn hand_over(&self, to: &Self) {
+        debug_assert!(
+            to.free.len.get() == 0 && to.pending.len.get() == 0 && to.tables.get() == 0,
+            "pool handed over to a non-empty pool"
+        );
+        for (from, into) in [(&self.free, &to.free), (&self.pending, &to.pending)] {
+            into.head.set(from.head.replace(0));
+            into.tail.set(from.tail.replace(0));
+            into.len.set(from.len.replace(0));
+        }
+        to.tables.set(self.tables.replace(0));
     }
 
     /// The free list's head link and length, for walking it after the

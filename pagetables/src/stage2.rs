@@ -31,6 +31,20 @@
 //! [`TlbBatch::CAPACITY`] `tlbi_ipa`s, beyond that one `tlbi_vmid`. Pure
 //! software-bit changes get no TLBI. Cache maintenance is the core's (D9):
 //! this module issues none.
+//!
+//! # Concatenated roots
+//!
+//! A stage-2 whose start level holds fewer IPA bits than the IPA space (a
+//! 40-bit space starting at level 1 on a CPU without level-0 starts, see
+//! [`stage2_root_geometry`]) has `N` physically contiguous root tables, which
+//! the hardware walks as one table of `N * 512` entries. aarch64-paging's
+//! `RootTable` holds one page, so each root page gets its own level-1
+//! `RootTable` covering 512 GiB: root `k` translates the IPAs
+//! `[k * 512 GiB, (k + 1) * 512 GiB)`, and is called with addresses relative
+//! to its base (its walk callbacks report relative addresses, translated
+//! back here). Updates and walks are split at the 512 GiB lines; this
+//! module's own table reads pick the root page of the address (the entry
+//! the hardware reads: `root_pa + (ipa >> 30) * 8`).
 
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
 use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2 as Stage2Regime};
@@ -39,14 +53,23 @@ use crate::desc::{
     attrs, decode_entry, granule, index, invalid_attrs, is_table, is_valid, leaf_attrs, LEAF_LEVEL,
     OA_LIMIT, OA_MASK, PAGE_SIZE, PERM_BITS,
 };
+use crate::geometry::{effective_ipa_bits, stage2_root_geometry, RootGeometry, MAX_ROOT_PAGES};
 use crate::pool::{drain_list, PoolTranslation};
 use crate::{Entry, Error, Leaf, Maintenance, PhysMem, MAX_ANNOTATION};
 
+type Root<P> = RootTable<Stage2Regime, PoolTranslation<P>>;
+
 /// One stage-2 translation table with its pool of table pages.
 pub struct Stage2<P: PhysMem> {
-    root: RootTable<Stage2Regime, PoolTranslation<P>>,
+    /// One `RootTable` per root page (`geometry.root_pages` of them, the
+    /// rest `None`). The first one's translation holds the pool.
+    roots: [Option<Root<P>>; MAX_ROOT_PAGES],
+    geometry: RootGeometry,
+    /// First root page; the others follow it.
     root_pa: u64,
     root_level: u8,
+    /// IPA span of one root page.
+    root_span: u64,
     ipa_bits: u32,
     fwb: bool,
     vmid: u16,
@@ -155,6 +178,19 @@ impl Write {
     }
 }
 
+/// One page of a (possibly concatenated) root, as found by
+/// [`Stage2::root_for`].
+#[derive(Clone, Copy, Debug)]
+struct RootPage {
+    /// Index of the page (of its `RootTable`).
+    k: usize,
+    /// The IPA span it translates.
+    base: u64,
+    end: u64,
+    /// Physical address of the page.
+    table_pa: u64,
+}
+
 /// The descriptor translating an address, as found by [`Stage2::unit_at`].
 #[derive(Clone, Copy, Debug)]
 struct Unit {
@@ -227,33 +263,66 @@ impl TlbBatch {
 }
 
 impl<P: PhysMem> Stage2<P> {
-    /// New empty table. `root_pa`: a page (zeroed here) for the root table,
-    /// taken over by the table. `ipa_bits`: size of the input address space
-    /// (root level chosen: 0 for > 39 bits, else 1; a single root page—no
-    /// concatenation); values outside 32..=48 are clamped into it. `fwb`:
-    /// which MemAttr encoding to use (HCR_EL2.FWB). `vmid`: for TLB
-    /// maintenance.
-    pub fn new(phys: P, root_pa: u64, ipa_bits: u32, fwb: bool, vmid: u16) -> Self {
-        let ipa_bits = ipa_bits.clamp(32, 48);
-        let root_level = if ipa_bits > 39 { 0 } else { 1 };
+    /// New empty table for an input address space of `ipa_bits` on a CPU
+    /// whose physical address size (PAMax) is `pa_bits`; the start level and
+    /// root concatenation are [`stage2_root_geometry`]`(ipa_bits, pa_bits)`.
+    /// `ipa_bits` is clamped into 32..=48, and to at most 43 if
+    /// `pa_bits < 44` (see [`Stage2::ipa_bits`]).
+    ///
+    /// `root_pa`: `geometry.root_pages` physically contiguous pages,
+    /// aligned to [`RootGeometry::root_align`], taken over by the table
+    /// (zeroed here). Panics if `root_pa` is not so aligned. `fwb`: which
+    /// MemAttr encoding to use (HCR_EL2.FWB). `vmid`: for TLB maintenance.
+    pub fn new(phys: P, root_pa: u64, ipa_bits: u32, pa_bits: u32, fwb: bool, vmid: u16) -> Self {
+        let geometry = stage2_root_geometry(ipa_bits, pa_bits);
+        let ipa_bits = effective_ipa_bits(ipa_bits, pa_bits);
+        let root_level = geometry.start_level;
         let root_pa = root_pa & !(PAGE_SIZE - 1);
-        let translation = PoolTranslation::new(phys);
-        // RootTable::new allocates (and we zero) the root from the pool,
-        // which holds exactly this page now.
-        translation.pool_add(root_pa);
-        let root = RootTable::new(translation, usize::from(root_level), Stage2Regime);
-        debug_assert_eq!(root.to_physical().0 as u64, root_pa);
+        assert!(
+            root_pa.is_multiple_of(geometry.root_align()),
+            "stage-2 root {root_pa:#x} not aligned for {geometry:?}"
+        );
+        // RootTable::new allocates (and we zero) its root from the pool,
+        // whose head is then the root page; every root after the first
+        // allocates from the stage-2's pool, lent to it.
+        let new_root = |page: u64, first: Option<&Root<P>>| {
+            let translation = PoolTranslation::new(phys.clone());
+            if let Some(first) = first {
+                first.translation().hand_over(&translation);
+            }
+            translation.pool_add(page);
+            let root = RootTable::new(translation, usize::from(root_level), Stage2Regime);
+            debug_assert_eq!(root.to_physical().0 as u64, page);
+            if let Some(first) = first {
+                root.translation().hand_over(first.translation());
+            }
+            root
+        };
+        let first = new_root(root_pa, None);
+        let mut roots = [const { None }; MAX_ROOT_PAGES];
+        for (k, slot) in roots
+            .iter_mut()
+            .enumerate()
+            .take(geometry.root_pages)
+            .skip(1)
+        {
+            *slot = Some(new_root(root_pa + k as u64 * PAGE_SIZE, Some(&first)));
+        }
+        roots[0] = Some(first);
         Self {
-            root,
+            roots,
+            geometry,
             root_pa,
             root_level,
+            root_span: granule(root_level) * 512,
             ipa_bits,
             fwb,
             vmid,
         }
     }
 
-    /// Physical address of the root table (for VTTBR_EL2).
+    /// Physical address of the (first page of the) root table (for
+    /// VTTBR_EL2.BADDR).
     pub fn root_pa(&self) -> u64 {
         self.root_pa
     }
@@ -261,6 +330,32 @@ impl<P: PhysMem> Stage2<P> {
     /// Initial lookup level (for VTCR_EL2.SL0).
     pub fn root_level(&self) -> u8 {
         self.root_level
+    }
+
+    /// Start level and number of concatenated root pages.
+    pub fn geometry(&self) -> RootGeometry {
+        self.geometry
+    }
+
+    /// The `RootTable` of root page `k`.
+    fn root(&self, k: usize) -> &Root<P> {
+        match self.roots.get(k) {
+            Some(Some(root)) => root,
+            _ => panic!("no root page {k}"),
+        }
+    }
+
+    /// The root page translating `at` (inside the table).
+    fn root_for(&self, at: u64) -> RootPage {
+        let k = (at / self.root_span) as usize;
+        debug_assert!(k < self.geometry.root_pages, "{at:#x} outside the roots");
+        let base = k as u64 * self.root_span;
+        RootPage {
+            k,
+            base,
+            end: base + self.root_span,
+            table_pa: self.root_pa + k as u64 * PAGE_SIZE,
+        }
     }
 
     /// The VMID used for TLB maintenance.
@@ -279,7 +374,7 @@ impl<P: PhysMem> Stage2<P> {
     }
 
     fn pool(&self) -> &PoolTranslation<P> {
-        self.root.translation()
+        self.root(0).translation()
     }
 
     /// Give a page to this table's pool (for future table pages). The pool
@@ -327,7 +422,7 @@ impl<P: PhysMem> Stage2<P> {
     fn unit_at(&self, at: u64, lo: u64, hi: u64, table_units: bool) -> Unit {
         let pool = self.pool();
         let mut level = self.root_level;
-        let mut table_pa = self.root_pa;
+        let mut table_pa = self.root_for(at).table_pa;
         loop {
             let gran = granule(level);
             let start = at & !(gran - 1);
@@ -350,7 +445,15 @@ impl<P: PhysMem> Stage2<P> {
 
     /// Table pages `w` allocates over `[a, b)`.
     fn count(&self, w: &Write, a: u64, b: u64, skip_held: bool) -> usize {
-        self.count_in(w, self.root_level, self.root_pa, a, b, skip_held)
+        let mut n = 0;
+        let mut cur = a;
+        while cur < b {
+            let root = self.root_for(cur);
+            let end = b.min(root.end);
+            n += self.count_in(w, self.root_level, root.table_pa, cur, end, skip_held);
+            cur = end;
+        }
+        n
     }
 
     fn count_in(
@@ -505,13 +608,36 @@ impl<P: PhysMem> Stage2<P> {
     /// offset: unmaps pass the IPA as `pa`, and a map never writes over a
     /// valid entry with equal attributes (such units hold the content
     /// already and are skipped, or map another address and were broken).
+    ///
+    /// `[a, b)` is split at the root pages' boundaries; each part goes to
+    /// its root's `RootTable` relative to the root's base.
     fn put(&mut self, a: u64, b: u64, pa: u64, attrs: u64, constraints: Constraints) {
-        let region = MemoryRegion::new(a as usize, b as usize);
         let flags = Stage2Attributes::from_bits_retain(attrs as usize);
-        let r = self
-            .root
-            .map_range(&region, PhysicalAddress(pa as usize), flags, constraints);
-        debug_assert!(r.is_ok(), "map_range {a:#x}..{b:#x}: {r:?}");
+        let mut cur = a;
+        while cur < b {
+            let RootPage { k, base, end, .. } = self.root_for(cur);
+            let end = b.min(end);
+            let region = MemoryRegion::new((cur - base) as usize, (end - base) as usize);
+            let oa = PhysicalAddress((pa + (cur - a)) as usize);
+            let r = if k == 0 {
+                match &mut self.roots[0] {
+                    Some(root) => root.map_range(&region, oa, flags, constraints),
+                    None => panic!("no root page 0"),
+                }
+            } else {
+                // Lend the pool to root k for the call.
+                let (first, rest) = self.roots.split_at_mut(1);
+                let (Some(first), Some(Some(root))) = (&first[0], rest.get_mut(k - 1)) else {
+                    panic!("no root page {k}");
+                };
+                first.translation().hand_over(root.translation());
+                let r = root.map_range(&region, oa, flags, constraints);
+                root.translation().hand_over(first.translation());
+                r
+            };
+            debug_assert!(r.is_ok(), "map_range {cur:#x}..{end:#x}: {r:?}");
+            cur = end;
+        }
     }
 
     /// Make the valid leaf `u` invalid (the "break" of break-before-make).
@@ -743,37 +869,50 @@ impl<P: PhysMem> Stage2<P> {
     ) -> Result<(), Error> {
         let end = self.range(ipa, nr_pages)?;
         let fwb = self.fwb;
-        let region = MemoryRegion::new(ipa as usize, end as usize);
-        // An error from walk_range can only be our early stop: the region
-        // was checked above.
-        let _ = self.root.walk_range(&region, &mut |chunk, desc, level| {
-            let bits = (desc.output_address().0 | desc.flags().bits()) as u64;
-            let start = chunk.start().0 as u64;
-            let pages = chunk.len() as u64 / PAGE_SIZE;
-            if f(start, pages, decode_entry(bits, level as u8, start, fwb)) {
-                Ok(())
-            } else {
-                Err(())
+        let mut cur = ipa;
+        while cur < end {
+            let root = self.root_for(cur);
+            let (k, base) = (root.k, root.base);
+            let part_end = end.min(root.end);
+            // Root k sees addresses relative to its base.
+            let region = MemoryRegion::new((cur - base) as usize, (part_end - base) as usize);
+            // An error from walk_range can only be our early stop: the region
+            // was checked above.
+            let r = self.root(k).walk_range(&region, &mut |chunk, desc, level| {
+                let bits = (desc.output_address().0 | desc.flags().bits()) as u64;
+                let start = base + chunk.start().0 as u64;
+                let pages = chunk.len() as u64 / PAGE_SIZE;
+                if f(start, pages, decode_entry(bits, level as u8, start, fwb)) {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            });
+            if r.is_err() {
+                break;
             }
-        });
+            cur = part_end;
+        }
         Ok(())
     }
 
-    /// Tear down: free every table page (root included) and every pool page,
-    /// calling `f(pa)` once for each page this Stage2 owns (tables + pool;
-    /// not pages handed out by [`Stage2::pool_take`]). `f` runs after the
-    /// table is gone, so it may scrub or hand on each page at once. No TLB
-    /// maintenance is issued: the caller invalidates the VMID.
+    /// Tear down: free every table page (all root pages included) and every
+    /// pool page, calling `f(pa)` once for each page this Stage2 owns
+    /// (tables + pool; not pages handed out by [`Stage2::pool_take`]). `f`
+    /// runs after the table is gone, so it may scrub or hand on each page at
+    /// once. No TLB maintenance is issued: the caller invalidates the VMID.
     pub fn destroy(self, f: &mut dyn FnMut(u64)) {
         let pool = self.pool();
-        pool.dismantle(self.root_pa, self.root_level);
+        let (root_pa, root_pages) = (self.root_pa, self.geometry.root_pages);
+        pool.dismantle(root_pa, root_pages, self.root_level);
         let phys = pool.phys().clone();
         let list = pool.free_list();
-        let root_pa = self.root_pa;
-        // Dropping the RootTable reads only the emptied root.
+        // Dropping the RootTables reads only the emptied roots.
         drop(self);
         drain_list(&phys, list, f);
-        f(root_pa);
+        for k in 0..root_pages as u64 {
+            f(root_pa + k * PAGE_SIZE);
+        }
     }
 }
 

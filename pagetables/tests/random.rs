@@ -40,9 +40,10 @@ fn normalise(mut l: Leaf, fwb: bool) -> Leaf {
 }
 
 impl World {
-    fn new(ipa_bits: u32, fwb: bool, lo: u64, pages: usize, seed: u64) -> Self {
-        let (mem, s2) = setup(ipa_bits, fwb, POOL);
-        let owned = (0..=POOL).map(TestMem::page).collect();
+    fn new(ipa_bits: u32, pa_bits: u32, fwb: bool, lo: u64, pages: usize, seed: u64) -> Self {
+        let (mem, s2) = setup_pa(ipa_bits, pa_bits, fwb, POOL);
+        let roots = s2.geometry().root_pages as u64;
+        let owned = (0..roots + POOL).map(TestMem::page).collect();
         Self {
             mem,
             s2,
@@ -229,14 +230,14 @@ impl World {
             self.stats[3] += 1;
         }
 
-        let before = tables(&self.mem, self.s2.root_pa(), self.s2.root_level());
+        let before = all_tables(&self.mem, &self.s2);
         let pool_before = self.s2.pool_len();
         let mut mnt = Rec::new();
         match leaf {
             Some(l) => self.s2.map(ipa, pa, nr, l, allow, &mut mnt).unwrap(),
             None => self.s2.set_invalid(ipa, nr, ann, &mut mnt).unwrap(),
         }
-        let after = tables(&self.mem, self.s2.root_pa(), self.s2.root_level());
+        let after = all_tables(&self.mem, &self.s2);
         let allocated = after.difference(&before).count();
         let freed = before.difference(&after).count();
         assert_eq!(
@@ -306,6 +307,7 @@ fn random_ops_level1_root() {
         // 1 GiB + 16 MiB around the 1 GiB line, 39-bit IPA (root level 1).
         World::new(
             39,
+            48,
             seed % 2 == 0,
             GIB - 8 * MIB2,
             (GIB / 4096 + 4096) as usize,
@@ -321,6 +323,7 @@ fn random_ops_level0_root() {
         // Across the 512 GiB line of a level-0 root.
         World::new(
             48,
+            48,
             seed % 2 == 1,
             512 * GIB - GIB - 8 * MIB2,
             (GIB / 4096 + 8192) as usize,
@@ -333,6 +336,27 @@ fn random_ops_level0_root() {
 #[test]
 fn random_small_window_many_ops() {
     for seed in 1..=6 {
-        World::new(40, seed % 2 == 0, 3 * MIB2 - 0x5000, 2048, seed * 31337).run(600);
+        World::new(40, 48, seed % 2 == 0, 3 * MIB2 - 0x5000, 2048, seed * 31337).run(600);
+    }
+}
+
+#[test]
+fn random_ops_concatenated_root() {
+    for (seed, ipa_bits) in [(1u64, 40), (2, 41), (3, 42)] {
+        // Across the 512 GiB line between the first two pages of a
+        // concatenated level-1 root (40-bit PA: no level-0 start).
+        let w = World::new(
+            ipa_bits,
+            40,
+            seed % 2 == 0,
+            512 * GIB - GIB - 8 * MIB2,
+            (2 * GIB / 4096 + 8192) as usize,
+            seed * 65537,
+        );
+        assert_eq!(
+            (w.s2.root_level(), w.s2.geometry().root_pages),
+            (1, 1 << (ipa_bits - 39))
+        );
+        w.run(200);
     }
 }

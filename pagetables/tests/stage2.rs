@@ -67,6 +67,7 @@ fn new_table_geometry() {
     assert_eq!(s2.root_level(), 0);
     let (_m, s2) = setup(60, false, 0);
     assert_eq!(s2.ipa_bits(), 48);
+    assert_eq!(s2.geometry().root_pages, 1);
 }
 
 #[test]
@@ -77,7 +78,7 @@ fn root_is_zeroed() {
     let p = pagetables::PhysMem::phys_to_virt(&mem, root);
     // SAFETY: in-bounds test buffer page.
     unsafe { std::ptr::write_bytes(p, 0xff, 4096) };
-    let s2 = Stage2::new(mem.clone(), root, 39, true, 1);
+    let s2 = Stage2::new(mem.clone(), root, 39, 48, true, 1);
     for i in 0..512 {
         assert_eq!(mem.read(root + i * 8), 0);
     }

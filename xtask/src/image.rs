@@ -281,7 +281,21 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
         }
         println!("same verdicts as --sim: {counts}");
     }
-    Ok(())
+    // Random hypercalls from two CPUs at once must neither crash nor hang
+    // the hypervisor, and leave it answering correctly.
+    let step = String::from("fuzz (real image, max, 2 CPUs)");
+    println!("==> {step}");
+    let r = run_real(&images, "max", &[], Mode::Fuzz, false).map_err(|e| format!("{step}: {e}"))?;
+    for l in r.lines.iter().filter(|l| !is_boot_chatter(l)) {
+        println!("{l}");
+    }
+    match (r.status, closing_counts(&r.lines)) {
+        (Some(0), Some(c)) => {
+            *total += c;
+            Ok(())
+        }
+        _ => Err(step),
+    }
 }
 
 /// `cargo xtask run [--cpu MODEL]`: boot the hypervisor in QEMU with the test

@@ -192,11 +192,9 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
     let hv = Hypervisor::new(platform, cpu, El2Phys, El2Maintenance::new(), &mut pool)
         .unwrap_or_else(|e| stop_fmt(format_args!("{e:?}")));
     let host_s2 = hv.host_stage2();
-    let sl0 = match host_s2.root_level() {
-        0 => 2,
-        1 => 1,
-        _ => 0,
-    };
+    // Start level and concatenated root pages come from the stage-2's
+    // geometry (a 40-bit PA cannot start at level 0).
+    let sl0 = host_s2.geometry().vtcr_sl0();
     let vmid16 = cpu.vmid_bits >= 16;
     let vtcr = (64 - u64::from(host_s2.ipa_bits()))
         | (sl0 << 6)

@@ -131,12 +131,20 @@ impl Maintenance for Rec {
     }
 }
 
-/// A stage-2 whose root is buffer page 0 and whose pool holds pages
-/// 1..=pool.
+/// A stage-2 on a CPU with a 48-bit PA space (no root concatenation) whose
+/// root is buffer page 0 and whose pool holds pages 1..=pool.
 pub fn setup(ipa_bits: u32, fwb: bool, pool: u64) -> (TestMem, Stage2<TestMem>) {
+    setup_pa(ipa_bits, 48, fwb, pool)
+}
+
+/// A stage-2 on a CPU with `pa_bits` whose root is buffer pages
+/// `0..root_pages` (the buffer is 64 KiB aligned) and whose pool holds the
+/// `pool` pages after them.
+pub fn setup_pa(ipa_bits: u32, pa_bits: u32, fwb: bool, pool: u64) -> (TestMem, Stage2<TestMem>) {
     let mem = TestMem::new();
-    let mut s2 = Stage2::new(mem.clone(), TestMem::page(0), ipa_bits, fwb, 7);
-    for i in 1..=pool {
+    let mut s2 = Stage2::new(mem.clone(), TestMem::page(0), ipa_bits, pa_bits, fwb, 7);
+    let roots = s2.geometry().root_pages as u64;
+    for i in roots..roots + pool {
         s2.pool_add(TestMem::page(i));
     }
     (mem, s2)
@@ -167,11 +175,24 @@ pub fn tables(mem: &TestMem, root: u64, root_level: u8) -> BTreeSet<u64> {
     out
 }
 
+/// Every table page reachable from the (possibly concatenated) root of
+/// `s2`, root pages included, read straight from memory.
+pub fn all_tables(mem: &TestMem, s2: &Stage2<TestMem>) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    for k in 0..s2.geometry().root_pages as u64 {
+        for t in tables(mem, s2.root_pa() + k * 4096, s2.root_level()) {
+            assert!(out.insert(t), "table {t:#x} reachable twice");
+        }
+    }
+    out
+}
+
 /// Physical address of the descriptor translating `ipa` at `level`
-/// (following table descriptors from the root).
+/// (following table descriptors from the root). A concatenated root is one
+/// table of `512 * root_pages` entries.
 pub fn desc_pa(mem: &TestMem, s2: &Stage2<TestMem>, ipa: u64, level: u8) -> u64 {
-    let mut t = s2.root_pa();
     let mut l = s2.root_level();
+    let mut t = s2.root_pa() + ipa / gran(l) / 512 * 4096;
     loop {
         let idx = (ipa / gran(l)) % 512;
         if l == level {
