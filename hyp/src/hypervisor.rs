@@ -728,41 +728,55 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let Some(vm) = self.vms.get_mut(slot).and_then(Option::take) else {
             return Err(Errno::ENOENT);
         };
+        // Guest memory (and pages it shared back) must be scrubbed before the
+        // host sees it again; device registers go back untouched; borrowed
+        // pages go back to the host when their last borrower is gone.
+        let mut reclaimable: Vec<u64> = Vec::new();
+        let mut to_host: Vec<u64> = Vec::new();
         for (pfn, n, state) in maps {
             let (class, _) = self.platform.classify(pfn);
             match state {
-                PageState::Owned | PageState::SharedOwned => {
-                    // Guest memory (and pages it shared back) must be scrubbed
-                    // before the host sees it again; device registers go back
-                    // untouched.
-                    let a = if class == MemClass::Mmio {
-                        HostAnnotation::None
-                    } else {
-                        HostAnnotation::Reclaimable
-                    };
-                    let _ = self.host_unmap(pfn, n, a);
+                PageState::Owned | PageState::SharedOwned if class == MemClass::Mmio => {
+                    to_host.extend(pfn..pfn + n);
                 }
+                PageState::Owned | PageState::SharedOwned => reclaimable.extend(pfn..pfn + n),
                 PageState::SharedBorrowed => {
                     for p in pfn..pfn + n {
                         if self.meta.share_dec(self.platform.tracked_index(p)) == 0 {
-                            let _ = self.host_unmap(p, 1, HostAnnotation::None);
+                            to_host.push(p);
                         }
                     }
                 }
             }
         }
-        let mut released: Vec<u64> = Vec::new();
         for c in &vm.vcpus {
             self.meta
                 .set_pinned(self.platform.tracked_index(c.run_pfn), false);
-            released.push(c.ctx_page);
+            reclaimable.push(c.ctx_page >> 12);
         }
-        vm.s2.destroy(&mut |p| released.push(p));
+        vm.s2.destroy(&mut |p| reclaimable.push(p >> 12));
         self.mnt.tlbi_vmid((slot + 1) as u16);
-        for p in released {
-            let _ = self.host_unmap(p >> 12, 1, HostAnnotation::Reclaimable);
-        }
+        // The host pool covers tracked memory at page granularity (reserved
+        // at boot), so these updates cannot run short.
+        self.host_unmap_runs(&mut to_host, HostAnnotation::None);
+        self.host_unmap_runs(&mut reclaimable, HostAnnotation::Reclaimable);
         Ok(())
+    }
+
+    /// Host stage-2 updates for a set of pages, one call per run of
+    /// consecutive pfns (pages of one VM are usually contiguous).
+    fn host_unmap_runs(&mut self, pfns: &mut [u64], a: HostAnnotation) {
+        pfns.sort_unstable();
+        let mut i = 0;
+        while i < pfns.len() {
+            let start = pfns[i];
+            let mut n = 1;
+            while i + (n as usize) < pfns.len() && pfns[i + n as usize] == start + n {
+                n += 1;
+            }
+            let _ = self.host_unmap(start, n, a);
+            i += n as usize;
+        }
     }
 
     fn reclaim(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
@@ -997,8 +1011,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let slot = self.vm_slot(handle)?;
         let vm = self.vm(slot)?;
         let mut v = Verdict::default();
-        let mut pages: Vec<(u64, u64)> = Vec::new();
-        let _ = vm.s2.walk(pa(gfn), nr, &mut |ipa, n, e| {
+        let mut pfns: Vec<u64> = Vec::new();
+        let _ = vm.s2.walk(pa(gfn), nr, &mut |_, n, e| {
             match e {
                 Entry::Invalid { .. } => v.note(Errno::ENOENT),
                 Entry::Mapped { pa: p, leaf, .. } => {
@@ -1010,17 +1024,26 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                     {
                         v.note(Errno::EPERM);
                     }
-                    for i in 0..n {
-                        pages.push(((ipa >> 12) + i, (p >> 12) + i));
-                    }
+                    pfns.extend((p >> 12)..(p >> 12) + n);
                 }
             }
             true
         });
         v.result()?;
-        let host_need: usize = pages
-            .iter()
-            .map(|&(_, p)| self.host_tables(p, 1, false))
+        // The pages whose last borrower this call removes go back to the
+        // host: work them out before changing anything, so the table pages
+        // for those host updates are counted up front.
+        pfns.sort_unstable();
+        let mut freed: Vec<u64> = Vec::new();
+        for group in pfns.chunk_by(|a, b| a == b) {
+            let count = self.meta.share_count(self.platform.tracked_index(group[0]));
+            if usize::from(count) <= group.len() {
+                freed.push(group[0]);
+            }
+        }
+        let host_need: usize = freed
+            .chunk_by(|a, b| a + 1 == *b)
+            .map(|run| self.host_tables(run[0], run.len() as u64, true))
             .sum();
         self.check_host_pool(host_need)?;
         if vm.s2.tables_needed(pa(gfn), nr, false) > vm.s2.pool_len() {
@@ -1029,12 +1052,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let (s2, mnt) = self.guest_s2(slot)?;
         s2.set_invalid(pa(gfn), nr, 0, mnt)
             .map_err(|_| Errno::ENOMEM)?;
-        for (_, p) in pages {
-            if self.meta.share_dec(self.platform.tracked_index(p)) == 0 {
-                // Back to the host alone, with its class's own type (D7).
-                self.host_unmap(p, 1, HostAnnotation::None)?;
-            }
+        for &p in &pfns {
+            self.meta.share_dec(self.platform.tracked_index(p));
         }
+        // Back to the host alone, with its class's own type (D7).
+        self.host_unmap_runs(&mut freed, HostAnnotation::None);
         Ok(())
     }
 
