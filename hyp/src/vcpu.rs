@@ -506,10 +506,14 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             }
             GuestCallId::PsciVersion => ctx.x[0] = PSCI_VERSION_1_1,
             GuestCallId::PsciFeatures => {
+                // PSCI 1.1: PSCI_FEATURES also reports SMCCC_VERSION, which
+                // is how Linux discovers SMCCC 1.1 (and with it the
+                // vendor hypervisor services).
                 let is_psci = matches!(
                     GuestCallId::from_id(ctx.x[1]),
                     Some(
-                        GuestCallId::PsciVersion
+                        GuestCallId::SmcccVersion
+                            | GuestCallId::PsciVersion
                             | GuestCallId::PsciCpuSuspend
                             | GuestCallId::PsciCpuOff
                             | GuestCallId::PsciCpuOn
