@@ -26,4 +26,4 @@ pub use hypervisor::{
 };
 pub use meta::MAX_SHARE_COUNT;
 pub use owner::{HostAnnotation, GUEST_MMIO_GUARD};
-pub use vcpu::{GuestView, NoExecutor, Trap, VcpuContext, VcpuExecutor};
+pub use vcpu::{GuestView, NoExecutor, Trap, VcpuContext, VcpuExecutor, FP_WORDS, SYS_WORDS};

@@ -19,13 +19,34 @@ use crate::hypervisor::Hypervisor;
 use crate::owner::{HostAnnotation, GUEST_MMIO_GUARD};
 use crate::phys::{run_read, run_write};
 
-/// General-purpose state of a vCPU that the hypervisor keeps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Number of words of [`VcpuContext::sys`].
+pub const SYS_WORDS: usize = 32;
+/// Number of words of [`VcpuContext::fp`]: V0..V31 (two words each), FPSR, FPCR.
+pub const FP_WORDS: usize = 66;
+
+/// The state of a vCPU that the hypervisor keeps while it is not running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VcpuContext {
     /// x0..x30.
     pub x: [u64; 31],
     /// Program counter (ELR_EL2 at a trap).
     pub pc: u64,
+    /// PSTATE and EL1 system registers, laid out by the executor that runs
+    /// the vCPU (the core never interprets them; all zero means "reset").
+    pub sys: [u64; SYS_WORDS],
+    /// FP/SIMD registers, saved and restored by the executor.
+    pub fp: [u64; FP_WORDS],
+}
+
+impl Default for VcpuContext {
+    fn default() -> Self {
+        Self {
+            x: [0; 31],
+            pc: 0,
+            sys: [0; SYS_WORDS],
+            fp: [0; FP_WORDS],
+        }
+    }
 }
 
 /// Why a running guest came back to EL2.

@@ -207,6 +207,7 @@ el1_sync_slow:
     add     sp, sp, #256
     eret
 
+.global el2_unexpected
 el2_unexpected:
     mrs     x0, esr_el2
     mrs     x1, elr_el2

@@ -9,6 +9,7 @@ extern crate alloc;
 
 mod console;
 mod entry;
+mod guest;
 mod hwmem;
 mod mmu;
 mod percpu;

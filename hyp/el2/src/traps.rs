@@ -4,7 +4,9 @@
 //! (ABI.md 1.1): never an EL2 crash.
 
 use host_interface::psci;
-use hyp::{Access, NoExecutor};
+use hyp::Access;
+
+use crate::guest::El2Executor;
 use smccc::smc64;
 
 use crate::entry::Frame;
@@ -38,7 +40,7 @@ fn host_hvc(frame: &mut Frame) {
     let mut regs = [0u64; 7];
     regs.copy_from_slice(&frame.x[..7]);
     let r = match CORE.lock().as_mut() {
-        Some(hv) => hv.host_call(&regs, &mut NoExecutor).regs,
+        Some(hv) => hv.host_call(&regs, &mut El2Executor).regs,
         None => [u64::MAX, 0, 0, 0, 0],
     };
     frame.x[..5].copy_from_slice(&r);

@@ -26,6 +26,20 @@ read_only! {
     far_el1, "far_el1";
     spsr_el1, "spsr_el1";
     sctlr_el1, "sctlr_el1";
+    cntfrq_el0, "cntfrq_el0";
+}
+
+/// The virtual counter (CNTVCT_EL0), read after an ISB so that it is not
+/// taken early, before the instructions in front of it. Under QEMU's
+/// `-icount shift=0` it counts one tick per instruction.
+#[inline(always)]
+pub fn cntvct() -> u64 {
+    let v: u64;
+    // SAFETY: ISB and a counter read have no side effects.
+    unsafe {
+        asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    v
 }
 
 /// Physical address bits the CPU implements (ID_AA64MMFR0_EL1.PARange),
@@ -65,14 +79,31 @@ pub unsafe fn dcache_invalidate(start: usize, end: usize) {
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
-/// Turn the MMU and caches on with the given translation settings.
+/// Clean the data cache lines over `[start, end)` to the point of
+/// coherency, so that a CPU with its MMU (and so its caches) still off reads
+/// what this one wrote.
+pub fn dcache_clean(start: usize, end: usize) {
+    let line = dcache_line();
+    let mut at = start & !(line - 1);
+    while at < end {
+        // SAFETY: cleaning writes dirty lines back; memory contents, as the
+        // program sees them, do not change.
+        unsafe { asm!("dc cvac, {}", in(reg) at, options(nostack, preserves_flags)) };
+        at += line;
+    }
+    // SAFETY: a barrier has no other effect.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+/// Turn the MMU and caches on with the given translation settings; returns
+/// the SCTLR_EL1 value written (for [`crate::mmu`] to hand to secondaries).
 ///
 /// # Safety
 ///
 /// `ttbr0` must be the root of valid EL1 tables that identity-map
 /// everything the program touches from here on (code, data, stack, heap,
 /// console), with attributes that match `mair`.
-pub unsafe fn enable_mmu(mair: u64, tcr: u64, ttbr0: u64) {
+pub unsafe fn enable_mmu(mair: u64, tcr: u64, ttbr0: u64) -> u64 {
     // M, C, I on; alignment checks stay off.
     let sctlr = sctlr_el1() | 1 | (1 << 2) | (1 << 12);
     // SAFETY: the caller vouches for the tables; the TLB and instruction
@@ -97,6 +128,7 @@ pub unsafe fn enable_mmu(mair: u64, tcr: u64, ttbr0: u64) {
             options(nostack, preserves_flags),
         );
     }
+    sctlr
 }
 
 /// A host call (ABI.md 1): `hvc #0` with x0..x6, results in x0..x4. The
@@ -128,6 +160,43 @@ pub fn hvc_host_call(regs: [u64; 7]) -> [u64; 5] {
 
 /// PSCI SYSTEM_OFF.
 const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
+
+/// PSCI CPU_ON (SMC64): start the CPU `target` (an MPIDR) at `entry`
+/// (physical) with x0 = `context`, at EL1 with its MMU off.
+const PSCI_CPU_ON64: u64 = 0xC400_0003;
+
+/// PSCI CPU_ON through the conduit the device tree names. Returns PSCI's
+/// status (0 = SUCCESS).
+pub fn psci_cpu_on(use_hvc: bool, target: u64, entry: u64, context: u64) -> u64 {
+    let mut x0 = PSCI_CPU_ON64;
+    // SAFETY: CPU_ON starts another CPU at `entry`, which the caller makes a
+    // valid entry point; it returns a status in x0 and takes no memory
+    // arguments. SMCCC lets the callee corrupt x1..x17.
+    unsafe {
+        if use_hvc {
+            asm!(
+                "hvc #0",
+                inout("x0") x0,
+                inout("x1") target => _, inout("x2") entry => _, inout("x3") context => _,
+                out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _,
+                out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _,
+                out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+                options(nostack),
+            );
+        } else {
+            asm!(
+                "smc #0",
+                inout("x0") x0,
+                inout("x1") target => _, inout("x2") entry => _, inout("x3") context => _,
+                out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _,
+                out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _,
+                out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+                options(nostack),
+            );
+        }
+    }
+    x0
+}
 
 /// PSCI SYSTEM_OFF through the conduit the device tree names (`hvc` or
 /// `smc`). Returns only if the call failed.

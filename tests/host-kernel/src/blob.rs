@@ -1,7 +1,7 @@
 //! The scenario blob the runner hands over as the initrd (UTF-8 text):
 //!
 //! ```text
-//! pkvm-scenarios 1 cpu=<MODEL> [trace]
+//! pkvm-scenarios 1 cpu=<MODEL> [trace|bench|fuzz]
 //! === FILE <path>
 //! <the file's text, up to the next `=== FILE ` line or the end>
 //! === FILE <path>
@@ -22,6 +22,12 @@ pub enum Mode {
     Scenarios,
     /// Also narrate every statement (`scenario::run_file_traced`).
     Trace,
+    /// Measure host-call and stage-2 fault costs (`crate::bench`); the
+    /// files, if any, are ignored.
+    Bench,
+    /// Fire random host calls from two CPUs, then check the hypervisor
+    /// (`crate::fuzz`); the files, if any, are ignored.
+    Fuzz,
 }
 
 /// A parsed blob: borrowed from its text.
@@ -56,6 +62,8 @@ pub fn parse(text: &str) -> Result<Blob<'_>, String> {
     let mode = match mode {
         None => Mode::Scenarios,
         Some("trace") => Mode::Trace,
+        Some("bench") => Mode::Bench,
+        Some("fuzz") => Mode::Fuzz,
         Some(other) => {
             return Err(alloc::format!(
                 "mode `{other}` is not supported by this test host"

@@ -8,6 +8,11 @@
 //!   `-kernel` uses RAM base + 2 MiB), the file part is copied to the link
 //!   address first. Then FP/SIMD on, BSS zeroed, the stack taken, VBAR_EL1
 //!   set, SError unmasked, and `rust_main(dtb)` called.
+//! - `secondary_entry`: where PSCI CPU_ON starts CPU 1 (fuzz mode), at EL1
+//!   with its MMU off and x0 = the CPU_ON context: FP/SIMD on, CPU 1's
+//!   stack, VBAR_EL1, then the MMU on with the boot CPU's settings
+//!   ([`crate::mmu::SECONDARY_MMU`]), SError unmasked, and
+//!   `rust_secondary_main(context)` called.
 //! - The vectors: a synchronous external abort (EC 0x25, DFSC 0x10) taken on
 //!   [`host_load`] or [`host_store`] sets [`HOST_ACCESS_ABORTED`] and returns
 //!   past the access; any other exception ends in
@@ -17,8 +22,9 @@ use core::arch::global_asm;
 use core::sync::atomic::AtomicBool;
 
 /// Set by the vector when the last [`host_load`] or [`host_store`] took a
-/// synchronous external abort. Only the boot CPU runs, so one flag is the
-/// per-CPU flag.
+/// synchronous external abort. Only the boot CPU makes host accesses (CPU 1,
+/// started in fuzz mode, only makes hypercalls), so one flag is the per-CPU
+/// flag.
 pub static HOST_ACCESS_ABORTED: AtomicBool = AtomicBool::new(false);
 
 /// Vector index passed to `unexpected_exception` for a synchronous
@@ -90,6 +96,42 @@ primary_entry:
     bl      rust_main
 9:  wfe
     b       9b
+
+// CPU 1 (PSCI CPU_ON): EL1, MMU and caches off, x0 = context. Nothing is
+// written to memory before the MMU is on; SECONDARY_MMU was cleaned to the
+// point of coherency by the boot CPU.
+.section .text, "ax"
+.global secondary_entry
+.balign 4
+secondary_entry:
+    mov     x19, x0
+    mov     x1, #(3 << 20)      // FP/SIMD usable at EL1
+    msr     cpacr_el1, x1
+    adrp    x1, __cpu1_stack_top
+    add     x1, x1, :lo12:__cpu1_stack_top
+    mov     sp, x1
+    adrp    x1, el1_vectors
+    add     x1, x1, :lo12:el1_vectors
+    msr     vbar_el1, x1
+    adrp    x1, {secondary_mmu}
+    add     x1, x1, :lo12:{secondary_mmu}
+    ldp     x2, x3, [x1]        // MAIR_EL1, TCR_EL1
+    ldp     x4, x5, [x1, #16]   // TTBR0_EL1, SCTLR_EL1
+    msr     mair_el1, x2
+    msr     tcr_el1, x3
+    msr     ttbr0_el1, x4
+    isb
+    tlbi    vmalle1
+    ic      iallu
+    dsb     nsh
+    isb
+    msr     sctlr_el1, x5
+    isb
+    msr     daifclr, #4         // SError: reported, not lost
+    mov     x0, x19
+    bl      rust_secondary_main
+8:  wfe
+    b       8b
 
 .section .text.vectors, "ax"
 .balign 2048
@@ -196,11 +238,15 @@ host_store:
     ret
 "#,
     aborted = sym HOST_ACCESS_ABORTED,
+    secondary_mmu = sym crate::mmu::SECONDARY_MMU,
     unexpected = sym crate::unexpected_exception,
     sync_spx = const SYNC_CURRENT_SPX,
 );
 
 extern "C" {
+    /// Where PSCI CPU_ON starts CPU 1 (x0 = context); it ends in
+    /// `rust_secondary_main(context)`. Only its address is used.
+    pub fn secondary_entry();
     /// Load 8 bytes from `pa` (identity mapped). If the access takes a
     /// synchronous external abort, the vector sets [`HOST_ACCESS_ABORTED`]
     /// and the result is meaningless.

@@ -2,7 +2,8 @@
 //! flattened blob (DTSpec v0.4, chapter 5) without the heap, so it can run
 //! before the MMU is on: the `/memory` ranges, the memory reservation block,
 //! the initrd (`/chosen/linux,initrd-start` and `-end`), the PSCI conduit
-//! (`/psci` `method`) and the PL011's address.
+//! (`/psci` `method`), the PL011's address and the CPUs' MPIDRs (the `reg`
+//! of each `/cpus` child with `device_type = "cpu"`).
 //!
 //! Every read is bounds-checked; a malformed blob gives a [`DtError`].
 
@@ -18,6 +19,8 @@ pub const HEADER_SIZE: usize = 40;
 pub const MAX_SIZE: usize = 2 << 20;
 /// Most `/memory` (or reserved) ranges kept.
 pub const MAX_RANGES: usize = 8;
+/// Most CPUs kept (further ones are ignored).
+pub const MAX_CPUS: usize = 8;
 
 /// Why the blob could not be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,30 @@ impl Ranges {
     }
 }
 
+/// Up to [`MAX_CPUS`] MPIDRs, in device-tree order.
+#[derive(Clone, Copy, Debug)]
+pub struct Cpus {
+    mpidrs: [u64; MAX_CPUS],
+    len: usize,
+}
+
+impl Cpus {
+    const EMPTY: Cpus = Cpus {
+        mpidrs: [0; MAX_CPUS],
+        len: 0,
+    };
+
+    /// The `i`th CPU's MPIDR (its `reg`), device-tree order.
+    pub fn get(&self, i: usize) -> Option<u64> {
+        self.mpidrs.get(..self.len)?.get(i).copied()
+    }
+
+    /// How many CPUs the device tree lists (at most [`MAX_CPUS`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// What the test host learns from the device tree.
 #[derive(Clone, Copy, Debug)]
 pub struct DtFacts {
@@ -73,6 +100,8 @@ pub struct DtFacts {
     pub psci_hvc: bool,
     /// Base of the first `arm,pl011` node's registers.
     pub uart: Option<u64>,
+    /// The CPUs of `/cpus`.
+    pub cpus: Cpus,
 }
 
 fn be32(bytes: &[u8], at: usize) -> Option<u32> {
@@ -175,6 +204,7 @@ pub fn read(blob: &[u8]) -> Result<DtFacts, DtError> {
         initrd: None,
         psci_hvc: false,
         uart: None,
+        cpus: Cpus::EMPTY,
     };
 
     // The memory reservation block: (address, size) pairs up to (0, 0).
@@ -193,6 +223,11 @@ pub fn read(blob: &[u8]) -> Result<DtFacts, DtError> {
     let (mut address_cells, mut size_cells) = (2u32, 1u32);
     let mut depth = 0usize;
     let mut node = Node::default();
+    // Inside /cpus: its #address-cells, and the current child's
+    // device_type and reg.
+    let mut in_cpus = false;
+    let mut cpu_cells = 1u32;
+    let (mut cpu_type, mut cpu_reg): (&[u8], &[u8]) = (&[], &[]);
     let mut pos = 0usize;
     loop {
         let bad = DtError::BadStructure(pos);
@@ -208,11 +243,24 @@ pub fn read(blob: &[u8]) -> Result<DtFacts, DtError> {
                         name,
                         ..Node::default()
                     };
+                    in_cpus = name == b"cpus";
+                }
+                if depth == 3 {
+                    (cpu_type, cpu_reg) = (&[], &[]);
                 }
             }
             FDT_END_NODE => {
                 if depth == 2 {
                     finish_node(&node, address_cells, size_cells, &mut facts)?;
+                    in_cpus = false;
+                }
+                if depth == 3 && in_cpus && cpu_type == b"cpu\0" {
+                    if let Some(mpidr) = cells(cpu_reg, 0, cpu_cells) {
+                        if let Some(slot) = facts.cpus.mpidrs.get_mut(facts.cpus.len) {
+                            *slot = mpidr;
+                            facts.cpus.len += 1;
+                        }
+                    }
                 }
                 depth = depth.checked_sub(1).ok_or(bad)?;
             }
@@ -232,6 +280,11 @@ pub fn read(blob: &[u8]) -> Result<DtFacts, DtError> {
                     (2, b"method") => node.method = value,
                     (2, b"linux,initrd-start") => node.initrd_start = address_value(value),
                     (2, b"linux,initrd-end") => node.initrd_end = address_value(value),
+                    (2, b"#address-cells") if in_cpus => {
+                        cpu_cells = be32(value, 0).ok_or(bad)?;
+                    }
+                    (3, b"device_type") if in_cpus => cpu_type = value,
+                    (3, b"reg") if in_cpus => cpu_reg = value,
                     _ => {}
                 }
             }

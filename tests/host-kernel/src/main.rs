@@ -4,7 +4,8 @@
 //! address, x0 = the device tree), runs every scenario file of the blob the
 //! runner passed as the initrd against the real hypervisor, prints the
 //! failures and the total, then the sentinel `TESTHOST DONE <exit>`, and
-//! powers the machine off.
+//! powers the machine off. The blob's mode may instead ask for the
+//! benchmarks ([`bench`](mod@bench)) or the two-CPU fuzzer ([`fuzz`]).
 //!
 //! - [`entry`]: Image header, entry, vectors, the abortable accesses;
 //! - [`arch`]: system registers, HVC and PSCI;
@@ -12,7 +13,9 @@
 //! - [`console`]: the PL011;
 //! - [`fdt`]: the device-tree facts;
 //! - [`blob`]: the scenario blob;
-//! - [`access`], [`machine`]: the scenario [`scenario::Machine`].
+//! - [`access`], [`machine`]: the scenario [`scenario::Machine`];
+//! - [`ram`]: free RAM for the bench and fuzz modes;
+//! - [`bench`](mod@bench), [`fuzz`]: those modes.
 #![no_std]
 #![no_main]
 
@@ -20,12 +23,15 @@ extern crate alloc;
 
 mod access;
 mod arch;
+mod bench;
 mod blob;
 mod console;
 mod entry;
 mod fdt;
+mod fuzz;
 mod machine;
 mod mmu;
+mod ram;
 
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
@@ -50,6 +56,7 @@ extern "C" {
     static __image_start: u8;
     static __text_end: u8;
     static __stack_guard: u8;
+    static __cpu1_stack_guard: u8;
     static __heap_start: u8;
     static __heap_end: u8;
     static __image_end: u8;
@@ -65,6 +72,7 @@ fn image_layout() -> (mmu::ImageLayout, usize, usize) {
                 start: addr(&__image_start),
                 text_end: addr(&__text_end),
                 stack_guard: addr(&__stack_guard),
+                cpu1_stack_guard: addr(&__cpu1_stack_guard),
                 end: addr(&__image_end),
             },
             addr(&__heap_start),
@@ -120,7 +128,19 @@ extern "C" fn rust_main(dtb: u64) -> ! {
     run(dtb, &facts, &image)
 }
 
-/// Run every file of the blob and report.
+/// CPU 1, started by [`fuzz`] with PSCI CPU_ON: `entry`'s
+/// `secondary_entry` has turned its MMU on and calls this with the CPU_ON
+/// context.
+#[no_mangle]
+extern "C" fn rust_secondary_main(context: u64) -> ! {
+    let el = (arch::current_el() >> 2) & 3;
+    if el != 1 {
+        panic!("CPU 1 entered at EL{el}, not EL1");
+    }
+    fuzz::secondary(context)
+}
+
+/// Run the blob (scenario files, bench or fuzz) and report.
 fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
     let Some((initrd_start, initrd_end)) = facts.initrd else {
         panic!("no initrd in /chosen: nothing to run");
@@ -155,6 +175,11 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
     ]);
     excluded.extend(facts.reserved.iter());
     let free = machine::free_pages(facts.memory.iter(), &excluded);
+    match blob.mode {
+        blob::Mode::Bench => run_bench(&blob, &free),
+        blob::Mode::Fuzz => run_fuzz(&blob, facts, &manifest, &free, pa_bits),
+        blob::Mode::Scenarios | blob::Mode::Trace => {}
+    }
     let mut m = machine::HostMachine::new(&free, &manifest, pa_bits);
     println!(
         "testhost: {} scenario files (cpu {}); device tree at {dtb:#x}, initrd at {initrd_start:#x}, {} free RAM pages",
@@ -170,6 +195,64 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
     }
     println!("{}", scenario::summary_line(&total));
     println!("TESTHOST DONE {}", u8::from(total.failed > 0));
+    power_off()
+}
+
+/// `bench` mode: the measurements, `bench: done`, power off.
+fn run_bench(blob: &blob::Blob, free: &[(u64, u64)]) -> ! {
+    let mut pool = ram::RamPool::new(free);
+    println!(
+        "testhost: bench (cpu {}); {} free RAM pages",
+        blob.cpu,
+        pool.pages()
+    );
+    bench::run(&mut pool);
+    println!("TESTHOST DONE 0");
+    power_off()
+}
+
+/// `fuzz` mode: two CPUs of random host calls, the checks, the tally,
+/// power off.
+fn run_fuzz(
+    blob: &blob::Blob,
+    facts: &DtFacts,
+    manifest: &platform::Manifest,
+    free: &[(u64, u64)],
+    pa_bits: u32,
+) -> ! {
+    use platform::ManifestKind as K;
+    let region = |kind: K| {
+        manifest
+            .entries()
+            .iter()
+            .find(|e| e.kind == kind)
+            .map_or((0, 0), |e| (e.base_pfn(), e.end_pfn()))
+    };
+    let regions = [K::Hyp, K::Coherent, K::Mmio, K::MmioUncached].map(region);
+    // Host RAM: /memory without the manifest's carve-outs from it.
+    let carved: Vec<(u64, u64)> = manifest
+        .entries()
+        .iter()
+        .filter(|e| matches!(e.kind, K::Hyp | K::Coherent))
+        .map(|e| (e.base, e.size))
+        .collect();
+    let host_ram = machine::free_pages(facts.memory.iter(), &carved);
+    let mut pool = ram::RamPool::new(free);
+    println!(
+        "testhost: fuzz (cpu {}); {} CPUs in the device tree, {} free RAM pages",
+        blob.cpu,
+        facts.cpus.len(),
+        pool.pages()
+    );
+    let passed = fuzz::run(fuzz::Setup {
+        pool: &mut pool,
+        ram: host_ram,
+        regions,
+        cpus: facts.cpus,
+        psci_hvc: facts.psci_hvc,
+        pa_bits,
+    });
+    println!("TESTHOST DONE {}", u8::from(!passed));
     power_off()
 }
 

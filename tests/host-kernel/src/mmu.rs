@@ -3,7 +3,9 @@
 //! other address Device-nGnRE — built with aarch64-paging from a static
 //! pool of table pages, before the MMU goes on. The image's text is
 //! read-only and executable, everything else execute-never, and the page
-//! below the stack is unmapped so an overflow faults.
+//! below each stack (the boot CPU's, CPU 1's) is unmapped so an overflow
+//! faults. [`SECONDARY_MMU`] keeps the translation settings for CPU 1,
+//! which turns its MMU on with the same tables.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,12 @@ static mut TABLES: Pages = Pages([PageTable::EMPTY; TABLE_PAGES]);
 
 /// First address past the identity map (0 until the MMU is on).
 static MAPPED_END: AtomicU64 = AtomicU64::new(0);
+
+/// What a secondary CPU needs to turn its MMU on exactly like the boot CPU:
+/// MAIR_EL1, TCR_EL1, TTBR0_EL1 and SCTLR_EL1, in that order. Written by
+/// [`enable`] and cleaned to the point of coherency, because
+/// `entry`'s `secondary_entry` reads it with its MMU (and caches) off.
+pub static SECONDARY_MMU: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 
 /// Hands out the pages of [`TABLES`] in order.
 struct StaticTables {
@@ -87,6 +95,8 @@ pub struct ImageLayout {
     pub text_end: usize,
     /// The unmapped page below the stack.
     pub stack_guard: usize,
+    /// The unmapped page below CPU 1's stack.
+    pub cpu1_stack_guard: usize,
     /// End of everything the image reserves (heap included).
     pub end: usize,
 }
@@ -138,8 +148,9 @@ pub fn enable(
     let (start, text_end) = (image.start as u64, image.text_end as u64);
     map(&mut m, start, image.end as u64, NORMAL)?;
     map(&mut m, start, text_end, TEXT)?;
-    let guard = image.stack_guard as u64;
-    map(&mut m, guard, guard + 0x1000, El1Attributes::empty())?;
+    for guard in [image.stack_guard as u64, image.cpu1_stack_guard as u64] {
+        map(&mut m, guard, guard + 0x1000, El1Attributes::empty())?;
+    }
 
     let root = m.root_address().0 as u64;
     // The tables live in static memory for good; the mapping must never be
@@ -164,10 +175,15 @@ pub fn enable(
     // the cache.
     unsafe { arch::dcache_invalidate(image.start, image.end) };
     // SAFETY: the tables identity-map the image (text executable, the rest
-    // read/write), its stack and heap, all RAM and the devices in the low
+    // read/write), its stacks and heap, all RAM and the devices in the low
     // 4 GiB, including the UART; MAIR matches the attribute indices used.
-    unsafe { arch::enable_mmu(MAIR, tcr, root) };
+    let sctlr = unsafe { arch::enable_mmu(MAIR, tcr, root) };
     MAPPED_END.store(end, Ordering::Relaxed);
+    for (slot, value) in SECONDARY_MMU.iter().zip([MAIR, tcr, root, sctlr]) {
+        slot.store(value, Ordering::Relaxed);
+    }
+    let params = SECONDARY_MMU.as_ptr() as usize;
+    arch::dcache_clean(params, params + core::mem::size_of_val(&SECONDARY_MMU));
     Ok(())
 }
 

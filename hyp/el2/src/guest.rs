@@ -1,0 +1,386 @@
+//! The world switch: running a vCPU at EL1 under its VM's stage-2 and
+//! coming back at its next trap, as the core's [`VcpuExecutor`].
+//!
+//! Entering saves the host's EL1 system registers, FP/SIMD state, virtual
+//! timer and the hypervisor's own callee-saved registers; loads the guest's;
+//! switches VTTBR_EL2 (the VM's tables and VMID), HCR_EL2 (interrupts to
+//! EL2, WFI and SMC trapped) and VBAR_EL2 (the guest vectors); and `eret`s.
+//! A trap from the guest comes back through `__guest_exit`, which saves the
+//! guest's general registers into its context and returns to the caller of
+//! `__guest_run` as if from a function call. Everything is then put back the
+//! other way and the trap is decoded for the core.
+
+use core::arch::{asm, global_asm};
+
+use hyp::{GuestView, Trap, VcpuContext, VcpuExecutor};
+
+use crate::hwmem::El2Phys;
+use crate::{sysreg, HOST_REGS};
+
+/// EL1 registers switched with the vCPU, in `VcpuContext::sys` order.
+/// (PSTATE is word 0; word 31 says the context has been initialised.)
+const SYS_SPSR: usize = 0;
+const SYS_INIT: usize = 31;
+
+macro_rules! el1_regs {
+    ($m:ident) => {
+        $m!(1, "sctlr_el1");
+        $m!(2, "ttbr0_el1");
+        $m!(3, "ttbr1_el1");
+        $m!(4, "tcr_el1");
+        $m!(5, "mair_el1");
+        $m!(6, "amair_el1");
+        $m!(7, "vbar_el1");
+        $m!(8, "contextidr_el1");
+        $m!(9, "tpidr_el0");
+        $m!(10, "tpidrro_el0");
+        $m!(11, "tpidr_el1");
+        $m!(12, "sp_el0");
+        $m!(13, "sp_el1");
+        $m!(14, "elr_el1");
+        $m!(15, "spsr_el1");
+        $m!(16, "esr_el1");
+        $m!(17, "far_el1");
+        $m!(18, "afsr0_el1");
+        $m!(19, "afsr1_el1");
+        $m!(20, "par_el1");
+        $m!(21, "cpacr_el1");
+        $m!(22, "cntkctl_el1");
+        $m!(23, "cntv_ctl_el0");
+        $m!(24, "cntv_cval_el0");
+        $m!(25, "mdscr_el1");
+    };
+}
+
+/// Read the switched EL1 registers into `s`.
+fn save_el1(s: &mut [u64; hyp::SYS_WORDS]) {
+    macro_rules! save {
+        ($i:expr, $r:literal) => {
+            // SAFETY: reading an EL1 register from EL2 has no side effects.
+            unsafe { asm!(concat!("mrs {}, ", $r), out(reg) s[$i], options(nomem, nostack, preserves_flags)) };
+        };
+    }
+    el1_regs!(save);
+}
+
+/// Load the switched EL1 registers from `s`.
+///
+/// # Safety
+///
+/// EL1 must not run between this and the next `eret` with registers it does
+/// not own: the caller enters the context these registers belong to.
+unsafe fn load_el1(s: &[u64; hyp::SYS_WORDS]) {
+    macro_rules! load {
+        ($i:expr, $r:literal) => {
+            // SAFETY: the caller enters the owner of these values before EL1
+            // runs again; EL2 itself does not depend on EL1 registers.
+            unsafe { asm!(concat!("msr ", $r, ", {}"), in(reg) s[$i], options(nomem, nostack, preserves_flags)) };
+        };
+    }
+    el1_regs!(load);
+}
+
+global_asm!(
+    r#"
+.arch armv8-a+fp+simd
+
+// __fp_save(buf): V0..V31, FPSR, FPCR into 66 words.
+.global __fp_save
+__fp_save:
+    stp     q0, q1, [x0, #0]
+    stp     q2, q3, [x0, #32]
+    stp     q4, q5, [x0, #64]
+    stp     q6, q7, [x0, #96]
+    stp     q8, q9, [x0, #128]
+    stp     q10, q11, [x0, #160]
+    stp     q12, q13, [x0, #192]
+    stp     q14, q15, [x0, #224]
+    stp     q16, q17, [x0, #256]
+    stp     q18, q19, [x0, #288]
+    stp     q20, q21, [x0, #320]
+    stp     q22, q23, [x0, #352]
+    stp     q24, q25, [x0, #384]
+    stp     q26, q27, [x0, #416]
+    stp     q28, q29, [x0, #448]
+    stp     q30, q31, [x0, #480]
+    mrs     x1, fpsr
+    mrs     x2, fpcr
+    add     x0, x0, #512
+    stp     x1, x2, [x0]
+    ret
+
+// __fp_load(buf)
+.global __fp_load
+__fp_load:
+    ldp     q0, q1, [x0, #0]
+    ldp     q2, q3, [x0, #32]
+    ldp     q4, q5, [x0, #64]
+    ldp     q6, q7, [x0, #96]
+    ldp     q8, q9, [x0, #128]
+    ldp     q10, q11, [x0, #160]
+    ldp     q12, q13, [x0, #192]
+    ldp     q14, q15, [x0, #224]
+    ldp     q16, q17, [x0, #256]
+    ldp     q18, q19, [x0, #288]
+    ldp     q20, q21, [x0, #320]
+    ldp     q22, q23, [x0, #352]
+    ldp     q24, q25, [x0, #384]
+    ldp     q26, q27, [x0, #416]
+    ldp     q28, q29, [x0, #448]
+    ldp     q30, q31, [x0, #480]
+    add     x0, x0, #512
+    ldp     x1, x2, [x0]
+    msr     fpsr, x1
+    msr     fpcr, x2
+    ret
+
+// __guest_run(gprs): enter the guest with x0..x30 = gprs[0..31]
+// (ELR/SPSR/VTTBR/HCR/VBAR already set). Returns 0 for a synchronous
+// trap, 1 for an interrupt, with the guest's registers saved in gprs.
+.global __guest_run
+__guest_run:
+    stp     x29, x30, [sp, #-112]!
+    stp     x27, x28, [sp, #16]
+    stp     x25, x26, [sp, #32]
+    stp     x23, x24, [sp, #48]
+    stp     x21, x22, [sp, #64]
+    stp     x19, x20, [sp, #80]
+    str     x0, [sp, #96]
+    mov     x29, x0
+    ldp     x0, x1, [x29, #0]
+    ldp     x2, x3, [x29, #16]
+    ldp     x4, x5, [x29, #32]
+    ldp     x6, x7, [x29, #48]
+    ldp     x8, x9, [x29, #64]
+    ldp     x10, x11, [x29, #80]
+    ldp     x12, x13, [x29, #96]
+    ldp     x14, x15, [x29, #112]
+    ldp     x16, x17, [x29, #128]
+    ldp     x18, x19, [x29, #144]
+    ldp     x20, x21, [x29, #160]
+    ldp     x22, x23, [x29, #176]
+    ldp     x24, x25, [x29, #192]
+    ldp     x26, x27, [x29, #208]
+    ldr     x28, [x29, #224]
+    ldr     x30, [x29, #240]
+    ldr     x29, [x29, #232]
+    eret
+
+// Guest vectors: only lower-EL entries can happen while a guest runs.
+.balign 2048
+.global guest_vectors
+guest_vectors:
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    // Lower EL, AArch64: sync, IRQ, FIQ, SError.
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #0
+    b       __guest_exit
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #1
+    b       __guest_exit
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #1
+    b       __guest_exit
+    .balign 0x80
+    stp     x0, x1, [sp, #-16]!
+    mov     x0, #2
+    b       __guest_exit
+    // Lower EL, AArch32: a guest cannot get there (HCR_EL2.RW).
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+    .balign 0x80
+    b       el2_unexpected
+
+// x0 = exit kind; the guest's x0, x1 are at [sp]; gprs pointer at [sp, #16+96].
+__guest_exit:
+    ldr     x1, [sp, #112]
+    stp     x2, x3, [x1, #16]
+    stp     x4, x5, [x1, #32]
+    stp     x6, x7, [x1, #48]
+    stp     x8, x9, [x1, #64]
+    stp     x10, x11, [x1, #80]
+    stp     x12, x13, [x1, #96]
+    stp     x14, x15, [x1, #112]
+    stp     x16, x17, [x1, #128]
+    stp     x18, x19, [x1, #144]
+    stp     x20, x21, [x1, #160]
+    stp     x22, x23, [x1, #176]
+    stp     x24, x25, [x1, #192]
+    stp     x26, x27, [x1, #208]
+    stp     x28, x29, [x1, #224]
+    str     x30, [x1, #240]
+    ldp     x2, x3, [sp], #16
+    stp     x2, x3, [x1, #0]
+    ldp     x27, x28, [sp, #16]
+    ldp     x25, x26, [sp, #32]
+    ldp     x23, x24, [sp, #48]
+    ldp     x21, x22, [sp, #64]
+    ldp     x19, x20, [sp, #80]
+    ldp     x29, x30, [sp], #112
+    ret
+"#
+);
+
+extern "C" {
+    fn __fp_save(buf: *mut u64);
+    fn __fp_load(buf: *const u64);
+    fn __guest_run(gprs: *mut u64) -> u64;
+    fn guest_vectors();
+}
+
+/// EL1 state of the host while a guest runs.
+struct HostEl1 {
+    sys: [u64; hyp::SYS_WORDS],
+    fp: [u64; hyp::FP_WORDS],
+    cntvoff: u64,
+}
+
+/// Runs vCPUs on this physical CPU.
+pub struct El2Executor;
+
+const EC_WFX: u64 = 0x01;
+const EC_HVC64: u64 = 0x16;
+const EC_SMC64: u64 = 0x17;
+const EC_IABT_LOW: u64 = 0x20;
+const EC_DABT_LOW: u64 = 0x24;
+
+impl VcpuExecutor<El2Phys> for El2Executor {
+    fn enter(
+        &mut self,
+        _handle: u64,
+        vcpu: u64,
+        view: GuestView<'_, El2Phys>,
+        ctx: &mut VcpuContext,
+    ) -> Trap {
+        let Some(host) = HOST_REGS.get() else {
+            return Trap::Fatal;
+        };
+        if ctx.sys[SYS_INIT] == 0 {
+            // First entry: EL1h, interrupts masked, MMU and caches off.
+            ctx.sys = [0; hyp::SYS_WORDS];
+            ctx.sys[SYS_SPSR] = 0x3c5;
+            ctx.sys[1] = 0x30d0_0800;
+            ctx.sys[SYS_INIT] = 1;
+        }
+        let mut saved = HostEl1 {
+            sys: [0; hyp::SYS_WORDS],
+            fp: [0; hyp::FP_WORDS],
+            cntvoff: sysreg::cntvoff_el2(),
+        };
+        save_el1(&mut saved.sys);
+        let vttbr = view.s2.root_pa() | (u64::from(view.s2.vmid()) << 48);
+        // VM, SWIO, FMO, IMO, AMO, TWI, TSC, RW, APK/API, FWB as the host.
+        let hcr = (host.hcr & ((1 << 46) | (1 << 40) | (1 << 41) | (1 << 56)))
+            | (1 << 0)
+            | (1 << 1)
+            | (1 << 3)
+            | (1 << 4)
+            | (1 << 5)
+            | (1 << 13)
+            | (1 << 19)
+            | (1 << 31);
+        let kind;
+        // SAFETY: the world switch. Every EL1 register the guest can change
+        // is saved above and restored below; the guest runs under its own
+        // stage-2 (its VMID and tables) with physical interrupts, WFI and
+        // SMC trapped to EL2, and comes back through `guest_vectors` to
+        // `__guest_run`'s caller. FP state is swapped with the host's.
+        unsafe {
+            __fp_save(saved.fp.as_mut_ptr());
+            __fp_load(ctx.fp.as_ptr());
+            load_el1(&ctx.sys);
+            sysreg::set_cntvoff_el2(0);
+            sysreg::set_vmpidr_el2(vcpu & 0xff);
+            sysreg::set_vttbr_el2(vttbr);
+            sysreg::set_hcr_el2(hcr);
+            sysreg::set_vbar_el2(guest_vectors as *const () as u64);
+            sysreg::set_elr_el2(ctx.pc);
+            sysreg::set_spsr_el2(ctx.sys[SYS_SPSR]);
+            sysreg::isb();
+            kind = __guest_run(ctx.x.as_mut_ptr());
+            ctx.pc = sysreg::elr_el2();
+            ctx.sys[SYS_SPSR] = sysreg::spsr_el2();
+            let init = ctx.sys[SYS_INIT];
+            save_el1(&mut ctx.sys);
+            ctx.sys[SYS_INIT] = init;
+            __fp_save(ctx.fp.as_mut_ptr());
+            __fp_load(saved.fp.as_ptr());
+            load_el1(&saved.sys);
+            sysreg::set_cntvoff_el2(saved.cntvoff);
+            sysreg::set_vmpidr_el2(sysreg::mpidr_el1());
+            sysreg::set_vbar_el2(crate::entry::el2_vectors as *const () as u64);
+            sysreg::set_vttbr_el2(host.vttbr);
+            sysreg::set_hcr_el2(host.hcr);
+            sysreg::isb();
+        }
+        match kind {
+            0 => decode_sync(ctx),
+            1 => Trap::Irq,
+            _ => Trap::Fatal,
+        }
+    }
+}
+
+/// What a synchronous trap from the guest means.
+fn decode_sync(ctx: &mut VcpuContext) -> Trap {
+    let esr = sysreg::esr_el2();
+    match esr >> 26 {
+        EC_HVC64 => Trap::Hvc,
+        EC_SMC64 => {
+            // A trapped SMC returns past the instruction; treat it as a call.
+            ctx.pc += 4;
+            Trap::Hvc
+        }
+        EC_WFX if esr & 1 == 0 => Trap::Wfi,
+        EC_WFX => {
+            ctx.pc += 4;
+            Trap::Irq
+        }
+        EC_DABT_LOW | EC_IABT_LOW => {
+            let fsc = esr & 0x3f;
+            if !(0x04..=0x0f).contains(&fsc) {
+                return Trap::Fatal;
+            }
+            let ipa = ((sysreg::hpfar_el2() >> 4) << 12) | (sysreg::far_el2() & 0xfff);
+            if esr >> 26 == EC_IABT_LOW {
+                return Trap::InstAbort { ipa, esr };
+            }
+            let isv = esr & (1 << 24) != 0;
+            let (size, reg) = if isv {
+                (1u8 << ((esr >> 22) & 3), ((esr >> 16) & 0x1f) as u8)
+            } else {
+                (8, 31)
+            };
+            Trap::DataAbort {
+                ipa,
+                write: esr & (1 << 6) != 0,
+                size,
+                reg,
+                esr,
+            }
+        }
+        _ => Trap::Fatal,
+    }
+}

@@ -1,0 +1,882 @@
+//! `fuzz` mode: random host calls from two CPUs at once, then checks that
+//! the hypervisor still answers correctly.
+//!
+//! CPU 0 starts CPU 1 with PSCI CPU_ON (the hypervisor traps the SMC and
+//! starts the CPU through its own EL2 entry; `entry`'s `secondary_entry`
+//! then brings it up at EL1). Each CPU makes [`CALLS`] host calls drawn
+//! from its own xorshift generator: a known function ID 80% of the time
+//! (weighted by [`CALL_WEIGHTS`]), otherwise an ID of the host-call range or
+//! any 64-bit value; each argument
+//! register is, at random, 0, a small number, a VM handle, a random value or
+//! a pfn — of the CPU's own arena (256 pages of free RAM nobody else uses),
+//! the hypervisor's region, the COHERENT or MMIO regions, or around the PA
+//! limit. Never any other pfn of host RAM: a call that gave away the test
+//! host's own code, stacks, heap or the other CPU's arena would break the
+//! test host, not the hypervisor ([`Plan::sanitize`]).
+//!
+//! Every answer is classified (ok, each errno, NOT_SUPPORTED); an answer
+//! that breaks ABI.md 1's return convention is "malformed" and fails the
+//! run. Then CPU 0 checks the hypervisor: HYP_VERSION, SHARE_HYP /
+//! PAGE_QUERY / UNSHARE_HYP of a fresh page, host reads of its arena, a
+//! read of the hypervisor's memory; then it destroys every VM, reclaims and
+//! unshares the arenas and checks that every arena page is the host's
+//! again. Only CPU 0 makes host accesses.
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+use host_interface::{Errno, ExitReason, HostCallId, MAX_PAGES_PER_CALL, PAGE_SHIFT};
+use scenario::Tally;
+
+use crate::ram::RamPool;
+use crate::{access, arch, entry, fdt, println};
+
+/// Host calls each CPU makes.
+pub const CALLS: u32 = 20_000;
+/// Pages in each CPU's arena.
+const ARENA_PAGES: u64 = 256;
+/// Generator seeds of CPU 0 and CPU 1.
+const SEEDS: [u64; 2] = [0x9E37_79B9_7F4A_7C15, 0xD1B5_4A32_D192_ED03];
+/// How long CPU 0 waits for CPU 1 to start and to finish, in seconds of the
+/// generic counter.
+const TIMEOUT_SECONDS: u64 = 120;
+/// An address inside the hypervisor's region: host reads of it abort.
+const HYP_ADDRESS: u64 = 0x4200_0000;
+
+/// One pfn range `[first, end)` the generator draws from.
+type Span = (u64, u64);
+
+/// What a CPU's fuzz run needs, fixed before CPU 1 starts.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The generator's seed (not zero).
+    seed: u64,
+    /// The CPU's arena: `ARENA_PAGES` pages from this pfn.
+    arena: u64,
+    /// Host RAM (pfn ranges, the hypervisor's and the COHERENT region
+    /// left out): never named outside the arena.
+    ram: Vec<Span>,
+    /// The hypervisor's region, COHERENT, MMIO, MMIO (uncached).
+    regions: [Span; 4],
+    /// First pfn beyond the PA space.
+    pa_limit: u64,
+}
+
+/// Answer classes: ok, each errno, NOT_SUPPORTED, malformed.
+const CLASSES: usize = 2 + Errno::ALL.len() + 1;
+const OK: usize = 0;
+const NOT_SUPPORTED: usize = 1 + Errno::ALL.len();
+const MALFORMED: usize = CLASSES - 1;
+
+/// Known calls (the order of [`HostCallId::ALL`]).
+const KNOWN: usize = HostCallId::ALL.len();
+
+/// What one CPU saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Report {
+    /// Calls made.
+    calls: u64,
+    /// Answers per class.
+    counts: [u64; CLASSES],
+    /// Successful calls per known call.
+    ok_by_call: [u64; KNOWN],
+    /// The first malformed answer: the call's x0..x6, then x0..x4.
+    first_malformed: Option<([u64; 7], [u64; 5])>,
+    /// The generic counter before the first call and after the last.
+    span: (u64, u64),
+}
+
+/// A [`Report`] as words, for CPU 1 to hand over through atomics.
+const REPORT_WORDS: usize = 1 + CLASSES + KNOWN + 1 + 12 + 2;
+
+impl Report {
+    fn line(&self) -> String {
+        let mut s = format!("ok {}", self.counts[OK]);
+        for (i, e) in Errno::ALL.iter().enumerate() {
+            s.push_str(&format!(", {} {}", e.name(), self.counts[1 + i]));
+        }
+        s.push_str(&format!(
+            ", NOT_SUPPORTED {}, malformed {}",
+            self.counts[NOT_SUPPORTED], self.counts[MALFORMED]
+        ));
+        s
+    }
+
+    fn ok_line(&self) -> String {
+        let items: Vec<String> = HostCallId::ALL
+            .iter()
+            .zip(self.ok_by_call)
+            .map(|(c, n)| format!("{} {n}", c.name()))
+            .collect();
+        items.join(", ")
+    }
+
+    fn to_words(self) -> [u64; REPORT_WORDS] {
+        let (call, answer) = self.first_malformed.unwrap_or_default();
+        let mut words = [0; REPORT_WORDS];
+        let values = [self.calls]
+            .into_iter()
+            .chain(self.counts)
+            .chain(self.ok_by_call)
+            .chain([u64::from(self.first_malformed.is_some())])
+            .chain(call)
+            .chain(answer)
+            .chain([self.span.0, self.span.1]);
+        for (w, v) in words.iter_mut().zip(values) {
+            *w = v;
+        }
+        words
+    }
+
+    fn from_words(words: [u64; REPORT_WORDS]) -> Report {
+        let mut it = words.into_iter();
+        let mut next = || it.next().unwrap_or(0);
+        let mut r = Report {
+            calls: next(),
+            ..Report::default()
+        };
+        r.counts = core::array::from_fn(|_| next());
+        r.ok_by_call = core::array::from_fn(|_| next());
+        let malformed = next() != 0;
+        let call: [u64; 7] = core::array::from_fn(|_| next());
+        let answer: [u64; 5] = core::array::from_fn(|_| next());
+        r.first_malformed = malformed.then_some((call, answer));
+        r.span = (next(), next());
+        r
+    }
+
+    /// CPU 1: hand the report to CPU 0 (before setting [`CPU1_DONE`]).
+    fn publish(self) {
+        for (slot, w) in CPU1_REPORT.iter().zip(self.to_words()) {
+            slot.store(w, Ordering::Relaxed);
+        }
+    }
+
+    /// CPU 0: CPU 1's report (after seeing [`CPU1_DONE`]).
+    fn published() -> Report {
+        Report::from_words(core::array::from_fn(|i| {
+            CPU1_REPORT[i].load(Ordering::Relaxed)
+        }))
+    }
+}
+
+// CPU 1's side: its plan (set before CPU_ON), whether it started, its
+// report (written before DONE), and the highest VM handle either CPU saw.
+static CPU1_PLAN: AtomicPtr<Plan> = AtomicPtr::new(core::ptr::null_mut());
+static CPU1_STARTED: AtomicBool = AtomicBool::new(false);
+static CPU1_DONE: AtomicBool = AtomicBool::new(false);
+static CPU1_REPORT: [AtomicU64; REPORT_WORDS] = [const { AtomicU64::new(0) }; REPORT_WORDS];
+static MAX_HANDLE: AtomicU64 = AtomicU64::new(0);
+
+/// VM handles a CPU remembers.
+const LIVE: usize = 8;
+
+/// One CPU's generator: an xorshift64* state (Vigna: small, fast, good
+/// enough to pick arguments) and the VM handles this CPU created and has
+/// not destroyed (0 = free slot).
+struct Rng {
+    state: u64,
+    live: [u64; LIVE],
+}
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng {
+            state: seed.max(1),
+            live: [0; LIVE],
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform enough in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// `lo..=hi`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    /// True `percent`% of the time.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What an argument register of a known call stands for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Not used by the call: must be zero.
+    Unused,
+    Pfn,
+    /// GUEST_MAP_DEVICE's pfn: mostly MMIO or COHERENT.
+    DevicePfn,
+    Nr,
+    Handle,
+    Vcpu,
+    Gfn,
+    Prot,
+    DeviceProt,
+    Flags,
+}
+
+/// The roles of x1..x6 for `call`.
+fn roles(call: HostCallId) -> [Role; 6] {
+    use HostCallId as C;
+    use Role::*;
+    let r: &[Role] = match call {
+        C::HypVersion | C::HypFeatures => &[],
+        C::PageQuery => &[Pfn],
+        C::ShareHyp | C::UnshareHyp | C::Reclaim => &[Pfn, Nr],
+        C::VmCreate => &[Flags, Pfn, Nr],
+        C::VmTopup => &[Handle, Pfn, Nr],
+        C::VcpuCreate => &[Handle, Pfn],
+        C::VcpuRun => &[Handle, Vcpu],
+        C::VmDestroy => &[Handle],
+        C::GuestShare | C::GuestDonate => &[Handle, Pfn, Gfn, Nr, Prot],
+        C::GuestMapDevice => &[Handle, DevicePfn, Gfn, Nr, DeviceProt],
+        C::GuestUnshare | C::GuestUnmapDevice => &[Handle, Gfn, Nr],
+    };
+    let mut out = [Unused; 6];
+    out[..r.len()].copy_from_slice(r);
+    out
+}
+
+/// Which registers (indices into x0..x6) hold a call's host pfn and page
+/// count; a count of `None` means one page.
+fn pfn_and_count(call: HostCallId) -> Option<(usize, Option<usize>)> {
+    let roles = roles(call);
+    let pfn = roles
+        .iter()
+        .position(|&r| matches!(r, Role::Pfn | Role::DevicePfn))?
+        + 1;
+    let nr = roles.iter().position(|&r| r == Role::Nr).map(|i| i + 1);
+    Some((pfn, nr))
+}
+
+impl Plan {
+    fn arena_end(&self) -> u64 {
+        self.arena + ARENA_PAGES
+    }
+
+    fn in_arena(&self, pfn: u64) -> bool {
+        (self.arena..self.arena_end()).contains(&pfn)
+    }
+
+    /// The first pfn of `[pfn, pfn + nr)` that is host RAM outside the
+    /// arena, if any.
+    fn first_forbidden(&self, pfn: u64, nr: u64) -> Option<u64> {
+        let end = pfn.saturating_add(nr);
+        self.ram
+            .iter()
+            .filter_map(|&(s, e)| {
+                let (lo, hi) = (pfn.max(s), end.min(e));
+                if lo >= hi {
+                    None
+                } else if !self.in_arena(lo) {
+                    Some(lo)
+                } else {
+                    (self.arena_end() < hi).then_some(self.arena_end())
+                }
+            })
+            .min()
+    }
+
+    /// A pfn the generator may name: mostly the arena, else one of the
+    /// regions or around the PA limit.
+    fn target_pfn(&self, rng: &mut Rng) -> u64 {
+        match rng.below(10) {
+            0..=5 => self.arena + rng.below(ARENA_PAGES),
+            6..=8 => {
+                let (s, e) = self.regions[rng.below(self.regions.len() as u64) as usize];
+                if e > s {
+                    rng.between(s, e - 1)
+                } else {
+                    self.arena
+                }
+            }
+            _ => self
+                .pa_limit
+                .saturating_sub(8)
+                .saturating_add(rng.below(608)),
+        }
+    }
+
+    /// A value of any kind: 0, a small number (1..=600), a VM handle, a
+    /// random value or a pfn.
+    fn any_value(&self, rng: &mut Rng) -> u64 {
+        match rng.below(20) {
+            0..=3 => 0,
+            4..=7 => rng.between(1, 600),
+            8..=10 => rng.handle(),
+            11..=13 => rng.next(),
+            _ => self.target_pfn(rng),
+        }
+    }
+
+    /// A value for a register with role `role`: mostly a plausible one.
+    fn value(&self, role: Role, rng: &mut Rng) -> u64 {
+        if role == Role::Unused {
+            return if rng.chance(97) {
+                0
+            } else {
+                self.any_value(rng)
+            };
+        }
+        if rng.chance(15) {
+            return self.any_value(rng);
+        }
+        match role {
+            Role::Unused => 0,
+            Role::Pfn => self.target_pfn(rng),
+            Role::DevicePfn => {
+                // COHERENT, MMIO, MMIO (uncached).
+                let (s, e) = self.regions[rng.between(1, 3) as usize];
+                if e > s && rng.chance(70) {
+                    rng.between(s, e - 1)
+                } else {
+                    self.target_pfn(rng)
+                }
+            }
+            Role::Nr => match rng.below(20) {
+                0..=9 => rng.between(1, 4),
+                10..=15 => rng.between(1, 16),
+                16 => MAX_PAGES_PER_CALL,
+                _ => rng.between(1, 600),
+            },
+            Role::Handle => rng.handle(),
+            Role::Vcpu => rng.below(4),
+            // Mostly a few low gfns, so that calls meet each other's
+            // mappings (EEXIST, GUEST_UNSHARE of a shared gfn).
+            Role::Gfn => match rng.below(10) {
+                0..=4 => rng.below(32),
+                5..=6 => rng.below(1024),
+                7..=8 => rng.below(1 << 28),
+                _ => (1 << 28) - 8 + rng.below(16),
+            },
+            Role::Prot => {
+                let prot = 1 | (rng.below(4) << 1);
+                match rng.below(10) {
+                    0..=7 => prot,
+                    8 => prot | (rng.below(4) << 8),
+                    _ => prot ^ (1 << rng.below(64)),
+                }
+            }
+            Role::DeviceProt => {
+                let v = 1 | (rng.below(4) << 1) | (rng.below(4) << 8);
+                if rng.chance(15) {
+                    v ^ (1 << rng.below(64))
+                } else {
+                    v
+                }
+            }
+            Role::Flags => {
+                if rng.chance(90) {
+                    rng.below(4)
+                } else {
+                    rng.next()
+                }
+            }
+        }
+    }
+
+    /// A random call: x0..x6.
+    fn call(&self, rng: &mut Rng) -> [u64; 7] {
+        let mut regs = [0u64; 7];
+        let known = match rng.below(10) {
+            0..=7 => Some(weighted_call(rng)),
+            _ => None,
+        };
+        match known {
+            Some(call) => {
+                regs[0] = u64::from(call.id());
+                for (r, role) in regs[1..].iter_mut().zip(roles(call)) {
+                    *r = self.value(role, rng);
+                }
+            }
+            None => {
+                regs[0] = if rng.chance(50) {
+                    0xC600_0100 + rng.below(0x100)
+                } else {
+                    rng.next()
+                };
+                for r in &mut regs[1..] {
+                    *r = self.any_value(rng);
+                }
+            }
+        }
+        self.sanitize(&mut regs);
+        regs
+    }
+
+    /// Keep host RAM outside the arena out of a call that could act on it:
+    /// its pfn is never such a page (replaced by an arena page), and when
+    /// its count is one the hypervisor may act on (1..=512) the whole range
+    /// stays clear (the count is cut short). Counts outside 1..=512 are left
+    /// as they are: the hypervisor must refuse them (-EINVAL) whatever the
+    /// pfn.
+    fn sanitize(&self, regs: &mut [u64; 7]) {
+        let Some(call) = HostCallId::from_id(regs[0]) else {
+            return;
+        };
+        let Some((p, n)) = pfn_and_count(call) else {
+            return;
+        };
+        if self.first_forbidden(regs[p], 1).is_some() {
+            regs[p] = self.arena + (regs[p] % ARENA_PAGES);
+        }
+        let nr = n.map_or(1, |n| regs[n]);
+        if (1..=MAX_PAGES_PER_CALL).contains(&nr) {
+            if let (Some(stop), Some(n)) = (self.first_forbidden(regs[p], nr), n) {
+                // regs[p] itself is allowed, so stop > regs[p].
+                regs[n] = stop - regs[p];
+            }
+        }
+    }
+}
+
+/// How often each known call is picked, in the order of
+/// [`HostCallId::ALL`]: calls that build state (VMs, shares, donations,
+/// guest mappings) more often than VM_DESTROY, so that VMs live long enough
+/// for the GUEST_* calls to reach them.
+const CALL_WEIGHTS: [u64; KNOWN] = [8, 4, 12, 16, 16, 32, 12, 12, 12, 1, 16, 24, 16, 24, 20, 16];
+
+/// A known call, by [`CALL_WEIGHTS`].
+fn weighted_call(rng: &mut Rng) -> HostCallId {
+    let mut pick = rng.below(CALL_WEIGHTS.iter().sum());
+    for (call, w) in HostCallId::ALL.iter().zip(CALL_WEIGHTS) {
+        if pick < w {
+            return *call;
+        }
+        pick -= w;
+    }
+    HostCallId::HypVersion
+}
+
+impl Rng {
+    /// A VM handle: one this CPU created (and has not destroyed), one near
+    /// the highest either CPU has seen (the hypervisor numbers VMs from 1
+    /// and never reuses a handle), or one of 1..=8.
+    fn handle(&mut self) -> u64 {
+        let n = self.live.iter().filter(|&&h| h != 0).count() as u64;
+        let pick = self.below(n.max(1)) as usize;
+        let live = self.live.iter().copied().filter(|&h| h != 0).nth(pick);
+        let live = live.unwrap_or(0);
+        let max = MAX_HANDLE.load(Ordering::Relaxed);
+        match self.below(10) {
+            0..=4 if live != 0 => live,
+            0..=6 if max > 4 => self.between(max - 4, max + 1),
+            _ => self.between(1, 8),
+        }
+    }
+
+    /// Note the answer to a successful call: VM handles come and go.
+    fn note(&mut self, regs: &[u64; 7], answer: &[u64; 5]) {
+        if regs[0] == u64::from(HostCallId::VmCreate.id()) {
+            MAX_HANDLE.fetch_max(answer[2], Ordering::Relaxed);
+            let slot = self.below(LIVE as u64) as usize;
+            self.live[slot] = answer[2];
+        } else if regs[0] == u64::from(HostCallId::VmDestroy.id()) {
+            for h in &mut self.live {
+                if *h == regs[1] {
+                    *h = 0;
+                }
+            }
+        }
+    }
+}
+
+/// The class of `answer` to the call `regs`, by ABI.md 1's return
+/// convention and the outputs each call defines.
+fn classify(regs: &[u64; 7], answer: &[u64; 5]) -> usize {
+    let [x0, x1, x2, x3, x4] = *answer;
+    let call = HostCallId::from_id(regs[0]);
+    match (call, x0) {
+        (None, u64::MAX) if [x1, x2, x3, x4] == [0; 4] => NOT_SUPPORTED,
+        (Some(call), 0) if x1 == 0 => {
+            use HostCallId as C;
+            let outputs_ok = match call {
+                C::HypVersion => [x2, x3, x4] == [0x1_0000, 0, 0],
+                C::HypFeatures => x2 & !0x1f == 0,
+                C::PageQuery => x2 <= 3 && x3 <= 3 && x4 <= 3,
+                C::VmCreate => x2 >= 1 && [x3, x4] == [0, 0],
+                C::VcpuCreate => [x3, x4] == [0, 0],
+                C::VcpuRun => ExitReason::from_u64(x2).is_some(),
+                _ => [x2, x3, x4] == [0; 3],
+            };
+            if outputs_ok {
+                OK
+            } else {
+                MALFORMED
+            }
+        }
+        (Some(_), 0) => match Errno::from_x1(x1) {
+            Some(e) if [x2, x3, x4] == [0; 3] => {
+                1 + Errno::ALL.iter().position(|&a| a == e).unwrap_or(0)
+            }
+            _ => MALFORMED,
+        },
+        _ => MALFORMED,
+    }
+}
+
+/// Make [`CALLS`] random calls with `plan`.
+fn fuzz(plan: &Plan) -> Report {
+    let mut rng = Rng::new(plan.seed);
+    let mut report = Report::default();
+    report.span.0 = arch::cntvct();
+    for _ in 0..CALLS {
+        let regs = plan.call(&mut rng);
+        let answer = arch::hvc_host_call(regs);
+        let class = classify(&regs, &answer);
+        if class == OK {
+            let known = HostCallId::ALL
+                .iter()
+                .position(|c| u64::from(c.id()) == regs[0]);
+            if let Some(i) = known {
+                report.ok_by_call[i] += 1;
+            }
+            rng.note(&regs, &answer);
+        }
+        if class == MALFORMED && report.first_malformed.is_none() {
+            report.first_malformed = Some((regs, answer));
+        }
+        report.counts[class] += 1;
+        report.calls += 1;
+    }
+    report.span.1 = arch::cntvct();
+    report
+}
+
+/// CPU 1, from `rust_secondary_main`: run its plan, publish the report.
+pub fn secondary(context: u64) -> ! {
+    CPU1_STARTED.store(true, Ordering::Release);
+    let plan = CPU1_PLAN.load(Ordering::Acquire);
+    if context == 1 && !plan.is_null() {
+        // SAFETY: CPU 0 stored a pointer to a leaked `Plan` that nothing
+        // writes any more before CPU_ON (Release; loaded with Acquire above).
+        let plan = unsafe { &*plan };
+        fuzz(plan).publish();
+    }
+    CPU1_DONE.store(true, Ordering::Release);
+    loop {
+        arch::wfi();
+    }
+}
+
+/// Spin until `flag` is set or `seconds` of the generic counter pass.
+fn wait_for(flag: &AtomicBool, seconds: u64) -> bool {
+    let start = arch::cntvct();
+    let limit = arch::cntfrq_el0().max(1).saturating_mul(seconds);
+    while !flag.load(Ordering::Acquire) {
+        if arch::cntvct().wrapping_sub(start) > limit {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// How much of the two CPUs' runs overlapped in time.
+fn overlap(a: (u64, u64), b: (u64, u64)) -> String {
+    let both = a.1.min(b.1).saturating_sub(a.0.max(b.0));
+    let shorter = (a.1 - a.0).min(b.1 - b.0).max(1);
+    let ms = |t: u64| t * 1000 / arch::cntfrq_el0().max(1);
+    format!(
+        "CPU0 ran {} ms, CPU1 {} ms, {} ms of it at the same time ({}% of the shorter run)",
+        ms(a.1 - a.0),
+        ms(b.1 - b.0),
+        ms(both),
+        both * 100 / shorter
+    )
+}
+
+/// The post-fuzz statements' tally, printing each failure.
+struct Checks(Tally);
+
+impl Checks {
+    fn check(&mut self, what: &str, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.0.passed += 1,
+            Err(why) => {
+                println!("fuzz: FAILED {what}: {why}");
+                self.0.failed += 1;
+            }
+        }
+    }
+}
+
+/// `[0x.., 0x..]`.
+fn hex(values: &[u64]) -> String {
+    let items: Vec<String> = values.iter().map(|v| format!("{v:#x}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Host call `id` with `args` in x1.., the other registers zero.
+fn call(id: HostCallId, args: &[u64]) -> [u64; 5] {
+    let mut regs = [0u64; 7];
+    regs[0] = u64::from(id.id());
+    regs[1..=args.len()].copy_from_slice(args);
+    arch::hvc_host_call(regs)
+}
+
+/// Host call `id` with `args`; it must answer exactly `want`.
+fn expect(id: HostCallId, args: &[u64], want: [u64; 5]) -> Result<(), String> {
+    let got = call(id, args);
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} {}: got {}, want {}",
+            id.name(),
+            hex(args),
+            hex(&got),
+            hex(&want)
+        ))
+    }
+}
+
+/// Everything `run` needs from the boot.
+pub struct Setup<'a> {
+    /// Free RAM to take the arenas and the fresh page from.
+    pub pool: &'a mut RamPool,
+    /// Host RAM as pfn ranges `[first, end)`: the device tree's `/memory`
+    /// without the hypervisor's and the COHERENT region.
+    pub ram: Vec<Span>,
+    /// The hypervisor's region, COHERENT, MMIO, MMIO (uncached), as pfn
+    /// ranges `[first, end)`.
+    pub regions: [Span; 4],
+    /// The CPUs of the device tree.
+    pub cpus: fdt::Cpus,
+    /// PSCI conduit: HVC (no hypervisor) or SMC.
+    pub psci_hvc: bool,
+    /// Physical address bits.
+    pub pa_bits: u32,
+}
+
+/// The fuzz run: returns whether every statement passed.
+pub fn run(setup: Setup) -> bool {
+    let Setup {
+        pool,
+        ram,
+        regions,
+        cpus,
+        psci_hvc,
+        pa_bits,
+    } = setup;
+    let mut arena = || {
+        pool.take_low(ARENA_PAGES, 1)
+            .unwrap_or_else(|| panic!("no {ARENA_PAGES} free RAM pages for an arena"))
+    };
+    let arenas = [arena(), arena()];
+    let fresh = pool
+        .take_low(1, 1)
+        .unwrap_or_else(|| panic!("no free RAM page"));
+    let plan = |cpu: usize| Plan {
+        seed: SEEDS[cpu],
+        arena: arenas[cpu],
+        ram: ram.clone(),
+        regions,
+        pa_limit: 1u64 << (pa_bits - PAGE_SHIFT),
+    };
+    let plans = [plan(0), plan(1)];
+    println!(
+        "fuzz: 2 CPUs, {CALLS} calls each; seeds {:#x} {:#x}; arenas at pfn {:#x} and {:#x} ({ARENA_PAGES} pages each)",
+        SEEDS[0], SEEDS[1], arenas[0], arenas[1]
+    );
+
+    let mut checks = Checks(Tally::default());
+    // CPU 1: its plan, then CPU_ON.
+    let started = match cpus.get(1) {
+        Some(mpidr) => {
+            let leaked: &'static mut Plan = Box::leak(Box::new(plans[1].clone()));
+            CPU1_PLAN.store(leaked, Ordering::Release);
+            let entry = entry::secondary_entry as *const () as u64;
+            let status = arch::psci_cpu_on(psci_hvc, mpidr, entry, 1);
+            if status == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "PSCI CPU_ON of MPIDR {mpidr:#x} returned {status:#x}"
+                ))
+            }
+        }
+        None => Err(format!(
+            "the device tree lists {} CPU(s); fuzzing needs two",
+            cpus.len()
+        )),
+    };
+    let cpu0 = fuzz(&plans[0]);
+    let started = started.and_then(|()| {
+        wait_for(&CPU1_STARTED, TIMEOUT_SECONDS)
+            .then_some(())
+            .ok_or_else(|| format!("CPU 1 did not start within {TIMEOUT_SECONDS} s"))
+    });
+    let cpu1 = started.clone().and_then(|()| {
+        if wait_for(&CPU1_DONE, TIMEOUT_SECONDS) {
+            Ok(Report::published())
+        } else {
+            Err(format!("CPU 1 did not finish within {TIMEOUT_SECONDS} s"))
+        }
+    });
+
+    println!("fuzz: CPU0 {} calls: {}", cpu0.calls, cpu0.line());
+    if let Ok(cpu1) = &cpu1 {
+        println!("fuzz: CPU1 {} calls: {}", cpu1.calls, cpu1.line());
+    }
+    println!("fuzz: CPU0 successes: {}", cpu0.ok_line());
+    if let Ok(cpu1) = &cpu1 {
+        println!("fuzz: CPU1 successes: {}", cpu1.ok_line());
+        println!("fuzz: {}", overlap(cpu0.span, cpu1.span));
+    }
+    checks.check("CPU 1 started", started);
+    for (name, report) in [("CPU0", Ok(cpu0)), ("CPU1", cpu1)] {
+        let result = match report {
+            Err(e) => Err(e),
+            Ok(r) if r.calls != u64::from(CALLS) => Err(format!("{} calls, not {CALLS}", r.calls)),
+            Ok(Report {
+                first_malformed: Some((call, answer)),
+                counts,
+                ..
+            }) => Err(format!(
+                "{} malformed replies; the first: call {} answered {}",
+                counts[MALFORMED],
+                hex(&call),
+                hex(&answer)
+            )),
+            Ok(_) => Ok(()),
+        };
+        checks.check(&format!("{name}: every reply well-formed"), result);
+    }
+
+    let before = checks.0.failed;
+    post_checks(&mut checks, &plans, fresh);
+    if checks.0.failed == before {
+        println!("fuzz: hypervisor still answers correctly");
+    }
+    cleanup_checks(&mut checks, &plans);
+    println!("{}", scenario::summary_line(&checks.0));
+    checks.0.failed == 0
+}
+
+/// The hypervisor still works: HYP_VERSION, a fresh page through SHARE_HYP,
+/// PAGE_QUERY and UNSHARE_HYP, host reads of CPU 0's arena (each succeeds
+/// or aborts, as PAGE_QUERY's host state says), and a read of the
+/// hypervisor's memory aborts.
+fn post_checks(checks: &mut Checks, plans: &[Plan; 2], fresh: u64) {
+    use HostCallId as C;
+    checks.check(
+        "HYP_VERSION is 1.0",
+        expect(C::HypVersion, &[], [0, 0, 0x1_0000, 0, 0]),
+    );
+    checks.check(
+        "SHARE_HYP of a fresh page",
+        expect(C::ShareHyp, &[fresh, 1], [0; 5]),
+    );
+    checks.check(
+        "PAGE_QUERY of it: host, SHARED_OWNED, RAM",
+        expect(C::PageQuery, &[fresh], [0, 0, 0, 1, 0]),
+    );
+    checks.check(
+        "UNSHARE_HYP of it",
+        expect(C::UnshareHyp, &[fresh, 1], [0; 5]),
+    );
+    checks.check(
+        "PAGE_QUERY of it: host, OWNED, RAM",
+        expect(C::PageQuery, &[fresh], [0, 0, 0, 0, 0]),
+    );
+
+    let arena = plans[0].arena;
+    let (mut readable, mut aborted) = (0, 0);
+    let mut disagree = Vec::new();
+    for pfn in arena..arena + ARENA_PAGES {
+        let read = access::read(pfn << PAGE_SHIFT);
+        let [x0, x1, _, state, _] = call(C::PageQuery, &[pfn]);
+        let accessible = x0 == 0 && x1 == 0 && state <= 2;
+        match read {
+            Ok(_) => readable += 1,
+            Err(_) => aborted += 1,
+        }
+        if read.is_ok() != accessible && disagree.len() < 4 {
+            let read = if read.is_ok() { "read" } else { "abort" };
+            disagree.push(format!(
+                "pfn {pfn:#x}: {read}, PAGE_QUERY x0 {x0:#x} x1 {x1:#x} host state {state}"
+            ));
+        }
+    }
+    println!("fuzz: CPU0's arena after fuzzing: {readable} pages readable, {aborted} abort");
+    checks.check(
+        "host reads of CPU0's arena succeed or abort as PAGE_QUERY says",
+        if disagree.is_empty() {
+            Ok(())
+        } else {
+            Err(disagree.join("; "))
+        },
+    );
+    checks.check(
+        "host read of the hypervisor's memory aborts",
+        match access::read(HYP_ADDRESS) {
+            Err(_) => Ok(()),
+            Ok(v) => Err(format!("read {HYP_ADDRESS:#x} gave {v:#x}")),
+        },
+    );
+}
+
+/// No page is lost: after VM_DESTROY of every VM, RECLAIM and UNSHARE_HYP
+/// of every arena page, each arena page is the host's again (PAGE_QUERY
+/// host, OWNED, RAM) and readable.
+fn cleanup_checks(checks: &mut Checks, plans: &[Plan; 2]) {
+    use HostCallId as C;
+    let max = MAX_HANDLE.load(Ordering::Relaxed).max(8);
+    let mut odd = Vec::new();
+    for handle in 1..=max + 1 {
+        let r = call(C::VmDestroy, &[handle]);
+        if r != [0; 5] && r != [0, Errno::ENOENT.to_x1(), 0, 0, 0] && odd.len() < 4 {
+            odd.push(format!("handle {handle}: {}", hex(&r)));
+        }
+    }
+    checks.check(
+        "VM_DESTROY of every VM: ok or ENOENT",
+        if odd.is_empty() {
+            Ok(())
+        } else {
+            Err(odd.join("; "))
+        },
+    );
+    let mut left = Vec::new();
+    for plan in plans {
+        for pfn in plan.arena..plan.arena_end() {
+            let _ = call(C::Reclaim, &[pfn, 1]);
+            let _ = call(C::UnshareHyp, &[pfn, 1]);
+            let q = call(C::PageQuery, &[pfn]);
+            let read = access::read(pfn << PAGE_SHIFT).is_ok();
+            if (q != [0; 5] || !read) && left.len() < 4 {
+                left.push(format!(
+                    "pfn {pfn:#x}: PAGE_QUERY {}, {}",
+                    hex(&q),
+                    if read { "readable" } else { "read aborts" }
+                ));
+            }
+        }
+    }
+    checks.check(
+        "after VM_DESTROY, RECLAIM and UNSHARE_HYP every arena page is the host's again",
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(left.join("; "))
+        },
+    );
+}
