@@ -9,7 +9,7 @@
 //! - [`real_image_bench`]: the second half of `cargo xtask bench`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::Duration;
 
@@ -177,27 +177,6 @@ pub fn run_real(
     Ok(RealRun { lines, status })
 }
 
-/// Whether a scenario file runs guest code (`boot`, `guest`, `resume`, or a
-/// raw `call VCPU_RUN`), which the real image cannot do yet: guests do not
-/// run at EL2 until the world switch exists.
-fn uses_guests(path: &Path) -> bool {
-    fs::read_to_string(path).is_ok_and(|t| {
-        t.lines().any(|l| {
-            let mut w = l.split('#').next().unwrap_or("").split_whitespace();
-            match w.next() {
-                Some("boot" | "guest" | "resume") => true,
-                Some("call") => w.next() == Some("VCPU_RUN"),
-                _ => false,
-            }
-        })
-    })
-}
-
-/// Split files into those the real image runs and those it cannot yet.
-pub fn real_eligible(files: &[PathBuf]) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    files.iter().cloned().partition(|f| !uses_guests(f))
-}
-
 fn closing_counts(lines: &[String]) -> Option<Counts> {
     lines.iter().rev().find_map(|l| Counts::parse(l))
 }
@@ -211,21 +190,13 @@ pub fn real_scenarios(model: &str, files: &[PathBuf]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (run, skip) = real_eligible(files);
-    for f in &skip {
-        eprintln!(
-            "xtask: {}: has guest statements; guests do not run on the real image yet (use --sim)",
-            f.display()
-        );
-    }
-    match run_real(&images, model, &run, Mode::Scenarios, false) {
+    match run_real(&images, model, files, Mode::Scenarios, false) {
         Ok(r) => {
             for l in r.lines.iter().filter(|l| !is_boot_chatter(l)) {
                 println!("{l}");
             }
             match (r.status, closing_counts(&r.lines)) {
-                (Some(0), Some(_)) if skip.is_empty() => ExitCode::SUCCESS,
-                (Some(0), Some(_)) => ExitCode::from(1),
+                (Some(0), Some(_)) => ExitCode::SUCCESS,
                 (None, _) | (_, None) => {
                     eprintln!("xtask: the test host did not finish (see the console output above)");
                     ExitCode::from(1)
@@ -250,18 +221,11 @@ fn is_boot_chatter(l: &str) -> bool {
 pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), String> {
     println!("==> build: EL2 image and test host");
     let images = build_images()?;
-    let (run, skip) = real_eligible(files);
-    if !skip.is_empty() {
-        println!(
-            "==> real image: {} of {} files have guest statements and run in --sim only until guests run at EL2",
-            skip.len(),
-            files.len()
-        );
-    }
+    let run = files;
     for model in crate::test_all::CPU_MODELS {
         let step = format!("scenarios (real image, {model})");
         println!("==> {step}");
-        let real = run_real(&images, model, &run, Mode::Scenarios, false)
+        let real = run_real(&images, model, run, Mode::Scenarios, false)
             .map_err(|e| format!("{step}: {e}"))?;
         for l in real.lines.iter().filter(|l| !is_boot_chatter(l)) {
             println!("{l}");
@@ -274,7 +238,7 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
             return Err(step);
         }
         // The same files on the simulator must give the same verdicts.
-        let sim_counts = sim_counts(model, &run).map_err(|e| format!("{step}: simulator: {e}"))?;
+        let sim_counts = sim_counts(model, run).map_err(|e| format!("{step}: simulator: {e}"))?;
         if sim_counts != counts {
             println!("xtask: real image {counts} but simulator {sim_counts}");
             return Err(format!("{step}: verdicts differ from --sim"));

@@ -255,6 +255,8 @@ struct HostEl1 {
     sys: [u64; hyp::SYS_WORDS],
     fp: [u64; hyp::FP_WORDS],
     cntvoff: u64,
+    elr: u64,
+    spsr: u64,
 }
 
 /// Runs vCPUs on this physical CPU.
@@ -288,6 +290,10 @@ impl VcpuExecutor<El2Phys> for El2Executor {
             sys: [0; hyp::SYS_WORDS],
             fp: [0; hyp::FP_WORDS],
             cntvoff: sysreg::cntvoff_el2(),
+            // The host's own return state: its VCPU_RUN trap returns with
+            // these after the guest has used ELR_EL2/SPSR_EL2.
+            elr: sysreg::elr_el2(),
+            spsr: sysreg::spsr_el2(),
         };
         save_el1(&mut saved.sys);
         let vttbr = view.s2.root_pa() | (u64::from(view.s2.vmid()) << 48);
@@ -335,11 +341,17 @@ impl VcpuExecutor<El2Phys> for El2Executor {
             sysreg::set_hcr_el2(host.hcr);
             sysreg::isb();
         }
-        match kind {
+        let trap = match kind {
             0 => decode_sync(ctx),
             1 => Trap::Irq,
             _ => Trap::Fatal,
+        };
+        // SAFETY: puts back the host's exception return state read above.
+        unsafe {
+            sysreg::set_elr_el2(saved.elr);
+            sysreg::set_spsr_el2(saved.spsr);
         }
+        trap
     }
 }
 

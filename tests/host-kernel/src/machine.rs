@@ -15,7 +15,11 @@ use alloc::vec::Vec;
 use platform::{Manifest, ManifestKind};
 use scenario::{Abort, GuestOp, GuestOutcome, Machine, PageKind};
 
-use crate::{access, arch};
+use core::mem::offset_of;
+
+use host_interface::{ExitReason, HostCallId, RunPage};
+
+use crate::{access, arch, test_guest};
 
 const PAGE_SHIFT: u32 = host_interface::PAGE_SHIFT;
 
@@ -82,6 +86,12 @@ pub fn free_pages(
 
 /// The test host's [`Machine`].
 pub struct HostMachine {
+    /// (VM handle, vCPU index) -> run page pfn, learnt from VCPU_CREATE.
+    run_pages: Vec<((u64, u64), u64)>,
+    /// VM handle -> first pfn of the test guest's pages.
+    images: Vec<(u64, u64)>,
+    /// Mailbox sequence number of the last command posted.
+    seq: u64,
     /// Free RAM, one cursor per free range, lowest first.
     ram: Vec<Cursor>,
     coherent: Cursor,
@@ -106,6 +116,9 @@ impl HostMachine {
         };
         let hyp = region(ManifestKind::Hyp);
         HostMachine {
+            run_pages: Vec::new(),
+            images: Vec::new(),
+            seq: 0,
             ram: free_ram
                 .iter()
                 .map(|&(next, end)| Cursor { next, end })
@@ -124,7 +137,53 @@ impl HostMachine {
     }
 }
 
-const NO_GUESTS: &str = "guests are not run on the real image yet";
+fn run_field(run: u64, off: usize) -> u64 {
+    access::read((run << PAGE_SHIFT) + off as u64).unwrap_or(0)
+}
+
+fn set_run_field(run: u64, off: usize, v: u64) {
+    let _ = access::write((run << PAGE_SHIFT) + off as u64, v);
+}
+
+impl HostMachine {
+    fn run_page(&self, vm: u64, vcpu: u64) -> Option<u64> {
+        self.run_pages
+            .iter()
+            .find(|(k, _)| *k == (vm, vcpu))
+            .map(|&(_, p)| p)
+    }
+
+    fn image(&self, vm: u64) -> Option<u64> {
+        self.images.iter().find(|(h, _)| *h == vm).map(|&(_, p)| p)
+    }
+
+    /// One VCPU_RUN, read the way the scenario interpreter wants it.
+    fn run_once(&mut self, vm: u64, vcpu: u64) -> GuestOutcome {
+        let r = arch::hvc_host_call([u64::from(HostCallId::VcpuRun.id()), vm, vcpu, 0, 0, 0, 0]);
+        if r[0] != 0 || r[1] != 0 {
+            return GuestOutcome::CallFailed(r);
+        }
+        let Some(run) = self.run_page(vm, vcpu) else {
+            return GuestOutcome::Error("no run page known for this vCPU".into());
+        };
+        let reason = r[2];
+        match ExitReason::from_u64(reason) {
+            Some(ExitReason::Hvc) => {
+                let args = offset_of!(RunPage, hvc_args);
+                match run_field(run, args) {
+                    test_guest::TG_READY => GuestOutcome::Done(0),
+                    test_guest::TG_DONE => GuestOutcome::Done(run_field(run, args + 8)),
+                    _ => GuestOutcome::Exit { reason, ipa: None },
+                }
+            }
+            Some(ExitReason::Mmio | ExitReason::MemFault) => GuestOutcome::Exit {
+                reason,
+                ipa: Some(run_field(run, offset_of!(RunPage, fault_ipa))),
+            },
+            _ => GuestOutcome::Exit { reason, ipa: None },
+        }
+    }
+}
 
 impl Machine for HostMachine {
     fn begin_file(&mut self, _name: &str) -> Result<(), String> {
@@ -134,7 +193,12 @@ impl Machine for HostMachine {
     fn end_file(&mut self) {}
 
     fn host_call(&mut self, regs: [u64; 7]) -> [u64; 5] {
-        arch::hvc_host_call(regs)
+        let r = arch::hvc_host_call(regs);
+        // Learn run pages the way a host would: from its own calls.
+        if regs[0] == u64::from(HostCallId::VcpuCreate.id()) && r[0] == 0 && r[1] == 0 {
+            self.run_pages.push(((regs[1], r[2]), regs[2]));
+        }
+        r
     }
 
     fn host_read(&mut self, pa: u64) -> Result<u64, Abort> {
@@ -167,15 +231,92 @@ impl Machine for HostMachine {
         1u64 << (self.pa_bits - PAGE_SHIFT)
     }
 
-    fn guest_boot(&mut self, _vm: u64, _vcpu: u64, _protected: bool) -> GuestOutcome {
-        GuestOutcome::Error(NO_GUESTS.into())
+    fn guest_boot(&mut self, vm: u64, vcpu: u64, protected: bool) -> GuestOutcome {
+        let Some(run) = self.run_page(vm, vcpu) else {
+            return GuestOutcome::Error(format!(
+                "vCPU {vcpu} of VM {vm} was not created by this scenario"
+            ));
+        };
+        if self.image(vm).is_none() {
+            let pfn = match self.alloc(PageKind::Ram, test_guest::GUEST_PAGES) {
+                Ok(p) => p,
+                Err(e) => return GuestOutcome::Error(e),
+            };
+            // The guest's code in its first page, a clean mailbox in the second.
+            let base = pfn << PAGE_SHIFT;
+            if access::fill(base, 2 << PAGE_SHIFT, 0).is_err() {
+                return GuestOutcome::Error("cannot write the guest's pages".into());
+            }
+            for (i, chunk) in test_guest::image().chunks(8).enumerate() {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                if access::write(base + 8 * i as u64, u64::from_le_bytes(word)).is_err() {
+                    return GuestOutcome::Error("cannot write the guest's code".into());
+                }
+            }
+            arch::dcache_clean(base as usize, (base + (2 << PAGE_SHIFT)) as usize);
+            let id = if protected {
+                HostCallId::GuestDonate
+            } else {
+                HostCallId::GuestShare
+            };
+            let gfn = test_guest::GUEST_BASE >> PAGE_SHIFT;
+            let r = arch::hvc_host_call([
+                u64::from(id.id()),
+                vm,
+                pfn,
+                gfn,
+                test_guest::GUEST_PAGES,
+                7,
+                0,
+            ]);
+            if r[0] != 0 || r[1] != 0 {
+                return GuestOutcome::CallFailed(r);
+            }
+            self.images.push((vm, pfn));
+        }
+        set_run_field(run, offset_of!(RunPage, entry), test_guest::GUEST_BASE);
+        set_run_field(
+            run,
+            offset_of!(RunPage, x0),
+            test_guest::GUEST_BASE + test_guest::MAILBOX_OFFSET,
+        );
+        self.run_once(vm, vcpu)
     }
 
-    fn guest_op(&mut self, _vm: u64, _vcpu: u64, _op: GuestOp) -> GuestOutcome {
-        GuestOutcome::Error(NO_GUESTS.into())
+    fn guest_op(&mut self, vm: u64, vcpu: u64, op: GuestOp) -> GuestOutcome {
+        let Some(pfn) = self.image(vm) else {
+            return GuestOutcome::Error("the test guest was not booted in this VM".into());
+        };
+        let mb = (pfn << PAGE_SHIFT) + test_guest::MAILBOX_OFFSET;
+        let (code, ipa, value, regs) = match op {
+            GuestOp::Read { ipa } => (1, ipa, 0, [0; 7]),
+            GuestOp::Write { ipa, value } => (2, ipa, value, [0; 7]),
+            GuestOp::Exec { ipa } => (3, ipa, 0, [0; 7]),
+            GuestOp::Hvc { regs } => (4, 0, 0, regs),
+        };
+        use test_guest::mailbox;
+        let mut ok = access::write(mb + mailbox::OP, code).is_ok()
+            && access::write(mb + mailbox::IPA, ipa).is_ok()
+            && access::write(mb + mailbox::VALUE, value).is_ok();
+        for (k, r) in regs.iter().enumerate() {
+            ok &= access::write(mb + mailbox::REGS + 8 * k as u64, *r).is_ok();
+        }
+        self.seq += 1;
+        ok &= access::write(mb + mailbox::SEQ, self.seq).is_ok();
+        if !ok {
+            return GuestOutcome::Error("the host cannot write the guest's mailbox".into());
+        }
+        self.run_once(vm, vcpu)
     }
 
-    fn guest_resume(&mut self, _vm: u64, _vcpu: u64, _mmio_read: u64) -> GuestOutcome {
-        GuestOutcome::Error(NO_GUESTS.into())
+    fn guest_resume(&mut self, vm: u64, vcpu: u64, mmio_read: u64) -> GuestOutcome {
+        if let Some(run) = self.run_page(vm, vcpu) {
+            set_run_field(run, offset_of!(RunPage, mmio_read_data), mmio_read);
+            for k in 0..4 {
+                set_run_field(run, offset_of!(RunPage, hvc_results) + 8 * k, 0);
+            }
+        }
+        self.run_once(vm, vcpu)
     }
 }

@@ -32,6 +32,7 @@ mod fuzz;
 mod machine;
 mod mmu;
 mod ram;
+mod test_guest;
 
 use alloc::vec::Vec;
 use core::panic::PanicInfo;
