@@ -26,4 +26,7 @@ pub use hypervisor::{
 };
 pub use meta::MAX_SHARE_COUNT;
 pub use owner::{HostAnnotation, GUEST_MMIO_GUARD};
-pub use vcpu::{GuestView, NoExecutor, Trap, VcpuContext, VcpuExecutor, FP_WORDS, SYS_WORDS};
+pub use vcpu::{
+    GuestView, NoExecutor, Run, Trap, VcpuContext, VcpuExecutor, FP_WORDS, MAX_TRAPS_PER_RUN,
+    SYS_WORDS,
+};

@@ -159,6 +159,19 @@ impl Vcpu {
     }
 }
 
+/// A vCPU between [`Hypervisor::vcpu_run_begin`] and the end of its run.
+pub struct Run {
+    slot: usize,
+    index: usize,
+    run_pfn: u64,
+    /// The vCPU's state while it runs.
+    pub ctx: VcpuContext,
+    /// VTTBR_EL2 for the VM: its stage-2 root and VMID.
+    pub vttbr: u64,
+    /// Whether the VM is protected.
+    pub protected: bool,
+}
+
 /// Guest exits end the run; everything else goes back into the guest.
 enum Next {
     Continue,
@@ -167,7 +180,7 @@ enum Next {
 
 /// Traps handled at EL2 in one VCPU_RUN before it counts as an interrupt
 /// (the simulator's stand-in for the host's timer tick).
-const MAX_TRAPS_PER_RUN: usize = 4096;
+pub const MAX_TRAPS_PER_RUN: usize = 4096;
 
 const IPA_LIMIT: u64 = 1 << host_interface::GUEST_IPA_BITS;
 
@@ -188,12 +201,43 @@ macro_rules! run_off {
 
 impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// VCPU_RUN: run vCPU `vcpu` of VM `handle` until an exit for the host.
+    /// The whole run happens under `&mut self`; the EL2 image instead uses
+    /// [`Self::vcpu_run_begin`] and [`Self::vcpu_run_trap`] so that the
+    /// guest runs without the core's lock.
     pub(crate) fn vcpu_run(
         &mut self,
         handle: u64,
         vcpu: u64,
         exec: &mut dyn VcpuExecutor<P>,
     ) -> Result<u64, Errno> {
+        let mut run = match self.vcpu_run_begin(handle, vcpu)? {
+            Ok(run) => run,
+            Err(reason) => return Ok(reason),
+        };
+        for _ in 0..MAX_TRAPS_PER_RUN {
+            let Some(vm) = self.vms.get_mut(run.slot).and_then(Option::as_mut) else {
+                break;
+            };
+            let view = GuestView {
+                s2: &vm.s2,
+                phys: &self.phys,
+                protected: vm.protected,
+            };
+            let trap = exec.enter(handle, vcpu, view, &mut run.ctx);
+            if let Some(reason) = self.vcpu_run_trap(&mut run, trap) {
+                return Ok(reason);
+            }
+        }
+        Ok(self.vcpu_run_end(&mut run, ExitReason::Interrupted))
+    }
+
+    /// First half of VCPU_RUN: checks (ENOENT, EBUSY, EPERM), the first
+    /// entry or the completion of the last exit, and the vCPU marked
+    /// running. `Ok(Err(reason))` is an exit decided without entering the
+    /// guest (a dead VM, a powered-off vCPU). While a [`Run`] is out, the
+    /// vCPU counts as running: VCPU_RUN of it is -EBUSY and VM_DESTROY of
+    /// its VM -EBUSY, so its tables stay in place.
+    pub fn vcpu_run_begin(&mut self, handle: u64, vcpu: u64) -> Result<Result<Run, u64>, Errno> {
         let slot = self.vm_slot(handle)?;
         let i = usize::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
         let vm = self.vm(slot)?;
@@ -209,7 +253,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 run_off!(exit_reason),
                 ExitReason::Fatal as u64,
             );
-            return Ok(ExitReason::Fatal as u64);
+            return Ok(Err(ExitReason::Fatal as u64));
         }
         let mut ctx = c.ctx;
         if !c.started {
@@ -225,6 +269,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             self.complete_pending(slot, i, &mut ctx);
         }
         let vm = self.vm_mut(slot)?;
+        let (root, vmid, protected) = (vm.s2.root_pa(), vm.s2.vmid(), vm.protected);
         let c = &mut vm.vcpus[i];
         c.started = true;
         c.pending = Pending::None;
@@ -236,35 +281,45 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 run_off!(exit_reason),
                 ExitReason::Wfi as u64,
             );
-            return Ok(ExitReason::Wfi as u64);
+            return Ok(Err(ExitReason::Wfi as u64));
         }
         c.running = true;
-        let mut reason = ExitReason::Interrupted;
-        for _ in 0..MAX_TRAPS_PER_RUN {
-            let Some(vm) = self.vms.get_mut(slot).and_then(Option::as_mut) else {
-                break;
-            };
-            let view = GuestView {
-                s2: &vm.s2,
-                phys: &self.phys,
-                protected: vm.protected,
-            };
-            let trap = exec.enter(handle, vcpu, view, &mut ctx);
-            match self.handle_trap(slot, i, run_pfn, trap, &mut ctx) {
-                Next::Continue => {}
-                Next::Exit(r) => {
-                    reason = r;
-                    break;
-                }
+        Ok(Ok(Run {
+            slot,
+            index: i,
+            run_pfn,
+            ctx,
+            vttbr: root | (u64::from(vmid) << 48),
+            protected,
+        }))
+    }
+
+    /// Second half of VCPU_RUN, after each trap: `None` to enter the guest
+    /// again, `Some(exit reason)` when the run is over (the exit is in the
+    /// run page, the vCPU no longer running).
+    pub fn vcpu_run_trap(&mut self, run: &mut Run, trap: Trap) -> Option<u64> {
+        match self.handle_trap(run.slot, run.index, run.run_pfn, trap, &mut run.ctx) {
+            Next::Continue => None,
+            Next::Exit(r) => Some(self.vcpu_run_end(run, r)),
+        }
+    }
+
+    /// End a run with `reason` (for an executor that gives up, e.g. after
+    /// many traps in one VCPU_RUN).
+    pub fn vcpu_run_end(&mut self, run: &mut Run, reason: ExitReason) -> u64 {
+        run_write(
+            &self.phys,
+            run.run_pfn,
+            run_off!(exit_reason),
+            reason as u64,
+        );
+        if let Ok(vm) = self.vm_mut(run.slot) {
+            if let Some(c) = vm.vcpus.get_mut(run.index) {
+                c.running = false;
+                c.ctx = run.ctx;
             }
         }
-        run_write(&self.phys, run_pfn, run_off!(exit_reason), reason as u64);
-        if let Ok(vm) = self.vm_mut(slot) {
-            let c = &mut vm.vcpus[i];
-            c.running = false;
-            c.ctx = ctx;
-        }
-        Ok(reason as u64)
+        reason as u64
     }
 
     /// Whether `ipa` lies in memory the VM owns (OWNED or SHARED_OWNED RAM).

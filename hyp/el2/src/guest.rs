@@ -276,83 +276,90 @@ impl VcpuExecutor<El2Phys> for El2Executor {
         view: GuestView<'_, El2Phys>,
         ctx: &mut VcpuContext,
     ) -> Trap {
-        let Some(host) = HOST_REGS.get() else {
-            return Trap::Fatal;
-        };
-        if ctx.sys[SYS_INIT] == 0 {
-            // First entry: EL1h, interrupts masked, MMU and caches off.
-            ctx.sys = [0; hyp::SYS_WORDS];
-            ctx.sys[SYS_SPSR] = 0x3c5;
-            ctx.sys[1] = 0x30d0_0800;
-            ctx.sys[SYS_INIT] = 1;
-        }
-        let mut saved = HostEl1 {
-            sys: [0; hyp::SYS_WORDS],
-            fp: [0; hyp::FP_WORDS],
-            cntvoff: sysreg::cntvoff_el2(),
-            // The host's own return state: its VCPU_RUN trap returns with
-            // these after the guest has used ELR_EL2/SPSR_EL2.
-            elr: sysreg::elr_el2(),
-            spsr: sysreg::spsr_el2(),
-        };
-        save_el1(&mut saved.sys);
         let vttbr = view.s2.root_pa() | (u64::from(view.s2.vmid()) << 48);
-        // VM, SWIO, FMO, IMO, AMO, TWI, TSC, RW, APK/API, FWB as the host.
-        let hcr = (host.hcr & ((1 << 46) | (1 << 40) | (1 << 41) | (1 << 56)))
-            | (1 << 0)
-            | (1 << 1)
-            | (1 << 3)
-            | (1 << 4)
-            | (1 << 5)
-            | (1 << 13)
-            | (1 << 19)
-            | (1 << 31);
-        let kind;
-        // SAFETY: the world switch. Every EL1 register the guest can change
-        // is saved above and restored below; the guest runs under its own
-        // stage-2 (its VMID and tables) with physical interrupts, WFI and
-        // SMC trapped to EL2, and comes back through `guest_vectors` to
-        // `__guest_run`'s caller. FP state is swapped with the host's.
-        unsafe {
-            __fp_save(saved.fp.as_mut_ptr());
-            __fp_load(ctx.fp.as_ptr());
-            load_el1(&ctx.sys);
-            sysreg::set_cntvoff_el2(0);
-            sysreg::set_vmpidr_el2(vcpu & 0xff);
-            sysreg::set_vttbr_el2(vttbr);
-            sysreg::set_hcr_el2(hcr);
-            sysreg::set_vbar_el2(guest_vectors as *const () as u64);
-            sysreg::set_elr_el2(ctx.pc);
-            sysreg::set_spsr_el2(ctx.sys[SYS_SPSR]);
-            sysreg::isb();
-            kind = __guest_run(ctx.x.as_mut_ptr());
-            ctx.pc = sysreg::elr_el2();
-            ctx.sys[SYS_SPSR] = sysreg::spsr_el2();
-            let init = ctx.sys[SYS_INIT];
-            save_el1(&mut ctx.sys);
-            ctx.sys[SYS_INIT] = init;
-            __fp_save(ctx.fp.as_mut_ptr());
-            __fp_load(saved.fp.as_ptr());
-            load_el1(&saved.sys);
-            sysreg::set_cntvoff_el2(saved.cntvoff);
-            sysreg::set_vmpidr_el2(sysreg::mpidr_el1());
-            sysreg::set_vbar_el2(crate::entry::el2_vectors as *const () as u64);
-            sysreg::set_vttbr_el2(host.vttbr);
-            sysreg::set_hcr_el2(host.hcr);
-            sysreg::isb();
-        }
-        let trap = match kind {
-            0 => decode_sync(ctx),
-            1 => Trap::Irq,
-            _ => Trap::Fatal,
-        };
-        // SAFETY: puts back the host's exception return state read above.
-        unsafe {
-            sysreg::set_elr_el2(saved.elr);
-            sysreg::set_spsr_el2(saved.spsr);
-        }
-        trap
+        run_guest(vttbr, vcpu, ctx)
     }
+}
+
+/// Enter vCPU `vcpu` (its MPIDR affinity 0) of the VM whose stage-2 is
+/// `vttbr`, with `ctx`, and return at its next trap. Needs no lock: it
+/// touches only this CPU's registers and `ctx`.
+pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext) -> Trap {
+    let Some(host) = HOST_REGS.get() else {
+        return Trap::Fatal;
+    };
+    if ctx.sys[SYS_INIT] == 0 {
+        // First entry: EL1h, interrupts masked, MMU and caches off.
+        ctx.sys = [0; hyp::SYS_WORDS];
+        ctx.sys[SYS_SPSR] = 0x3c5;
+        ctx.sys[1] = 0x30d0_0800;
+        ctx.sys[SYS_INIT] = 1;
+    }
+    let mut saved = HostEl1 {
+        sys: [0; hyp::SYS_WORDS],
+        fp: [0; hyp::FP_WORDS],
+        cntvoff: sysreg::cntvoff_el2(),
+        // The host's own return state: its VCPU_RUN trap returns with
+        // these after the guest has used ELR_EL2/SPSR_EL2.
+        elr: sysreg::elr_el2(),
+        spsr: sysreg::spsr_el2(),
+    };
+    save_el1(&mut saved.sys);
+    // VM, SWIO, FMO, IMO, AMO, TWI, TSC, RW, APK/API, FWB as the host.
+    let hcr = (host.hcr & ((1 << 46) | (1 << 40) | (1 << 41) | (1 << 56)))
+        | (1 << 0)
+        | (1 << 1)
+        | (1 << 3)
+        | (1 << 4)
+        | (1 << 5)
+        | (1 << 13)
+        | (1 << 19)
+        | (1 << 31);
+    let kind;
+    // SAFETY: the world switch. Every EL1 register the guest can change
+    // is saved above and restored below; the guest runs under its own
+    // stage-2 (its VMID and tables) with physical interrupts, WFI and
+    // SMC trapped to EL2, and comes back through `guest_vectors` to
+    // `__guest_run`'s caller. FP state is swapped with the host's.
+    unsafe {
+        __fp_save(saved.fp.as_mut_ptr());
+        __fp_load(ctx.fp.as_ptr());
+        load_el1(&ctx.sys);
+        sysreg::set_cntvoff_el2(0);
+        sysreg::set_vmpidr_el2(vcpu & 0xff);
+        sysreg::set_vttbr_el2(vttbr);
+        sysreg::set_hcr_el2(hcr);
+        sysreg::set_vbar_el2(guest_vectors as *const () as u64);
+        sysreg::set_elr_el2(ctx.pc);
+        sysreg::set_spsr_el2(ctx.sys[SYS_SPSR]);
+        sysreg::isb();
+        kind = __guest_run(ctx.x.as_mut_ptr());
+        ctx.pc = sysreg::elr_el2();
+        ctx.sys[SYS_SPSR] = sysreg::spsr_el2();
+        let init = ctx.sys[SYS_INIT];
+        save_el1(&mut ctx.sys);
+        ctx.sys[SYS_INIT] = init;
+        __fp_save(ctx.fp.as_mut_ptr());
+        __fp_load(saved.fp.as_ptr());
+        load_el1(&saved.sys);
+        sysreg::set_cntvoff_el2(saved.cntvoff);
+        sysreg::set_vmpidr_el2(sysreg::mpidr_el1());
+        sysreg::set_vbar_el2(crate::entry::el2_vectors as *const () as u64);
+        sysreg::set_vttbr_el2(host.vttbr);
+        sysreg::set_hcr_el2(host.hcr);
+        sysreg::isb();
+    }
+    let trap = match kind {
+        0 => decode_sync(ctx),
+        1 => Trap::Irq,
+        _ => Trap::Fatal,
+    };
+    // SAFETY: puts back the host's exception return state read above.
+    unsafe {
+        sysreg::set_elr_el2(saved.elr);
+        sysreg::set_spsr_el2(saved.spsr);
+    }
+    trap
 }
 
 /// What a synchronous trap from the guest means.

@@ -3,10 +3,10 @@
 //! maps or answers with a synchronous external abort injected at EL1
 //! (ABI.md 1.1): never an EL2 crash.
 
-use host_interface::psci;
-use hyp::Access;
+use host_interface::{psci, ExitReason, HostCall, HostCallId, HostResult};
+use hyp::{Access, MAX_TRAPS_PER_RUN};
 
-use crate::guest::El2Executor;
+use crate::guest::{run_guest, El2Executor};
 use smccc::smc64;
 
 use crate::entry::Frame;
@@ -39,11 +39,52 @@ extern "C" fn handle_lower_sync(frame: &mut Frame) {
 fn host_hvc(frame: &mut Frame) {
     let mut regs = [0u64; 7];
     regs.copy_from_slice(&frame.x[..7]);
+    if regs[0] == u64::from(HostCallId::VcpuRun.id()) {
+        if let Some(r) = vcpu_run(&regs) {
+            frame.x[..5].copy_from_slice(&r);
+            return;
+        }
+    }
     let r = match CORE.lock().as_mut() {
         Some(hv) => hv.host_call(&regs, &mut El2Executor).regs,
         None => [u64::MAX, 0, 0, 0, 0],
     };
     frame.x[..5].copy_from_slice(&r);
+}
+
+/// VCPU_RUN with the guest running outside the core's lock: the lock is
+/// held only to start the run and to handle each trap, so other CPUs'
+/// hypercalls go on while a guest runs, and a guest that never traps cannot
+/// stop them. `None` if the registers are not a well-formed VCPU_RUN (the
+/// core then answers as for any other call).
+fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
+    let (vcpu, begun) = {
+        let mut core = CORE.lock();
+        let hv = core.as_mut()?;
+        let Ok(HostCall::VcpuRun { handle, vcpu }) = HostCall::decode(regs, hv.cpu().pa_bits)
+        else {
+            return None;
+        };
+        (vcpu, hv.vcpu_run_begin(handle, vcpu))
+    };
+    let mut run = match begun {
+        Err(e) => return Some(HostResult::err(e).regs),
+        Ok(Err(reason)) => return Some(HostResult::ok(reason, 0, 0).regs),
+        Ok(Ok(run)) => run,
+    };
+    for _ in 0..MAX_TRAPS_PER_RUN {
+        let trap = run_guest(run.vttbr, vcpu, &mut run.ctx);
+        let mut core = CORE.lock();
+        let hv = core.as_mut()?;
+        if let Some(reason) = hv.vcpu_run_trap(&mut run, trap) {
+            return Some(HostResult::ok(reason, 0, 0).regs);
+        }
+    }
+    let mut core = CORE.lock();
+    let reason = core
+        .as_mut()?
+        .vcpu_run_end(&mut run, ExitReason::Interrupted);
+    Some(HostResult::ok(reason, 0, 0).regs)
 }
 
 mod fid {
