@@ -843,6 +843,38 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         }
     }
 
+    /// The host's side of lending pages to guests: SHARED_OWNED with the
+    /// type every mapping of them uses (D7), one more borrower each.
+    fn lend_to_guests(
+        &mut self,
+        pfn: u64,
+        nr: u64,
+        class: MemClass,
+        mt: MemType,
+    ) -> Result<(), Errno> {
+        let leaf = Self::host_shared_leaf(class, mt, PageState::SharedOwned);
+        self.host_map(pfn, nr, leaf, mt == MemType::NormalWb)?;
+        for p in pfn..pfn + nr {
+            self.meta.share_inc(self.platform.tracked_index(p));
+        }
+        Ok(())
+    }
+
+    /// Map [pfn, pfn+nr) at gfn in a VM's stage-2 (page-granular; the pool
+    /// was checked beforehand).
+    fn guest_map(
+        &mut self,
+        slot: usize,
+        gfn: u64,
+        pfn: u64,
+        nr: u64,
+        leaf: Leaf,
+    ) -> Result<(), Errno> {
+        let (s2, mnt) = self.guest_s2(slot)?;
+        s2.map(pa(gfn), pa(pfn), nr, leaf, false, mnt)
+            .map_err(|_| Errno::ENOMEM)
+    }
+
     fn guest_share(
         &mut self,
         handle: u64,
@@ -870,16 +902,10 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         Self::check_guest_pool(&vm.s2, gfn, nr)?;
         self.check_host_pool(self.host_tables(pfn, nr, true))?;
 
-        let leaf = Self::host_shared_leaf(MemClass::Ram, MemType::NormalWb, PageState::SharedOwned);
-        self.host_map(pfn, nr, leaf, true)?;
-        for p in pfn..pfn + nr {
-            self.meta.share_inc(self.platform.tracked_index(p));
-        }
+        self.lend_to_guests(pfn, nr, MemClass::Ram, MemType::NormalWb)?;
         self.prepare_for_guest(pfn, nr, prot.x());
         let gleaf = Self::guest_leaf(prot, MemType::NormalWb, PageState::SharedBorrowed);
-        let (s2, mnt) = self.guest_s2(slot)?;
-        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt)
-            .map_err(|_| Errno::ENOMEM)
+        self.guest_map(slot, gfn, pfn, nr, gleaf)
     }
 
     fn guest_donate(
@@ -903,9 +929,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         self.host_unmap(pfn, nr, HostAnnotation::Guest(slot))?;
         self.prepare_for_guest(pfn, nr, prot.x());
         let gleaf = Self::guest_leaf(prot, MemType::NormalWb, PageState::Owned);
-        let (s2, mnt) = self.guest_s2(slot)?;
-        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt)
-            .map_err(|_| Errno::ENOMEM)
+        self.guest_map(slot, gfn, pfn, nr, gleaf)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -983,20 +1007,14 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             self.host_unmap(pfn, nr, HostAnnotation::Guest(slot))?;
             PageState::Owned
         } else {
-            let leaf = Self::host_shared_leaf(class, mt, PageState::SharedOwned);
-            self.host_map(pfn, nr, leaf, mt == MemType::NormalWb)?;
-            for p in pfn..pfn + nr {
-                self.meta.share_inc(self.platform.tracked_index(p));
-            }
+            self.lend_to_guests(pfn, nr, class, mt)?;
             PageState::SharedBorrowed
         };
         if mt == MemType::NormalWb {
             self.prepare_for_guest(pfn, nr, prot.x());
         }
         let gleaf = Self::guest_leaf(prot, mt, state);
-        let (s2, mnt) = self.guest_s2(slot)?;
-        s2.map(pa(gfn), pa(pfn), nr, gleaf, false, mnt)
-            .map_err(|_| Errno::ENOMEM)
+        self.guest_map(slot, gfn, pfn, nr, gleaf)
     }
 
     /// Shared body of GUEST_UNSHARE and GUEST_UNMAP_DEVICE: each undoes only

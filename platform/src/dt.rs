@@ -197,48 +197,14 @@ fn read_cells(bytes: &[u8], n: usize) -> u64 {
 /// is "okay" or "ok"; every pair of their `reg`, decoded with the root's
 /// `#address-cells` and `#size-cells`. Empty ranges are dropped.
 pub(crate) fn memory_ranges(blob: &[u8]) -> Result<Vec<(u64, u64)>, PlatformError> {
-    let fdt = Fdt::new(blob)?;
-    let mut walk = fdt.walk();
-    // DTSpec 2.3.5 defaults.
-    let mut address_cells = 2;
-    let mut size_cells = 1;
-    // Raw `reg` values of memory nodes; decoded once the root's cells are
-    // known (a malformed tree could put them after the children).
-    let mut regs: Vec<Option<&[u8]>> = Vec::new();
-    let mut node_is_memory = false;
-    let mut node_available = true;
-    let mut node_reg = None;
-    loop {
-        let depth = walk.depth();
-        let Some(token) = walk.next_token()? else {
-            break;
-        };
-        match token {
-            Token::Prop { name, value } if depth == 1 => match name {
-                b"#address-cells" => address_cells = cells(value)?,
-                b"#size-cells" => size_cells = cells(value)?,
-                _ => {}
-            },
-            Token::Prop { name, value } if depth == 2 => match name {
-                b"device_type" => node_is_memory = string_is(value, b"memory"),
-                b"status" => node_available = string_is(value, b"okay") || string_is(value, b"ok"),
-                b"reg" => node_reg = Some(value),
-                _ => {}
-            },
-            Token::BeginNode(_) if depth == 1 => {
-                node_is_memory = false;
-                node_available = true;
-                node_reg = None;
-            }
-            Token::EndNode if depth == 2 && node_is_memory && node_available => {
-                regs.push(node_reg);
-            }
-            _ => {}
-        }
-    }
-    if !(1..=2).contains(&address_cells) || !(1..=2).contains(&size_cells) {
-        return Err(PlatformError::BadCells);
-    }
+    let RegSlots {
+        slots,
+        address_cells,
+        size_cells,
+    } = memory_reg_slots(blob)?;
+    let regs = slots
+        .iter()
+        .map(|&(offset, len)| blob.get(offset..offset + len));
     let pair = (address_cells + size_cells) * 4;
     let mut ranges = Vec::new();
     for reg in regs {
