@@ -259,6 +259,9 @@ pub fn init_cpu_for_host(index: usize) {
         }
         sysreg::set_mdcr_el2(hpmn);
         sysreg::set_cnthctl_el2(3);
+        // GICv3: EL1 uses the system-register interface, not trapped here
+        // (SRE, Enable; DFB and DIB as the architecture recommends).
+        sysreg::set_icc_sre_el2(0xf);
         sysreg::set_cntvoff_el2(0);
         sysreg::set_vpidr_el2(sysreg::midr_el1());
         sysreg::set_vmpidr_el2(sysreg::mpidr_el1());

@@ -68,6 +68,7 @@ read_write! {
     sctlr_el1, set_sctlr_el1, "sctlr_el1";
     zcr_el2, set_zcr_el2, "S3_4_C1_C2_0";
     smcr_el2, set_smcr_el2, "S3_4_C1_C2_6";
+    icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5";
 }
 
 read_only! {
