@@ -95,6 +95,22 @@ pub fn dcache_clean(start: usize, end: usize) {
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// Clean and invalidate the data cache lines over `[start, end)` to the
+/// point of coherency, so that the next read fetches what another observer
+/// (a guest with its MMU off) wrote to memory.
+pub fn dcache_clean_invalidate(start: usize, end: usize) {
+    let line = dcache_line();
+    let mut at = start & !(line - 1);
+    while at < end {
+        // SAFETY: dirty lines are written back before they are dropped, so
+        // memory contents, as the program sees them, do not change.
+        unsafe { asm!("dc civac, {}", in(reg) at, options(nostack, preserves_flags)) };
+        at += line;
+    }
+    // SAFETY: a barrier has no other effect.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
 /// Turn the MMU and caches on with the given translation settings; returns
 /// the SCTLR_EL1 value written (for [`crate::mmu`] to hand to secondaries).
 ///

@@ -10,14 +10,21 @@
 //!
 //! Each measurement is its own small function; [`run`] measures the stage-2
 //! fault first, while its 2 MiB regions at the top of free RAM are still
-//! untouched, and prints the results in a fixed order.
+//! untouched, and prints the results in a fixed order. The last three
+//! measure guests running the test guest ([`crate::test_guest`]): a guest
+//! call answered at EL2 (timed by the guest itself), a VCPU_RUN round trip
+//! through an HVC exit, and a guest stage-2 fault served by GUEST_DONATE.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::arch::asm;
 
-use host_interface::{HostCallId, PAGE_SHIFT};
+use host_interface::{prot, ExitReason, HostCallId, PAGE_SHIFT};
 
 use crate::ram::RamPool;
-use crate::{arch, println};
+use crate::vm::{self, TestVm};
+use crate::{access, arch, println, test_guest};
 
 /// Iterations of the host-call loops.
 const N: u64 = 1000;
@@ -31,6 +38,16 @@ const BLOCK_PAGES: u64 = 512;
 const UNKNOWN_CALL: u64 = 0xC600_01FF;
 /// HYP_VERSION's answer for ABI 1.0.
 const VERSION_1_0: u64 = 0x1_0000;
+/// Guest SMCCC_VERSION calls the test guest times.
+const GUEST_CALLS: u64 = 1000;
+/// The guest call it makes (answered at EL2) and its answer (1.1).
+const SMCCC_VERSION: u64 = 0x8000_0000;
+const SMCCC_VERSION_1_1: u64 = 0x1_0001;
+/// VCPU_RUN round trips timed.
+const RUNS: u64 = 1000;
+/// Guest stage-2 faults timed, each at a fresh IPA from `FAULT_IPA`.
+const GUEST_FAULTS: u64 = 64;
+const FAULT_IPA: u64 = 0x8000_0000;
 
 /// Counter ticks to instructions (see the module documentation).
 fn instructions(ticks: u64) -> u64 {
@@ -203,6 +220,187 @@ fn stage2_first_touch(base: u64) -> u64 {
     instructions(first.saturating_sub(again)) / FAULT_REGIONS
 }
 
+/// Instructions per guest SMCCC_VERSION call (answered at EL2, no exit to
+/// the host), as the guest measures it: the test guest's timed hvc loop
+/// (`mov x0, #0x80000000; hvc #0; subs; b.ne`, [`GUEST_CALLS`] times, its
+/// loop included) in the normal VM `vm`, already booted.
+fn guest_hvc_round_trip(vm: &mut TestVm) -> Result<u64, String> {
+    vm.post(test_guest::op::TIMED_HVC, 0, GUEST_CALLS)?;
+    let ticks = vm.done(vm.run())?;
+    let last = vm.hvc_arg(2);
+    if last != SMCCC_VERSION_1_1 {
+        return Err(format!(
+            "the guest's SMCCC_VERSION answered {last:#x}, not {SMCCC_VERSION_1_1:#x} (call {SMCCC_VERSION:#x})"
+        ));
+    }
+    Ok(instructions(ticks))
+}
+
+/// `n` times `VCPU_RUN(handle, vcpu)`, stopping at the first answer that is
+/// not a success with an HVC exit: ticks, the runs left (0 when all
+/// succeeded) and x0..x2 of the last answer.
+fn vcpu_run_loop(handle: u64, vcpu: u64, n: u64) -> (u64, u64, [u64; 3]) {
+    let run = u64::from(HostCallId::VcpuRun.id());
+    let (t0, t1, left, x0, x1, x2): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: VCPU_RUN enters the guest, whose memory the host gave it
+    // (pages Rust holds no reference to), and returns at its next exit
+    // for the host, answering in x0..x4; the hypervisor writes only the
+    // run page, shared with it, which Rust holds no reference to either.
+    // Every register it may change is declared clobbered.
+    unsafe {
+        asm!(
+            "mov x3, xzr",
+            "mov x4, xzr",
+            "mov x5, xzr",
+            "mov x6, xzr",
+            "isb",
+            "mrs {t0}, cntvct_el0",
+            "2:",
+            "mov x0, {run}",
+            "mov x1, {handle}",
+            "mov x2, {vcpu}",
+            "hvc #0",
+            "orr {tmp}, x0, x1",
+            "cbnz {tmp}, 3f",
+            "cmp x2, #{hvc_exit}",
+            "b.ne 3f",
+            "subs {n}, {n}, #1",
+            "b.ne 2b",
+            "3:",
+            "isb",
+            "mrs {t1}, cntvct_el0",
+            run = in(reg) run,
+            handle = in(reg) handle,
+            vcpu = in(reg) vcpu,
+            hvc_exit = const ExitReason::Hvc as u64,
+            n = inout(reg) n.max(1) => left,
+            tmp = out(reg) _,
+            t0 = out(reg) t0,
+            t1 = out(reg) t1,
+            out("x0") x0, out("x1") x1, out("x2") x2,
+            out("x3") _, out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+            out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+            out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+            options(nostack),
+        );
+    }
+    (t1.wrapping_sub(t0), left, [x0, x1, x2])
+}
+
+/// Instructions per VCPU_RUN round trip: the host's `hvc #0` to EL2, the
+/// world switch into the guest, six guest instructions (the test guest's
+/// exit loop: `b; add; movz; movk; mov; hvc`), the guest's HVC trap
+/// forwarded to the host as an HVC exit (x0..x6 written to the run page),
+/// the world switch back and the return to the host; plus the host's loop
+/// around it (`mov` x3, `hvc`, `orr; cbnz; cmp; b.ne; subs; b.ne`).
+/// [`RUNS`] times in the normal VM `vm`, already booted, which is left
+/// in the exit loop.
+fn vcpu_run_round_trip(vm: &mut TestVm) -> Result<u64, String> {
+    vm.post(test_guest::op::EXIT_LOOP, 0, 0)?;
+    let first = vm.done(vm.run())?;
+    if first != 1 {
+        return Err(format!("the exit loop's first report was {first}, not 1"));
+    }
+    let (ticks, left, [x0, x1, x2]) = vcpu_run_loop(vm.handle, vm.vcpu, RUNS);
+    if left != 0 {
+        return Err(format!(
+            "VCPU_RUN {} of {RUNS} answered x0 {x0:#x} x1 {x1:#x} x2 {x2:#x}",
+            RUNS - left + 1
+        ));
+    }
+    let count = vm.hvc_arg(1);
+    if vm.hvc_arg(0) != test_guest::TG_DONE || count != RUNS + 1 {
+        return Err(format!(
+            "after {RUNS} runs the guest reported {:#x} {count}, not DONE {}",
+            vm.hvc_arg(0),
+            RUNS + 1
+        ));
+    }
+    Ok(instructions(ticks) / RUNS)
+}
+
+/// Instructions per guest stage-2 fault served by GUEST_DONATE, in the
+/// protected VM `vm`, already booted: for each of [`GUEST_FAULTS`] fresh
+/// IPAs from [`FAULT_IPA`], the whole sequence from the host: post a read
+/// command in the mailbox, VCPU_RUN (the guest reads the IPA, nothing is
+/// mapped there: MEM_FAULT exit), read the IPA from the run page,
+/// GUEST_DONATE a page there (R), VCPU_RUN (the read completes, the guest
+/// reports DONE with the value: an HVC exit). Two VCPU_RUN round trips
+/// and the test guest's command dispatch are included. The pages are
+/// written (each with its own pfn) and cleaned before the clock starts;
+/// the values the guest read are checked after it stops.
+fn guest_fault_round_trip(vm: &mut TestVm, pool: &mut RamPool) -> Result<u64, String> {
+    let first = vm::take(pool, GUEST_FAULTS)?;
+    for pfn in first..first + GUEST_FAULTS {
+        let pa = pfn << PAGE_SHIFT;
+        access::write(pa, pfn).map_err(|_| format!("cannot write pfn {pfn:#x}"))?;
+        arch::dcache_clean(pa as usize, pa as usize + 8);
+    }
+    let mut seen = Vec::with_capacity(GUEST_FAULTS as usize);
+    let t0 = arch::cntvct();
+    for k in 0..GUEST_FAULTS {
+        let ipa = FAULT_IPA + (k << PAGE_SHIFT);
+        vm.post(test_guest::op::READ, ipa, 0)?;
+        let fault = vm.run();
+        let at = vm.fault_ipa();
+        let donated = vm::call(
+            HostCallId::GuestDonate,
+            &[vm.handle, first + k, at >> PAGE_SHIFT, 1, prot::R],
+        );
+        let done = vm.run();
+        seen.push((ipa, fault, at, donated, done));
+        if fault[2] != ExitReason::MemFault as u64 || donated[..2] != [0, 0] {
+            break;
+        }
+    }
+    let t1 = arch::cntvct();
+    for (k, &(ipa, fault, at, donated, done)) in seen.iter().enumerate() {
+        vm.expect_exit(fault, ExitReason::MemFault)
+            .map_err(|e| format!("read of {ipa:#x}: {e}"))?;
+        if at != ipa {
+            return Err(format!("read of {ipa:#x}: MEM_FAULT at {at:#x}"));
+        }
+        if donated != [0; 5] {
+            let [x0, x1, ..] = donated;
+            return Err(format!(
+                "GUEST_DONATE at {ipa:#x} answered x0 {x0:#x} x1 {x1:#x}"
+            ));
+        }
+        // Only the last DONE's value is still in the run page.
+        if k + 1 == seen.len() {
+            let value = vm.done(done)?;
+            let want = first + k as u64;
+            if value != want {
+                return Err(format!(
+                    "the guest read {value:#x} at {ipa:#x}, not {want:#x}"
+                ));
+            }
+        } else {
+            vm.expect_exit(done, ExitReason::Hvc)?;
+        }
+    }
+    if seen.len() as u64 != GUEST_FAULTS {
+        return Err(format!(
+            "only {} of {GUEST_FAULTS} faults served",
+            seen.len()
+        ));
+    }
+    Ok(instructions(t1.wrapping_sub(t0)) / GUEST_FAULTS)
+}
+
+/// The three guest measurements: a normal VM for the guest call and the
+/// VCPU_RUN round trip, a protected VM for the donation fault.
+fn guest_benches(pool: &mut RamPool) -> Result<[u64; 3], String> {
+    let mut normal = TestVm::create(pool, false)?;
+    normal.boot()?;
+    let hvc = guest_hvc_round_trip(&mut normal)?;
+    let run = vcpu_run_round_trip(&mut normal)?;
+    let mut protected = TestVm::create(pool, true)?;
+    protected.boot()?;
+    let fault = guest_fault_round_trip(&mut protected, pool)?;
+    Ok([hvc, run, fault])
+}
+
 /// Run every measurement and print one line each, then `bench: done`.
 pub fn run(pool: &mut RamPool) {
     // First, while nothing has touched them: 2 MiB-aligned regions from the
@@ -233,5 +431,9 @@ pub fn run(pool: &mut RamPool) {
         many / BLOCK_PAGES
     );
     println!("bench: host stage-2 fault (first touch of a 2 MiB region): {fault} instructions");
+    let [hvc, run, fault] = guest_benches(pool).unwrap_or_else(|e| panic!("guest bench: {e}"));
+    println!("bench: guest HVC handled at EL2 (SMCCC_VERSION) round trip: {hvc} instructions");
+    println!("bench: VCPU_RUN round trip (guest exit to the host and back): {run} instructions");
+    println!("bench: guest stage-2 fault served by GUEST_DONATE: {fault} instructions");
     println!("bench: done");
 }

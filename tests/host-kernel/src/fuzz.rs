@@ -21,6 +21,12 @@
 //! read of the hypervisor's memory; then it destroys every VM, reclaims and
 //! unshares the arenas and checks that every arena page is the host's
 //! again. Only CPU 0 makes host accesses.
+//!
+//! Before those checks, once both CPUs have made their random calls, a
+//! guest spinning at EL1 on CPU 1 must not stop hypercalls on CPU 0
+//! ([`spinning_guest`]): CPU 1 runs a normal VM's test guest on code that
+//! never traps, and CPU 0 makes [`SPIN_CALLS`] host calls meanwhile. The
+//! checks after it run with CPU 1 still in that guest.
 
 use alloc::boxed::Box;
 use alloc::format;
@@ -28,11 +34,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use host_interface::{Errno, ExitReason, HostCallId, MAX_PAGES_PER_CALL, PAGE_SHIFT};
+use host_interface::{prot, Errno, ExitReason, HostCallId, MAX_PAGES_PER_CALL, PAGE_SHIFT};
 use scenario::Tally;
 
 use crate::ram::RamPool;
-use crate::{access, arch, entry, fdt, println};
+use crate::vm::{self, call, TestVm};
+use crate::{access, arch, entry, fdt, println, test_guest};
 
 /// Host calls each CPU makes.
 pub const CALLS: u32 = 20_000;
@@ -45,6 +52,24 @@ const SEEDS: [u64; 2] = [0x9E37_79B9_7F4A_7C15, 0xD1B5_4A32_D192_ED03];
 const TIMEOUT_SECONDS: u64 = 120;
 /// An address inside the hypervisor's region: host reads of it abort.
 const HYP_ADDRESS: u64 = 0x4200_0000;
+/// Host calls CPU 0 makes while CPU 1 runs the spinning guest.
+const SPIN_CALLS: usize = 100;
+/// How long those calls may take in all, in seconds of the generic counter.
+const SPIN_CALLS_SECONDS: u64 = 2;
+/// Counter ticks CPU 0 waits after the guest has started spinning.
+const SPIN_SETTLE_TICKS: u64 = 4_000_000;
+/// How long the guest spins, in seconds of the generic counter: far longer
+/// than the rest of the run, so CPU 1 stays in the guest until the machine
+/// is powered off. It is not endless so that a hypervisor that kept a lock
+/// while the guest runs (CPU 0's calls would wait at EL2, where nothing at
+/// EL1 can time them out) fails this test after that long instead of
+/// hanging the run.
+const SPIN_SECONDS: u64 = 10;
+/// How long CPU 0 waits for CPU 1 to enter the guest, and for the guest to
+/// reach the spinning code, in seconds of the generic counter.
+const SPIN_START_SECONDS: u64 = 10;
+/// IPA of the spinning code's page in the guest.
+const SPIN_IPA: u64 = 0x5000_0000;
 
 /// One pfn range `[first, end)` the generator draws from.
 type Span = (u64, u64);
@@ -170,6 +195,24 @@ static CPU1_STARTED: AtomicBool = AtomicBool::new(false);
 static CPU1_DONE: AtomicBool = AtomicBool::new(false);
 static CPU1_REPORT: [AtomicU64; REPORT_WORDS] = [const { AtomicU64::new(0) }; REPORT_WORDS];
 static MAX_HANDLE: AtomicU64 = AtomicU64::new(0);
+
+// The spinning-guest test: the VM and vCPU CPU 1 runs (set by CPU 0 once
+// they are ready; `NO_VM` if CPU 0 could not set them up), CPU 1's progress
+// (`SPIN_*`) and the VCPU_RUN answer that ended it, if one did.
+static SPIN_VM: AtomicU64 = AtomicU64::new(0);
+static SPIN_VCPU: AtomicU64 = AtomicU64::new(0);
+static SPIN_STATE: AtomicU64 = AtomicU64::new(SPIN_IDLE);
+static SPIN_ANSWER: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+/// CPU 1 has not started on the spinning guest.
+const SPIN_IDLE: u64 = 0;
+/// The first VCPU_RUN (the guest's boot) did not answer with an HVC exit.
+const SPIN_BOOT_FAILED: u64 = 1;
+/// CPU 1 is about to make (or is in) the VCPU_RUN that runs the spin.
+const SPIN_ENTERING: u64 = 2;
+/// That VCPU_RUN returned.
+const SPIN_RETURNED: u64 = 3;
+/// `SPIN_VM` when CPU 0 gave the test up.
+const NO_VM: u64 = u64::MAX;
 
 /// VM handles a CPU remembers.
 const LIVE: usize = 8;
@@ -571,9 +614,41 @@ pub fn secondary(context: u64) -> ! {
         fuzz(plan).publish();
     }
     CPU1_DONE.store(true, Ordering::Release);
+    if context == 1 {
+        spin_on_cpu1();
+    }
     loop {
         arch::wfi();
     }
+}
+
+/// CPU 1's side of [`spinning_guest`]: wait for CPU 0's VM, boot its test
+/// guest (whose mailbox already asks it to run the spinning code), then run
+/// it again: that VCPU_RUN should not return before the machine is powered
+/// off. Host calls only (no host memory accesses: those are CPU 0's).
+fn spin_on_cpu1() {
+    let handle = loop {
+        match SPIN_VM.load(Ordering::Acquire) {
+            0 => core::hint::spin_loop(),
+            NO_VM => return,
+            h => break h,
+        }
+    };
+    let vcpu = SPIN_VCPU.load(Ordering::Relaxed);
+    let run = || call(HostCallId::VcpuRun, &[handle, vcpu]);
+    let publish = |answer: [u64; 5], state: u64| {
+        for (slot, v) in SPIN_ANSWER.iter().zip(answer) {
+            slot.store(v, Ordering::Relaxed);
+        }
+        SPIN_STATE.store(state, Ordering::Release);
+    };
+    let boot = run();
+    if boot != [0, 0, ExitReason::Hvc as u64, 0, 0] {
+        publish(boot, SPIN_BOOT_FAILED);
+        return;
+    }
+    SPIN_STATE.store(SPIN_ENTERING, Ordering::Release);
+    publish(run(), SPIN_RETURNED);
 }
 
 /// Spin until `flag` is set or `seconds` of the generic counter pass.
@@ -622,14 +697,6 @@ impl Checks {
 fn hex(values: &[u64]) -> String {
     let items: Vec<String> = values.iter().map(|v| format!("{v:#x}")).collect();
     format!("[{}]", items.join(", "))
-}
-
-/// Host call `id` with `args` in x1.., the other registers zero.
-fn call(id: HostCallId, args: &[u64]) -> [u64; 5] {
-    let mut regs = [0u64; 7];
-    regs[0] = u64::from(id.id());
-    regs[1..=args.len()].copy_from_slice(args);
-    arch::hvc_host_call(regs)
 }
 
 /// Host call `id` with `args`; it must answer exactly `want`.
@@ -742,6 +809,7 @@ pub fn run(setup: Setup) -> bool {
         println!("fuzz: {}", overlap(cpu0.span, cpu1.span));
     }
     checks.check("CPU 1 started", started);
+    let cpu1_finished = cpu1.is_ok();
     for (name, report) in [("CPU0", Ok(cpu0)), ("CPU1", cpu1)] {
         let result = match report {
             Err(e) => Err(e),
@@ -761,6 +829,20 @@ pub fn run(setup: Setup) -> bool {
         checks.check(&format!("{name}: every reply well-formed"), result);
     }
 
+    let spin = if cpu1_finished {
+        spinning_guest(pool)
+    } else {
+        Err("CPU 1 did not finish its random calls".into())
+    };
+    if spin.is_err() {
+        SPIN_VM
+            .compare_exchange(0, NO_VM, Ordering::AcqRel, Ordering::Acquire)
+            .ok();
+    } else {
+        println!("fuzz: {SPIN_TEST}: ok");
+    }
+    checks.check(SPIN_TEST, spin);
+
     let before = checks.0.failed;
     post_checks(&mut checks, &plans, fresh);
     if checks.0.failed == before {
@@ -769,6 +851,167 @@ pub fn run(setup: Setup) -> bool {
     cleanup_checks(&mut checks, &plans);
     println!("{}", scenario::summary_line(&checks.0));
     checks.0.failed == 0
+}
+
+/// The spinning-guest statement.
+const SPIN_TEST: &str = "hypercalls on CPU 0 while CPU 1 runs a spinning guest";
+
+/// Spin until `done()` or `ticks` of the generic counter pass; whether it
+/// became true.
+fn wait_until(ticks: u64, mut done: impl FnMut() -> bool) -> bool {
+    let start = arch::cntvct();
+    while !done() {
+        if arch::cntvct().wrapping_sub(start) > ticks {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+    true
+}
+
+/// CPU 1's last VCPU_RUN answer, for messages.
+fn spin_answer() -> String {
+    let answer: [u64; 5] = core::array::from_fn(|i| SPIN_ANSWER[i].load(Ordering::Relaxed));
+    hex(&answer)
+}
+
+/// A guest spinning at EL1 on CPU 1 does not stop hypercalls on CPU 0.
+///
+/// CPU 0 creates a normal VM with the test guest and shares into it, with
+/// RWX, a page holding the spinning code ([`test_guest::spin_image`]: it
+/// sets a marker in its page, then spins for [`SPIN_SECONDS`] without
+/// trapping), and posts an `exec` of it in the guest's mailbox. CPU 1
+/// ([`spin_on_cpu1`]) boots the guest and runs it again; no interrupt
+/// reaches it, so it stays at EL1 in the guest. CPU 0 waits for CPU 1's
+/// flag and the guest's marker, waits [`SPIN_SETTLE_TICKS`] more, then
+/// makes [`SPIN_CALLS`] calls (HYP_VERSION, SHARE_HYP, PAGE_QUERY,
+/// UNSHARE_HYP, PAGE_QUERY of a page of its own, in turn), each of which
+/// must answer exactly, all within [`SPIN_CALLS_SECONDS`], with CPU 1
+/// still inside its VCPU_RUN at the end.
+fn spinning_guest(pool: &mut RamPool) -> Result<(), String> {
+    use HostCallId as C;
+    let hz = arch::cntfrq_el0().max(1);
+    let mut guest = match TestVm::create(pool, false) {
+        Ok(guest) => guest,
+        Err(first) => {
+            // The random calls may have left every VM slot in use (VM_CREATE
+            // answers ENOMEM): free one and try again.
+            let max = MAX_HANDLE.load(Ordering::Relaxed);
+            let Some(freed) = (1..=max).find(|&h| call(C::VmDestroy, &[h]) == [0; 5]) else {
+                return Err(first);
+            };
+            println!("fuzz: ({first}: VM_DESTROY of VM {freed} to make room for the spinning guest's VM)");
+            TestVm::create(pool, false)?
+        }
+    };
+    let code = vm::take(pool, 1)?;
+    let code_pa = code << PAGE_SHIFT;
+    let marker = code_pa + test_guest::SPIN_MARKER_OFFSET;
+    access::fill(code_pa, 1 << PAGE_SHIFT, 0)
+        .and_then(|()| test_guest::copy_code(code_pa, test_guest::spin_image()))
+        .and_then(|()| access::write(code_pa + test_guest::SPIN_TICKS_OFFSET, SPIN_SECONDS * hz))
+        .map_err(|_| String::from("cannot write the spinning code"))?;
+    arch::dcache_clean(code_pa as usize, (code_pa + (1 << PAGE_SHIFT)) as usize);
+    vm::call_ok(
+        C::GuestShare,
+        &[guest.handle, code, SPIN_IPA >> PAGE_SHIFT, 1, prot::MASK],
+    )?;
+    guest.post(test_guest::op::EXEC, SPIN_IPA, 0)?;
+    let page = vm::take(pool, 1)?;
+
+    SPIN_VCPU.store(guest.vcpu, Ordering::Relaxed);
+    SPIN_VM.store(guest.handle, Ordering::Release);
+    let start_ticks = SPIN_START_SECONDS * hz;
+    let state = || SPIN_STATE.load(Ordering::Acquire);
+    if !wait_until(start_ticks, || state() != SPIN_IDLE) {
+        return Err(format!(
+            "CPU 1 did not boot the guest within {SPIN_START_SECONDS} s"
+        ));
+    }
+    if state() == SPIN_BOOT_FAILED {
+        return Err(format!(
+            "the guest's first VCPU_RUN on CPU 1 answered {}, not an HVC exit",
+            spin_answer()
+        ));
+    }
+    let spinning = || {
+        arch::dcache_clean_invalidate(marker as usize, marker as usize + 8);
+        access::read(marker) == Ok(1) || state() == SPIN_RETURNED
+    };
+    if !wait_until(start_ticks, spinning) {
+        return Err(format!(
+            "the guest did not reach the spinning code within {SPIN_START_SECONDS} s"
+        ));
+    }
+    if state() == SPIN_RETURNED {
+        return Err(format!(
+            "CPU 1's VCPU_RUN of the spinning guest returned {}",
+            spin_answer()
+        ));
+    }
+    wait_until(SPIN_SETTLE_TICKS, || false);
+
+    // The calls, checked after the clock stops; the loop gives up once the
+    // time is over (if each call returns at all).
+    let (one, pages) = ([page], [page, 1]);
+    let plan: [(C, &[u64], [u64; 5]); 5] = [
+        (C::HypVersion, &[], [0, 0, 0x1_0000, 0, 0]),
+        (C::ShareHyp, &pages, [0; 5]),
+        // Host, SHARED_OWNED, RAM.
+        (C::PageQuery, &one, [0, 0, 0, 1, 0]),
+        (C::UnshareHyp, &pages, [0; 5]),
+        // Host, OWNED, RAM.
+        (C::PageQuery, &one, [0; 5]),
+    ];
+    let limit = SPIN_CALLS_SECONDS * hz;
+    let mut answers = Vec::with_capacity(SPIN_CALLS);
+    let t0 = arch::cntvct();
+    let mut elapsed = 0;
+    for i in 0..SPIN_CALLS {
+        let (id, args, _) = plan[i % plan.len()];
+        answers.push(call(id, args));
+        elapsed = arch::cntvct().wrapping_sub(t0);
+        if elapsed > limit {
+            break;
+        }
+    }
+    let still_in_guest = state() == SPIN_ENTERING;
+    let ms = elapsed * 1000 / hz;
+
+    let mut wrong = Vec::new();
+    for (i, got) in answers.iter().enumerate() {
+        let (id, args, want) = plan[i % plan.len()];
+        if *got != want && wrong.len() < 4 {
+            wrong.push(format!(
+                "call {i} {} {}: got {}, want {}",
+                id.name(),
+                hex(args),
+                hex(got),
+                hex(&want)
+            ));
+        }
+    }
+    if answers.len() < SPIN_CALLS {
+        return Err(format!(
+            "only {} of {SPIN_CALLS} calls completed in {ms} ms (limit {SPIN_CALLS_SECONDS} s){}",
+            answers.len(),
+            if still_in_guest {
+                ""
+            } else {
+                "; CPU 1's VCPU_RUN returned meanwhile (did the hypervisor hold a lock while the guest spun?)"
+            }
+        ));
+    }
+    if !wrong.is_empty() {
+        return Err(wrong.join("; "));
+    }
+    if !still_in_guest {
+        return Err(format!(
+            "CPU 1's VCPU_RUN of the spinning guest returned {} before the calls ended ({ms} ms)",
+            spin_answer()
+        ));
+    }
+    Ok(())
 }
 
 /// The hypervisor still works: HYP_VERSION, a fresh page through SHARE_HYP,
@@ -839,16 +1082,27 @@ fn post_checks(checks: &mut Checks, plans: &[Plan; 2], fresh: u64) {
 /// host, OWNED, RAM) and readable.
 fn cleanup_checks(checks: &mut Checks, plans: &[Plan; 2]) {
     use HostCallId as C;
-    let max = MAX_HANDLE.load(Ordering::Relaxed).max(8);
+    // The spinning guest's VM: its vCPU still runs on CPU 1 (EBUSY), unless
+    // the guest has stopped spinning by now.
+    let spin_vm = match SPIN_VM.load(Ordering::Acquire) {
+        NO_VM => 0,
+        h => h,
+    };
+    let max = MAX_HANDLE.load(Ordering::Relaxed).max(8).max(spin_vm);
     let mut odd = Vec::new();
     for handle in 1..=max + 1 {
         let r = call(C::VmDestroy, &[handle]);
-        if r != [0; 5] && r != [0, Errno::ENOENT.to_x1(), 0, 0, 0] && odd.len() < 4 {
+        let expected = if handle == spin_vm {
+            r == [0, Errno::EBUSY.to_x1(), 0, 0, 0] || r == [0; 5]
+        } else {
+            r == [0; 5] || r == [0, Errno::ENOENT.to_x1(), 0, 0, 0]
+        };
+        if !expected && odd.len() < 4 {
             odd.push(format!("handle {handle}: {}", hex(&r)));
         }
     }
     checks.check(
-        "VM_DESTROY of every VM: ok or ENOENT",
+        "VM_DESTROY of every VM: ok or ENOENT (the spinning guest's: EBUSY or ok)",
         if odd.is_empty() {
             Ok(())
         } else {

@@ -5,8 +5,8 @@
 //! Every file of a run shares one boot, so allocations only move up: no
 //! page is handed out twice.
 //!
-//! Guests are not run on the real image yet: `boot`, `guest` and `resume`
-//! statements fail with a message.
+//! Guests run the test guest ([`test_guest`]): `boot` copies it into the
+//! VM, `guest` posts a command in its mailbox, and each runs the vCPU.
 
 use alloc::format;
 use alloc::string::String;
@@ -243,18 +243,9 @@ impl Machine for HostMachine {
                 Err(e) => return GuestOutcome::Error(e),
             };
             // The guest's code in its first page, a clean mailbox in the second.
-            let base = pfn << PAGE_SHIFT;
-            if access::fill(base, 2 << PAGE_SHIFT, 0).is_err() {
-                return GuestOutcome::Error("cannot write the guest's pages".into());
+            if let Err(e) = test_guest::install(pfn << PAGE_SHIFT) {
+                return GuestOutcome::Error(e.into());
             }
-            for (i, chunk) in test_guest::image().chunks(8).enumerate() {
-                let mut word = [0u8; 8];
-                word[..chunk.len()].copy_from_slice(chunk);
-                if access::write(base + 8 * i as u64, u64::from_le_bytes(word)).is_err() {
-                    return GuestOutcome::Error("cannot write the guest's code".into());
-                }
-            }
-            arch::dcache_clean(base as usize, (base + (2 << PAGE_SHIFT)) as usize);
             let id = if protected {
                 HostCallId::GuestDonate
             } else {
@@ -289,13 +280,13 @@ impl Machine for HostMachine {
             return GuestOutcome::Error("the test guest was not booted in this VM".into());
         };
         let mb = (pfn << PAGE_SHIFT) + test_guest::MAILBOX_OFFSET;
+        use test_guest::{mailbox, op as code};
         let (code, ipa, value, regs) = match op {
-            GuestOp::Read { ipa } => (1, ipa, 0, [0; 7]),
-            GuestOp::Write { ipa, value } => (2, ipa, value, [0; 7]),
-            GuestOp::Exec { ipa } => (3, ipa, 0, [0; 7]),
-            GuestOp::Hvc { regs } => (4, 0, 0, regs),
+            GuestOp::Read { ipa } => (code::READ, ipa, 0, [0; 7]),
+            GuestOp::Write { ipa, value } => (code::WRITE, ipa, value, [0; 7]),
+            GuestOp::Exec { ipa } => (code::EXEC, ipa, 0, [0; 7]),
+            GuestOp::Hvc { regs } => (code::HVC, 0, 0, regs),
         };
-        use test_guest::mailbox;
         let mut ok = access::write(mb + mailbox::OP, code).is_ok()
             && access::write(mb + mailbox::IPA, ipa).is_ok()
             && access::write(mb + mailbox::VALUE, value).is_ok();

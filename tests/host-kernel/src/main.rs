@@ -15,6 +15,7 @@
 //! - [`blob`]: the scenario blob;
 //! - [`access`], [`machine`]: the scenario [`scenario::Machine`];
 //! - [`ram`]: free RAM for the bench and fuzz modes;
+//! - [`test_guest`], [`vm`]: the guest program and a VM running it;
 //! - [`bench`](mod@bench), [`fuzz`]: those modes.
 #![no_std]
 #![no_main]
@@ -33,6 +34,7 @@ mod machine;
 mod mmu;
 mod ram;
 mod test_guest;
+mod vm;
 
 use alloc::vec::Vec;
 use core::panic::PanicInfo;

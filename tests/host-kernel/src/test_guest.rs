@@ -9,8 +9,18 @@
 //!   protected VM's host cannot touch it otherwise; for a normal VM the host
 //!   already shares it and the call fails harmlessly), report READY;
 //! - loop: when the mailbox's sequence number changes, run its command
-//!   (1 read, 2 write, 3 exec, 4 hvc) and report DONE with the result in
-//!   x1; otherwise WFI.
+//!   (1 read, 2 write, 3 exec, 4 hvc, 5 timed hvc loop, 6 exit loop) and
+//!   report DONE with the result in x1; otherwise WFI.
+//!
+//! The last two are for the bench mode ([`crate::bench`]):
+//!
+//! - 5, timed hvc loop: `VALUE` (at least 1) times `mov x0, #0x80000000;
+//!   hvc #0` (SMCCC_VERSION, which the hypervisor answers at EL2 without
+//!   an exit) between two `isb; mrs cntvct_el0` reads; DONE with x1 =
+//!   (end - start) / `VALUE` counter ticks and x2 = the last call's x0;
+//! - 6, exit loop: DONE with x1 = 1, then again with x1 = 2, 3, ... each
+//!   time the vCPU is run again, for ever: every VCPU_RUN is then one HVC
+//!   exit after six guest instructions.
 //!
 //! Reads use `ldr x1` and writes `str x1`, so an MMIO completion by the
 //! hypervisor lands in x1. `exec` branches to the address with `blr`; if
@@ -18,6 +28,10 @@
 //! returns to the caller, so an `exec` that the stage-2 allows completes.
 
 use core::arch::global_asm;
+
+use scenario::Abort;
+
+use crate::{access, arch};
 
 /// Guest-to-host report: ready after boot.
 pub const TG_READY: u64 = 0xC600_0F00;
@@ -34,14 +48,32 @@ pub const GUEST_PAGES: u64 = 16;
 pub mod mailbox {
     /// Sequence number: a new command when it changes.
     pub const SEQ: u64 = 0;
-    /// Command: 1 read, 2 write, 3 exec, 4 hvc.
+    /// Command: 1 read, 2 write, 3 exec, 4 hvc, 5 timed hvc loop, 6 exit
+    /// loop.
     pub const OP: u64 = 8;
     /// Address for read/write/exec.
     pub const IPA: u64 = 16;
-    /// Value for write.
+    /// Value for write; iterations for the timed hvc loop.
     pub const VALUE: u64 = 24;
     /// x0..x6 for hvc.
     pub const REGS: u64 = 32;
+}
+
+/// Mailbox commands.
+pub mod op {
+    /// Read 8 bytes at `IPA`: DONE with the value.
+    pub const READ: u64 = 1;
+    /// Write `VALUE` at `IPA`: DONE with 0.
+    pub const WRITE: u64 = 2;
+    /// `blr` to `IPA`: DONE with 0 when the code there returns.
+    pub const EXEC: u64 = 3;
+    /// `hvc #0` with `REGS`: DONE with x0.
+    pub const HVC: u64 = 4;
+    /// `VALUE` timed SMCCC_VERSION calls: DONE with ticks per call in x1,
+    /// the last answer in x2.
+    pub const TIMED_HVC: u64 = 5;
+    /// DONE with x1 = 1, 2, 3, ... each time the vCPU runs again, for ever.
+    pub const EXIT_LOOP: u64 = 6;
 }
 
 global_asm!(
@@ -84,6 +116,10 @@ tg_cmd:
     b.eq    tg_exec
     cmp     x10, #4
     b.eq    tg_hvc
+    cmp     x10, #5
+    b.eq    tg_timed_hvc
+    cmp     x10, #6
+    b.eq    tg_exit_loop
     b       tg_fault
 tg_read:
     ldr     x1, [x9]
@@ -105,6 +141,40 @@ tg_hvc:
     hvc     #0
     mov     x1, x0
     b       tg_done
+tg_timed_hvc:
+    ldr     x11, [x20, #24]
+    cmp     x11, #0
+    csinc   x11, x11, xzr, ne
+    mov     x12, x11
+    movz    x13, #0x8000, lsl #16
+    mov     x1, xzr
+    mov     x2, xzr
+    mov     x3, xzr
+    mov     x4, xzr
+    mov     x5, xzr
+    mov     x6, xzr
+    isb
+    mrs     x14, cntvct_el0
+1:
+    mov     x0, x13
+    hvc     #0
+    subs    x12, x12, #1
+    b.ne    1b
+    isb
+    mrs     x15, cntvct_el0
+    mov     x2, x0
+    sub     x1, x15, x14
+    udiv    x1, x1, x11
+    b       tg_done
+tg_exit_loop:
+    mov     x23, xzr
+1:
+    add     x23, x23, #1
+    movz    x0, #0x0f01
+    movk    x0, #0xc600, lsl #16
+    mov     x1, x23
+    hvc     #0
+    b       1b
 tg_fault:
     mov     x1, #-2
 tg_done:
@@ -144,9 +214,53 @@ test_guest_end:
 "#
 );
 
+// The spinning code for the fuzz mode's last test (`spin_image`): the
+// host copies it to a page it shares into a normal VM with RWX and the test
+// guest runs it with `exec`. It stores 1 at offset 16 (the host sees the
+// guest got there), then spins without trapping (counter reads only) until
+// the counter has advanced by the value at offset 8, then returns.
+global_asm!(
+    r#"
+.section .rodata.spin_guest, "a"
+.balign 8
+.global spin_guest_start
+spin_guest_start:
+    b       2f
+    .balign 8
+sg_ticks:
+    .quad   0
+sg_marker:
+    .quad   0
+2:
+    ldr     x10, sg_ticks
+    isb
+    mrs     x11, cntvct_el0
+    adr     x12, sg_marker
+    mov     x13, #1
+    str     x13, [x12]
+3:
+    isb
+    mrs     x13, cntvct_el0
+    sub     x13, x13, x11
+    cmp     x13, x10
+    b.lo    3b
+    ret
+.balign 8
+.global spin_guest_end
+spin_guest_end:
+"#
+);
+
+/// Offset in the spinning code of how long it spins, in counter ticks.
+pub const SPIN_TICKS_OFFSET: u64 = 8;
+/// Offset in the spinning code of the word it sets to 1 before spinning.
+pub const SPIN_MARKER_OFFSET: u64 = 16;
+
 extern "C" {
     static test_guest_start: u8;
     static test_guest_end: u8;
+    static spin_guest_start: u8;
+    static spin_guest_end: u8;
 }
 
 /// The guest's code, to copy to the first page given to the VM.
@@ -158,4 +272,40 @@ pub fn image() -> &'static [u8] {
         let end = &raw const test_guest_end;
         core::slice::from_raw_parts(start, end as usize - start as usize)
     }
+}
+
+/// The spinning code (see the comment on its assembly): copy it to the
+/// start of a page and write the spin time at [`SPIN_TICKS_OFFSET`].
+pub fn spin_image() -> &'static [u8] {
+    // SAFETY: the two symbols delimit the assembled code above in read-only
+    // data; the bytes are never written.
+    unsafe {
+        let start = &raw const spin_guest_start;
+        let end = &raw const spin_guest_end;
+        core::slice::from_raw_parts(start, end as usize - start as usize)
+    }
+}
+
+/// Copy `code` to the host memory at `pa` (8-byte aligned) through
+/// [`access`], zero-padding the last word.
+pub fn copy_code(pa: u64, code: &[u8]) -> Result<(), Abort> {
+    for (i, chunk) in code.chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        access::write(pa + 8 * i as u64, u64::from_le_bytes(word))?;
+    }
+    Ok(())
+}
+
+/// Write the test guest into the two pages at `pa` (host RAM the host may
+/// write): its code in the first, a zeroed mailbox in the second, cleaned
+/// to the point of coherency for the guest, which starts with its MMU off.
+pub fn install(pa: u64) -> Result<(), &'static str> {
+    if image().len() as u64 > MAILBOX_OFFSET {
+        return Err("the test guest's code does not fit in its first page");
+    }
+    access::fill(pa, 2 * MAILBOX_OFFSET, 0).map_err(|_| "cannot write the guest's pages")?;
+    copy_code(pa, image()).map_err(|_| "cannot write the guest's code")?;
+    arch::dcache_clean(pa as usize, (pa + 2 * MAILBOX_OFFSET) as usize);
+    Ok(())
 }
