@@ -255,6 +255,7 @@ struct HostEl1 {
     sys: [u64; hyp::SYS_WORDS],
     fp: [u64; hyp::FP_WORDS],
     cntvoff: u64,
+    mdcr: u64,
     elr: u64,
     spsr: u64,
 }
@@ -326,6 +327,12 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext) -> Trap {
         __fp_load(ctx.fp.as_ptr());
         load_el1(&ctx.sys);
         sysreg::set_cntvoff_el2(0);
+        // The guest reads the counter but may not program the physical
+        // timer (the host's): EL1PCEN clear traps it.
+        sysreg::set_cnthctl_el2(1);
+        // PMU and debug registers are the host's and not switched: trap the
+        // guest's accesses to them (TPMCR, TPM, TDA, TDOSA, TDRA).
+        sysreg::set_mdcr_el2(saved.mdcr | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11));
         sysreg::set_vmpidr_el2(vcpu & 0xff);
         sysreg::set_vttbr_el2(vttbr);
         sysreg::set_hcr_el2(hcr);
@@ -343,6 +350,8 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext) -> Trap {
         __fp_load(saved.fp.as_ptr());
         load_el1(&saved.sys);
         sysreg::set_cntvoff_el2(saved.cntvoff);
+        sysreg::set_cnthctl_el2(3);
+        sysreg::set_mdcr_el2(saved.mdcr);
         sysreg::set_vmpidr_el2(sysreg::mpidr_el1());
         sysreg::set_vbar_el2(crate::entry::el2_vectors as *const () as u64);
         sysreg::set_vttbr_el2(host.vttbr);
