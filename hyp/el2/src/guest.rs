@@ -300,6 +300,7 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext) -> Trap {
         sys: [0; hyp::SYS_WORDS],
         fp: [0; hyp::FP_WORDS],
         cntvoff: sysreg::cntvoff_el2(),
+        mdcr: sysreg::mdcr_el2(),
         // The host's own return state: its VCPU_RUN trap returns with
         // these after the guest has used ELR_EL2/SPSR_EL2.
         elr: sysreg::elr_el2(),
