@@ -44,19 +44,24 @@ Commands:
 
   test
         Everything CI checks, each step under a `==> STEP` header:
-        rustup target, cargo fmt --check, cargo clippy -D warnings,
-        cargo test --workspace --release, every scenario file on the
-        simulator for cortex-a57, cortex-a710, neoverse-v1 and max, then on
+        rustup targets and QEMU, cargo fmt --check and clippy -D warnings
+        (workspace and the bare-metal crates), cargo test --workspace
+        --release, every scenario file on the simulator and then on the real
+        image in QEMU for cortex-a57, cortex-a710, neoverse-v1 and max (the
+        real image must give the simulator's counts), and a two-CPU fuzz of
         the real image. Stops at the first failing step and names it; ends
         with the scenario total `N passed, N failed[, N skipped]`.
         Exit status 0 only if everything passed.
 
   run [--cpu MODEL]
-        The main demo (default MODEL: max); prints what the demo does.
+        Boots the hypervisor in QEMU (default MODEL: max) with the test host
+        narrating the tour of tests/demo: the CPU features found and what
+        they allow, then each request and the hypervisor's answer.
 
   bench
-        The benchmarks (criterion, on the simulator; later on the image);
-        prints their reports.
+        Per-page costs of the core on this machine (next to a bare
+        aarch64-paging map+unmap), metadata per GiB, then instructions per
+        call on the real image under QEMU -icount shift=0.
 
 Options:
   -h, --help    Print this text.
