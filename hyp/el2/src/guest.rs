@@ -379,12 +379,12 @@ fn decode_sync(ctx: &mut VcpuContext) -> Trap {
         EC_HVC64 => Trap::Hvc,
         EC_SMC64 => {
             // A trapped SMC returns past the instruction; treat it as a call.
-            ctx.pc += 4;
+            ctx.pc = ctx.pc.wrapping_add(4);
             Trap::Hvc
         }
         EC_WFX if esr & 1 == 0 => Trap::Wfi,
         EC_WFX => {
-            ctx.pc += 4;
+            ctx.pc = ctx.pc.wrapping_add(4);
             Trap::Irq
         }
         EC_DABT_LOW | EC_IABT_LOW => {

@@ -28,7 +28,7 @@ extern "C" fn handle_lower_sync(frame: &mut Frame) {
             // A trapped SMC returns past the instruction.
             // SAFETY: ELR_EL2 points at the trapped SMC in the host; the next
             // instruction is where the host continues.
-            unsafe { sysreg::set_elr_el2(sysreg::elr_el2() + 4) };
+            unsafe { sysreg::set_elr_el2(sysreg::elr_el2().wrapping_add(4)) };
             host_smc(frame);
         }
         EC_IABT_LOW | EC_DABT_LOW => host_abort(esr),
