@@ -92,8 +92,11 @@ pub fn build_images() -> Result<Images, String> {
 pub enum Mode {
     /// Run scenario files, printing failures and the tally.
     Scenarios,
-    /// Run scenario files narrating every statement (the demo).
-    Trace,
+    /// `cargo xtask run`: narrate every statement of the files, then run
+    /// the protected guest demonstration (console, shared buffer, secret).
+    /// (The test host's `trace` mode narrates without the guest; nothing
+    /// here asks for it.)
+    Demo,
     /// Measure per-call costs with the generic counter.
     Bench,
     /// Fire random hypercalls, then check the hypervisor still answers.
@@ -101,14 +104,14 @@ pub enum Mode {
 }
 
 /// Pack `files` into the initrd format the test host reads:
-/// `pkvm-scenarios 1 cpu=MODEL [trace|bench|fuzz]`, then `=== FILE <path>`
+/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz]`, then `=== FILE <path>`
 /// and the text of each file.
 fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String> {
     let mut blob = format!(
         "pkvm-scenarios 1 cpu={model}{}\n",
         match mode {
             Mode::Scenarios => "",
-            Mode::Trace => " trace",
+            Mode::Demo => " demo",
             Mode::Bench => " bench",
             Mode::Fuzz => " fuzz",
         }
@@ -263,7 +266,9 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
 }
 
 /// `cargo xtask run [--cpu MODEL]`: boot the hypervisor in QEMU with the test
-/// host narrating the tour of `tests/demo/`.
+/// host narrating the tour of `tests/demo/`, then running a protected guest
+/// that prints through a console the host emulates, shares a buffer and
+/// keeps a secret the host cannot read.
 pub fn run_demo(model: &str) -> ExitCode {
     deps::ensure_qemu();
     let images = match build_images() {
@@ -288,7 +293,7 @@ pub fn run_demo(model: &str) -> ExitCode {
         .iter()
         .map(|p| p.strip_prefix(workspace_root()).unwrap_or(p).to_path_buf())
         .collect();
-    match run_real(&images, model, &rel, Mode::Trace, true) {
+    match run_real(&images, model, &rel, Mode::Demo, true) {
         Ok(r) if r.status == Some(0) => ExitCode::SUCCESS,
         Ok(_) => {
             eprintln!("xtask: the demo did not end cleanly");

@@ -1,7 +1,7 @@
 //! The scenario blob the runner hands over as the initrd (UTF-8 text):
 //!
 //! ```text
-//! pkvm-scenarios 1 cpu=<MODEL> [trace|bench|fuzz]
+//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz]
 //! === FILE <path>
 //! <the file's text, up to the next `=== FILE ` line or the end>
 //! === FILE <path>
@@ -22,6 +22,10 @@ pub enum Mode {
     Scenarios,
     /// Also narrate every statement (`scenario::run_file_traced`).
     Trace,
+    /// `cargo xtask run`: narrate the files like [`Mode::Trace`], then run
+    /// the protected guest demonstration (`crate::guest_demo`), counted in
+    /// the same tally.
+    Demo,
     /// Measure host-call and stage-2 fault costs (`crate::bench`); the
     /// files, if any, are ignored.
     Bench,
@@ -62,6 +66,7 @@ pub fn parse(text: &str) -> Result<Blob<'_>, String> {
     let mode = match mode {
         None => Mode::Scenarios,
         Some("trace") => Mode::Trace,
+        Some("demo") => Mode::Demo,
         Some("bench") => Mode::Bench,
         Some("fuzz") => Mode::Fuzz,
         Some(other) => {

@@ -5,7 +5,9 @@
 //! runner passed as the initrd against the real hypervisor, prints the
 //! failures and the total, then the sentinel `TESTHOST DONE <exit>`, and
 //! powers the machine off. The blob's mode may instead ask for the
-//! benchmarks ([`bench`](mod@bench)) or the two-CPU fuzzer ([`fuzz`]).
+//! benchmarks ([`bench`](mod@bench)) or the two-CPU fuzzer ([`fuzz`]), or,
+//! for `cargo xtask run`, for the narrated files followed by a protected
+//! guest ([`guest_demo`]).
 //!
 //! - [`entry`]: Image header, entry, vectors, the abortable accesses;
 //! - [`arch`]: system registers, HVC and PSCI;
@@ -16,6 +18,7 @@
 //! - [`access`], [`machine`]: the scenario [`scenario::Machine`];
 //! - [`ram`]: free RAM for the bench and fuzz modes;
 //! - [`test_guest`], [`vm`]: the guest program and a VM running it;
+//! - [`guest_demo`]: the protected guest of `cargo xtask run`;
 //! - [`bench`](mod@bench), [`fuzz`]: those modes.
 #![no_std]
 #![no_main]
@@ -30,6 +33,7 @@ mod console;
 mod entry;
 mod fdt;
 mod fuzz;
+mod guest_demo;
 mod machine;
 mod mmu;
 mod ram;
@@ -181,7 +185,7 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
     match blob.mode {
         blob::Mode::Bench => run_bench(&blob, &free),
         blob::Mode::Fuzz => run_fuzz(&blob, facts, &manifest, &free, pa_bits),
-        blob::Mode::Scenarios | blob::Mode::Trace => {}
+        blob::Mode::Scenarios | blob::Mode::Trace | blob::Mode::Demo => {}
     }
     let mut m = machine::HostMachine::new(&free, &manifest, pa_bits);
     println!(
@@ -192,9 +196,12 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
     );
 
     let mut total = Tally::default();
-    let trace = blob.mode == blob::Mode::Trace;
+    let trace = matches!(blob.mode, blob::Mode::Trace | blob::Mode::Demo);
     for (path, text) in &blob.files {
         total += scenario::run_file_traced(path, text, &mut m, &mut Console, trace);
+    }
+    if blob.mode == blob::Mode::Demo {
+        total += guest_demo::run(&mut m);
     }
     println!("{}", scenario::summary_line(&total));
     println!("TESTHOST DONE {}", u8::from(total.failed > 0));
