@@ -49,7 +49,7 @@ pub use page_query::{HostState, MemClassCode, Owner};
 pub use prot::{MemType, Prot, MEMTYPE_MASK, MEMTYPE_SHIFT};
 pub use psci::PSCI_VERSION_1_1;
 pub use result::HostResult;
-pub use run_page::{fault_flags, inject_irq, system_event, IrqRequest, RunPage};
+pub use run_page::{fault_flags, inject_irq, system_event, IrqRequest, RunPage, MAX_INJECT_INTID};
 
 /// Most pages one host call may name (`nr`), so every call does bounded work
 /// at EL2 (ABI.md 1, "Fields").

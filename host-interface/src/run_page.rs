@@ -41,20 +41,27 @@ pub mod inject_irq {
 /// What the host asked for in [`RunPage::inject_irq`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IrqRequest {
-    /// The valid bit is clear: nothing to inject.
+    /// Zero: nothing to inject.
     None,
-    /// Inject this INTID (0..=1023).
+    /// Inject this INTID: an SGI, PPI or SPI (0..=[`MAX_INJECT_INTID`]).
     Inject(u32),
-    /// The valid bit is set together with bits outside VALID and INTID.
+    /// Anything else: bits outside VALID and INTID, no VALID bit with other
+    /// bits set, or a special INTID (1020..=1023). VCPU_RUN is -EINVAL.
     Malformed,
 }
+
+/// The largest INTID the host may inject (1020..=1023 are special INTIDs).
+pub const MAX_INJECT_INTID: u32 = 1019;
 
 impl IrqRequest {
     /// Reads a raw `inject_irq` value.
     pub const fn decode(value: u64) -> Self {
-        if value & inject_irq::VALID == 0 {
+        if value == 0 {
             IrqRequest::None
-        } else if value & !(inject_irq::VALID | inject_irq::INTID_MASK) != 0 {
+        } else if value & inject_irq::VALID == 0
+            || value & !(inject_irq::VALID | inject_irq::INTID_MASK) != 0
+            || value & inject_irq::INTID_MASK > MAX_INJECT_INTID as u64
+        {
             IrqRequest::Malformed
         } else {
             // Masked to 10 bits: the cast cannot truncate.
@@ -62,10 +69,10 @@ impl IrqRequest {
         }
     }
 
-    /// The raw value asking to inject `intid`; `None` when `intid` does not
-    /// fit in 10 bits.
+    /// The raw value asking to inject `intid`; `None` for an INTID the host
+    /// may not inject.
     pub const fn encode(intid: u32) -> Option<u64> {
-        if intid as u64 > inject_irq::INTID_MASK {
+        if intid > MAX_INJECT_INTID {
             None
         } else {
             Some(inject_irq::VALID | intid as u64)
@@ -74,7 +81,7 @@ impl IrqRequest {
 }
 
 /// Number of reserved words that pad [`RunPage`] to one page.
-pub const RUN_PAGE_RESERVED_WORDS: usize = 490;
+pub const RUN_PAGE_RESERVED_WORDS: usize = 489;
 
 /// The layout of a vCPU's run page (ABI.md 1 "VCPU_CREATE", 2.3). All fields
 /// are native-endian (little-endian on arm64) u64 words at fixed offsets;
@@ -113,9 +120,15 @@ pub struct RunPage {
     /// Out: [`system_event`] type of a SYSTEM_EVENT exit. Offset 160.
     pub system_event: u64,
     /// In: an interrupt to inject at the next VCPU_RUN ([`inject_irq`],
-    /// [`IrqRequest`]). Offset 168.
+    /// [`IrqRequest`]). VCPU_RUN takes it (and writes 0 back) before it
+    /// enters the guest; a malformed value is -EINVAL and stays. Offset 168.
     pub inject_irq: u64,
-    /// Reserved, zero. Pads the page to 4096 bytes. Offset 176.
+    /// Out, at every exit: the physical counter value (CNTPCT_EL0) at which
+    /// the guest's virtual timer fires, `u64::MAX` when it is disabled or
+    /// masked. A host that gets a WFI exit can sleep until then or until it
+    /// has an interrupt to inject. Offset 176.
+    pub timer_deadline: u64,
+    /// Reserved, zero. Pads the page to 4096 bytes. Offset 184.
     pub reserved: [u64; RUN_PAGE_RESERVED_WORDS],
 }
 
@@ -133,7 +146,8 @@ const_assert_eq!(core::mem::offset_of!(RunPage, hvc_args), 72);
 const_assert_eq!(core::mem::offset_of!(RunPage, hvc_results), 128);
 const_assert_eq!(core::mem::offset_of!(RunPage, system_event), 160);
 const_assert_eq!(core::mem::offset_of!(RunPage, inject_irq), 168);
-const_assert_eq!(core::mem::offset_of!(RunPage, reserved), 176);
+const_assert_eq!(core::mem::offset_of!(RunPage, timer_deadline), 176);
+const_assert_eq!(core::mem::offset_of!(RunPage, reserved), 184);
 const_assert_eq!(core::mem::align_of::<RunPage>(), 8);
 
 impl Default for RunPage {

@@ -626,19 +626,34 @@ fn run_page_layout() {
 #[test]
 fn irq_requests() {
     assert_eq!(IrqRequest::decode(0), IrqRequest::None);
-    assert_eq!(IrqRequest::decode(1023), IrqRequest::None);
+    assert_eq!(
+        IrqRequest::decode(27),
+        IrqRequest::Malformed,
+        "no VALID bit"
+    );
     assert_eq!(IrqRequest::decode(inject_irq::VALID), IrqRequest::Inject(0));
     assert_eq!(
-        IrqRequest::decode(inject_irq::VALID | 1023),
-        IrqRequest::Inject(1023)
+        IrqRequest::decode(inject_irq::VALID | 1019),
+        IrqRequest::Inject(1019)
     );
+    for special in 1020..=1023 {
+        assert_eq!(
+            IrqRequest::decode(inject_irq::VALID | special),
+            IrqRequest::Malformed
+        );
+    }
     assert_eq!(
         IrqRequest::decode(inject_irq::VALID | 1024),
         IrqRequest::Malformed
     );
+    assert_eq!(
+        IrqRequest::decode(inject_irq::VALID | 1 << 32),
+        IrqRequest::Malformed
+    );
     assert_eq!(IrqRequest::decode(u64::MAX), IrqRequest::Malformed);
+    assert_eq!(IrqRequest::encode(1020), None);
     assert_eq!(IrqRequest::encode(1024), None);
-    for intid in [0, 1, 27, 1023] {
+    for intid in [0, 1, 27, 1019] {
         let raw = IrqRequest::encode(intid).unwrap_or_default();
         assert_eq!(IrqRequest::decode(raw), IrqRequest::Inject(intid));
     }

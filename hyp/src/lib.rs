@@ -19,6 +19,7 @@ mod owner;
 pub mod phys;
 pub mod transitions;
 mod vcpu;
+pub mod vgic;
 
 pub use hypervisor::{
     feature_names, Access, HostAbort, Hypervisor, InitError, Vm, HYP_VERSION, MAX_VCPUS, MAX_VMS,

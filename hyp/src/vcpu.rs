@@ -8,9 +8,9 @@
 use core::mem::offset_of;
 
 use host_interface::{
-    fault_flags, features, is_host_call_range, psci, Errno, ExitReason, GuestCallId, RunPage,
-    KVM_FEATURES_BITMAP, KVM_UID, PSCI_VERSION_1_1, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED,
-    SMCCC_VERSION_1_1,
+    fault_flags, features, is_host_call_range, psci, Errno, ExitReason, GuestCallId, IrqRequest,
+    RunPage, KVM_FEATURES_BITMAP, KVM_UID, PSCI_VERSION_1_1, SMCCC_INVALID_PARAMETER,
+    SMCCC_NOT_SUPPORTED, SMCCC_VERSION_1_1,
 };
 use pagetables::{Entry, Maintenance, PageState, PhysMem, Stage2};
 use platform::MemClass;
@@ -18,6 +18,7 @@ use platform::MemClass;
 use crate::hypervisor::Hypervisor;
 use crate::owner::{HostAnnotation, GUEST_MMIO_GUARD};
 use crate::phys::{run_read, run_write};
+use crate::vgic::VgicContext;
 
 /// Number of words of [`VcpuContext::sys`].
 pub const SYS_WORDS: usize = 32;
@@ -36,6 +37,12 @@ pub struct VcpuContext {
     pub sys: [u64; SYS_WORDS],
     /// FP/SIMD registers, saved and restored by the executor.
     pub fp: [u64; FP_WORDS],
+    /// The virtual CPU interface: list registers and injected interrupts.
+    pub gic: VgicContext,
+    /// When the guest's virtual timer fires, in physical counter ticks
+    /// (`u64::MAX`: disabled or masked); kept by the executor at each trap
+    /// and reported in the run page.
+    pub timer_deadline: u64,
 }
 
 impl Default for VcpuContext {
@@ -45,6 +52,8 @@ impl Default for VcpuContext {
             pc: 0,
             sys: [0; SYS_WORDS],
             fp: [0; FP_WORDS],
+            gic: VgicContext::default(),
+            timer_deadline: u64::MAX,
         }
     }
 }
@@ -75,8 +84,12 @@ pub enum Trap {
         /// ESR_EL2.
         esr: u64,
     },
-    /// WFI/WFE, pc at the instruction.
+    /// WFI, pc at the instruction, with no interrupt pending for the guest.
     Wfi,
+    /// Something the executor dealt with itself (the guest's own timer
+    /// interrupt, a maintenance interrupt, a WFI with an interrupt already
+    /// pending): enter the guest again.
+    Resume,
     /// A physical interrupt for the host.
     Irq,
     /// Something the hypervisor cannot continue from.
@@ -242,10 +255,16 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let i = usize::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
         let vm = self.vm(slot)?;
         let c = vm.vcpus.get(i).ok_or(Errno::ENOENT)?;
+        let run_pfn = c.run_pfn;
+        // The run page is host memory: read the request once.
+        let irq = match IrqRequest::decode(run_read(&self.phys, run_pfn, run_off!(inject_irq))) {
+            IrqRequest::Malformed => return Err(Errno::EINVAL),
+            IrqRequest::None => None,
+            IrqRequest::Inject(intid) => Some(intid),
+        };
         if c.running {
             return Err(Errno::EBUSY);
         }
-        let run_pfn = c.run_pfn;
         if vm.dead {
             run_write(
                 &self.phys,
@@ -267,6 +286,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             ctx.x[0] = x0;
         } else {
             self.complete_pending(slot, i, &mut ctx);
+        }
+        if let Some(intid) = irq {
+            // Decoded above, so within range; the request is taken.
+            ctx.gic.inject(intid);
+            run_write(&self.phys, run_pfn, run_off!(inject_irq), 0);
         }
         let vm = self.vm_mut(slot)?;
         let (root, vmid, protected) = (vm.s2.root_pa(), vm.s2.vmid(), vm.protected);
@@ -312,6 +336,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             run.run_pfn,
             run_off!(exit_reason),
             reason as u64,
+        );
+        run_write(
+            &self.phys,
+            run.run_pfn,
+            run_off!(timer_deadline),
+            run.ctx.timer_deadline,
         );
         if let Ok(vm) = self.vm_mut(run.slot) {
             if let Some(c) = vm.vcpus.get_mut(run.index) {
@@ -503,6 +533,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 ctx.pc = ctx.pc.wrapping_add(4);
                 Next::Exit(ExitReason::Wfi)
             }
+            Trap::Resume => Next::Continue,
             Trap::Irq => Next::Exit(ExitReason::Interrupted),
             Trap::Fatal => {
                 if let Ok(vm) = self.vm_mut(slot) {

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::mem::offset_of;
 
 use host_interface::{
-    Errno, ExitReason, HostCallId as Id, RunPage, KVM_UID, SMCCC_INVALID_PARAMETER,
+    inject_irq, Errno, ExitReason, HostCallId as Id, RunPage, KVM_UID, SMCCC_INVALID_PARAMETER,
     SMCCC_NOT_SUPPORTED,
 };
 use hyp::{GuestView, Trap, VcpuContext, VcpuExecutor, MAX_SHARE_COUNT};
@@ -111,6 +111,8 @@ const RP_MMIO_READ: usize = offset_of!(RunPage, mmio_read_data);
 const RP_HVC_ARGS: usize = offset_of!(RunPage, hvc_args);
 const RP_HVC_RESULTS: usize = offset_of!(RunPage, hvc_results);
 const RP_SYSTEM_EVENT: usize = offset_of!(RunPage, system_event);
+const RP_INJECT: usize = offset_of!(RunPage, inject_irq);
+const RP_TIMER_DEADLINE: usize = offset_of!(RunPage, timer_deadline);
 
 fn perms(r: bool, w: bool, x: bool) -> Perms {
     Perms { r, w, x }
@@ -127,6 +129,8 @@ fn exit(e: ExitReason) -> [u64; 5] {
 enum Act {
     Call([u64; 7]),
     Trap(Trap),
+    /// The guest armed its virtual timer for this deadline, then WFI.
+    TimerWfi(u64),
 }
 
 struct Script {
@@ -143,6 +147,10 @@ impl VcpuExecutor<SimPhys> for Script {
                 Trap::Hvc
             }
             Some(Act::Trap(t)) => t,
+            Some(Act::TimerWfi(deadline)) => {
+                ctx.timer_deadline = deadline;
+                Trap::Wfi
+            }
             None => Trap::Irq,
         }
     }
@@ -1177,6 +1185,57 @@ fn vcpu_create() {
         // The refused vCPU does not exist.
         t.err(Id::VcpuRun, &[big, 8], ENOENT);
         t.invariants();
+    }
+}
+
+#[test]
+fn vcpu_run_takes_interrupt_requests() {
+    for model in MODELS {
+        for protected in [false, true] {
+            let mut t = T::new(model);
+            let h = t.vm(if protected { PROTECTED } else { NORMAL }, 8);
+            if protected {
+                // A protected vCPU starts only in memory the VM owns.
+                let p = t.ram(1);
+                t.ok0(Id::GuestDonate, &[h, p, 0x40000, 1, RWX]);
+            }
+            let (_, run) = t.vcpu(h);
+            t.set_run(run, RP_ENTRY, 0x4000_0000);
+            // Malformed requests: -EINVAL, the request stays, no entry.
+            for bad in [
+                27,
+                inject_irq::VALID | 1020,
+                inject_irq::VALID | 1023,
+                inject_irq::VALID | 1024,
+                inject_irq::VALID | 1 << 40,
+                u64::MAX,
+            ] {
+                t.set_run(run, RP_INJECT, bad);
+                t.err(Id::VcpuRun, &[h, 0], EINVAL);
+                assert_eq!(t.run_field(run, RP_INJECT), bad);
+            }
+            // No such vCPU comes first.
+            t.err(Id::VcpuRun, &[h, 1], ENOENT);
+            // A valid request is taken before the guest runs and cleared.
+            t.set_run(run, RP_INJECT, inject_irq::VALID | 40);
+            let (r, log) = t.run(h, 0, vec![Act::Trap(Trap::Resume), Act::TimerWfi(0x1234)]);
+            assert_eq!(r, exit(ExitReason::Wfi));
+            assert_eq!(log.len(), 2, "Resume re-enters the guest");
+            assert!(log[0].gic.is_queued(40));
+            assert!(!log[0].gic.is_queued(41));
+            assert_eq!(
+                log[0].pc, 0x4000_0000,
+                "the first entry still starts at entry"
+            );
+            assert_eq!(t.run_field(run, RP_INJECT), 0);
+            assert_eq!(t.run_field(run, RP_TIMER_DEADLINE), 0x1234);
+            // Injections accumulate across runs until the executor places them.
+            t.set_run(run, RP_INJECT, inject_irq::VALID);
+            let (_, log) = t.run(h, 0, vec![Act::TimerWfi(u64::MAX)]);
+            assert!(log[0].gic.is_queued(0) && log[0].gic.is_queued(40));
+            assert_eq!(t.run_field(run, RP_TIMER_DEADLINE), u64::MAX);
+            t.invariants();
+        }
     }
 }
 
