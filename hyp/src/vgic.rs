@@ -117,14 +117,15 @@ impl Default for VgicContext {
 /// What [`VgicContext::flush`] decided beyond the list registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flush {
-    /// Some injected interrupt found no free list register: ask for a
-    /// maintenance interrupt when none is pending any more (ICH_HCR_EL2.NPIE)
-    /// so the guest is re-entered with the rest.
+    /// Some interrupt found no free list register: ask for a maintenance
+    /// interrupt once list registers free up, so the guest is re-entered
+    /// with the rest.
     pub overflow: bool,
-    /// A hardware-linked list register holds the timer interrupt: the
-    /// physical timer interrupt must be active while the guest runs, so it
-    /// does not signal again until the guest deactivates it.
-    pub timer_linked: bool,
+    /// The timer asserts or a hardware-linked list register holds its
+    /// interrupt: the physical timer interrupt must be active while the
+    /// guest runs, so it does not signal again until the guest deactivates
+    /// it (or, with no list register for it yet, until the next entry).
+    pub mask_timer: bool,
 }
 
 impl VgicContext {
@@ -204,12 +205,11 @@ impl VgicContext {
                 break;
             }
         }
-        let timer_linked = self
-            .find(nr_lrs, timer_intid)
-            .is_some_and(|n| self.lr[n] & lr::HW != 0);
+        let timer_lr = self.find(nr_lrs, timer_intid);
+        let linked = timer_lr.is_some_and(|n| self.lr[n] & lr::HW != 0);
         Flush {
-            overflow,
-            timer_linked,
+            overflow: overflow || (timer_level && timer_lr.is_none()),
+            mask_timer: timer_level || linked,
         }
     }
 }
@@ -239,7 +239,7 @@ mod tests {
             f,
             Flush {
                 overflow: false,
-                timer_linked: false
+                mask_timer: false
             }
         );
         assert_eq!(states(&g, 4), [(3, 1, false), (40, 1, false)]);
@@ -300,7 +300,7 @@ mod tests {
     fn the_timer_gets_a_hardware_linked_list_register_while_it_asserts() {
         let mut g = VgicContext::default();
         let f = g.flush(4, TIMER, true);
-        assert!(f.timer_linked);
+        assert!(f.mask_timer && !f.overflow);
         assert_eq!(states(&g, 4), [(TIMER, 1, true)]);
         assert_eq!((g.lr[0] >> lr::PINTID_SHIFT) & 0x3ff, u64::from(TIMER));
         // Still asserting: no second entry.
@@ -308,12 +308,12 @@ mod tests {
         assert_eq!(states(&g, 4).len(), 1);
         // Being handled while the level drops: left to the guest's EOI.
         g.lr[0] = make_lr(TIMER, lr::ACTIVE, true);
-        assert!(g.flush(4, TIMER, false).timer_linked);
+        assert!(g.flush(4, TIMER, false).mask_timer);
         assert_eq!(states(&g, 4), [(TIMER, 2, true)]);
         // Pending but no longer asserted: withdrawn.
         g.lr[0] = make_lr(TIMER, lr::PENDING, true);
         let f = g.flush(4, TIMER, false);
-        assert!(!f.timer_linked);
+        assert!(!f.mask_timer);
         assert!(states(&g, 4).is_empty());
     }
 
@@ -324,8 +324,23 @@ mod tests {
             g.inject(intid);
         }
         let f = g.flush(2, TIMER, true);
-        assert!(f.overflow && f.timer_linked);
+        assert!(f.overflow && f.mask_timer);
         assert_eq!(states(&g, 2), [(TIMER, 1, true), (32, 1, false)]);
+    }
+
+    #[test]
+    fn an_asserting_timer_with_no_free_list_register_waits_masked() {
+        let mut g = VgicContext::default();
+        for n in 0..4 {
+            g.lr[n] = make_lr(40 + n as u32, lr::ACTIVE, false);
+        }
+        let f = g.flush(4, TIMER, true);
+        assert!(f.overflow, "ask for a maintenance interrupt");
+        assert!(
+            f.mask_timer,
+            "keep the physical timer from trapping meanwhile"
+        );
+        assert!(states(&g, 4).iter().all(|s| s.0 != TIMER));
     }
 
     #[test]

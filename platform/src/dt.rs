@@ -388,6 +388,135 @@ pub fn cpu_mpidrs(blob: &[u8]) -> Result<Vec<u64>, PlatformError> {
     Ok(out)
 }
 
+/// What the hypervisor needs of the interrupt controller and the timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GicFacts {
+    /// The GICv3 distributor: (base, size) in bytes.
+    pub gicd: (u64, u64),
+    /// The first redistributor region: (base, size) in bytes.
+    pub gicr: (u64, u64),
+    /// The virtual CPU interface's maintenance interrupt (a PPI's INTID),
+    /// when the GIC node gives one.
+    pub maintenance: Option<u32>,
+    /// The timer PPIs' INTIDs: secure physical, non-secure physical,
+    /// virtual, hypervisor physical.
+    pub timers: [u32; 4],
+}
+
+/// A string-list property contains `want`.
+fn list_has(value: &[u8], want: &[u8]) -> bool {
+    value.split(|&b| b == 0).any(|s| s == want)
+}
+
+/// The INTIDs of PPI specifiers (three cells: type 1, number, flags) in an
+/// `interrupts` value; `None` if any specifier is not a PPI.
+fn ppis(value: &[u8]) -> Option<Vec<u32>> {
+    if value.is_empty() || !value.len().is_multiple_of(12) {
+        return None;
+    }
+    value
+        .chunks_exact(12)
+        .map(|c| {
+            let (kind, n) = (be32(c, 0)?, be32(c, 4)?);
+            (kind == 1 && n < 16).then_some(16 + n)
+        })
+        .collect()
+}
+
+/// The GICv3 and timer facts: the first `arm,gic-v3` and `arm,armv8-timer`
+/// nodes under the root, their `reg` decoded with the root's cells and their
+/// `interrupts` with three cells each (as the GICv3 binding says).
+pub fn gic_facts(blob: &[u8]) -> Result<GicFacts, PlatformError> {
+    let fdt = Fdt::new(blob)?;
+    let mut walk = fdt.walk();
+    let (mut address_cells, mut size_cells) = (2, 1);
+    let (mut compatible, mut reg, mut irqs): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
+    let (mut gic, mut timers) = (None, None);
+    loop {
+        let depth = walk.depth();
+        let Some(token) = walk.next_token()? else {
+            break;
+        };
+        match token {
+            Token::Prop { name, value } if depth == 1 => match name {
+                b"#address-cells" => address_cells = cells(value)?,
+                b"#size-cells" => size_cells = cells(value)?,
+                _ => {}
+            },
+            Token::BeginNode(_) if depth == 1 => (compatible, reg, irqs) = (&[], &[], &[]),
+            Token::Prop { name, value } if depth == 2 => match name {
+                b"compatible" => compatible = value,
+                b"reg" => reg = value,
+                b"interrupts" => irqs = value,
+                _ => {}
+            },
+            Token::EndNode if depth == 2 => {
+                if gic.is_none() && list_has(compatible, b"arm,gic-v3") {
+                    if !(1..=2).contains(&address_cells) || !(1..=2).contains(&size_cells) {
+                        return Err(PlatformError::BadCells);
+                    }
+                    let pair = (address_cells + size_cells) * 4;
+                    if reg.len() < 2 * pair {
+                        return Err(PlatformError::NoGic);
+                    }
+                    let at = |i: usize| {
+                        let e = &reg[i * pair..(i + 1) * pair];
+                        (
+                            read_cells(e, address_cells),
+                            read_cells(&e[address_cells * 4..], size_cells),
+                        )
+                    };
+                    let maintenance = ppis(irqs).and_then(|v| v.first().copied());
+                    gic = Some((at(0), at(1), maintenance));
+                } else if timers.is_none() && list_has(compatible, b"arm,armv8-timer") {
+                    let v = ppis(irqs).ok_or(PlatformError::NoGic)?;
+                    let t: [u32; 4] = v
+                        .get(..4)
+                        .and_then(|s| s.try_into().ok())
+                        .ok_or(PlatformError::NoGic)?;
+                    timers = Some(t);
+                }
+            }
+            _ => {}
+        }
+    }
+    match (gic, timers) {
+        (Some((gicd, gicr, maintenance)), Some(timers)) => Ok(GicFacts {
+            gicd,
+            gicr,
+            maintenance,
+            timers,
+        }),
+        _ => Err(PlatformError::NoGic),
+    }
+}
+
+#[cfg(test)]
+mod gic_tests {
+    use crate::qemu_virt;
+
+    #[test]
+    fn gic_and_timer_of_the_qemu_board() {
+        let blob = crate::qemu_virt_fdt(0x4000_0000, 0x4000_0000);
+        let g = super::gic_facts(&blob).unwrap();
+        assert_eq!(g.gicd, (qemu_virt::GICD_BASE, qemu_virt::GICD_SIZE));
+        assert_eq!(g.gicr, (qemu_virt::GICR_BASE, qemu_virt::GICR_SIZE));
+        assert_eq!(g.maintenance, Some(25));
+        assert_eq!(g.timers, [29, 30, 27, 26]);
+        assert!(super::gic_facts(&[0u8; 16]).is_err());
+    }
+
+    #[test]
+    fn ppi_specifiers() {
+        let spec = |k: u32, n: u32| [k.to_be_bytes(), n.to_be_bytes(), 4u32.to_be_bytes()].concat();
+        assert_eq!(super::ppis(&spec(1, 11)), Some(alloc::vec![27]));
+        assert_eq!(super::ppis(&spec(0, 11)), None, "an SPI");
+        assert_eq!(super::ppis(&spec(1, 16)), None, "not a PPI number");
+        assert_eq!(super::ppis(&spec(1, 11)[..8]), None);
+        assert_eq!(super::ppis(&[]), None);
+    }
+}
+
 #[cfg(test)]
 mod cpu_tests {
     #[test]

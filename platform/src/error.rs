@@ -123,6 +123,9 @@ pub enum PlatformError {
     },
     /// The physical address size is outside 32..=48 bits.
     BadPaBits(u32),
+    /// No usable GICv3 (`arm,gic-v3` with distributor and redistributor
+    /// `reg`) or architected timer (`arm,armv8-timer` with four PPIs) node.
+    NoGic,
 }
 
 impl PlatformError {
@@ -196,6 +199,10 @@ impl fmt::Display for PlatformError {
             Self::Overlap { at } => write!(f, "{at}: overlaps another range"),
             Self::OutsidePaSpace { at } => write!(f, "{at}: outside the physical address space"),
             Self::Unsorted { index } => write!(f, "region {index}: regions not sorted"),
+            Self::NoGic => write!(
+                f,
+                "device tree has no usable GICv3 or architected timer node"
+            ),
             Self::BadRegionFlags { index } => {
                 write!(f, "region {index}: flags contradict its class")
             }

@@ -80,7 +80,7 @@ pub use cpu::{
     qemu_cpu, qemu_cpu_models, qemu_id_regs, CpuFeatures, IdRegs, FEATURE_CACHEABLE_DEVICE,
     FEATURE_DIC, FEATURE_FWB, FEATURE_IDC, FEATURE_MTE, MAX_PA_BITS,
 };
-pub use dt::{cpu_mpidrs, patch_host_memory};
+pub use dt::{cpu_mpidrs, gic_facts, patch_host_memory, GicFacts};
 pub use error::{FdtError, Origin, PlatformError};
 pub use manifest::{Manifest, ManifestEntry, ManifestKind};
 pub use memmap::{MemClass, Platform, Region};

@@ -101,10 +101,13 @@ pub enum Mode {
     Bench,
     /// Fire random hypercalls, then check the hypervisor still answers.
     Fuzz,
+    /// Interrupts into guests (list registers, the virtual timer) and
+    /// preemption of a spinning guest.
+    Irq,
 }
 
 /// Pack `files` into the initrd format the test host reads:
-/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz]`, then `=== FILE <path>`
+/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq]`, then `=== FILE <path>`
 /// and the text of each file.
 fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String> {
     let mut blob = format!(
@@ -114,6 +117,7 @@ fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String>
             Mode::Demo => " demo",
             Mode::Bench => " bench",
             Mode::Fuzz => " fuzz",
+            Mode::Irq => " irq",
         }
     );
     for f in files {
@@ -147,8 +151,9 @@ pub fn run_real(
 ) -> Result<RealRun, String> {
     let initrd = initrd(model, files, mode)?;
     let mut extra = Vec::new();
-    if mode == Mode::Bench {
-        // One tick of CNTVCT is one instruction, the same from run to run.
+    if matches!(mode, Mode::Bench | Mode::Irq) {
+        // One tick of CNTVCT is one instruction, the same from run to run
+        // (for `irq`: time slices and timer deadlines in instructions).
         extra.extend(["-icount", "shift=0,sleep=off", "-seed", "1"].map(String::from));
     }
     let run = QemuRun {
@@ -250,9 +255,32 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
     }
     // Random hypercalls from two CPUs at once must neither crash nor hang
     // the hypervisor, and leave it answering correctly.
-    let step = String::from("fuzz (real image, max, 2 CPUs)");
+    mode_step(
+        &images,
+        "max",
+        Mode::Fuzz,
+        "fuzz (real image, max, 2 CPUs)",
+        total,
+    )?;
+    // Interrupts reach guests through the list registers on every model.
+    for model in crate::test_all::CPU_MODELS {
+        let step = format!("guest interrupts (real image, {model})");
+        mode_step(&images, model, Mode::Irq, &step, total)?;
+    }
+    Ok(())
+}
+
+/// One test-host mode without files as a step of `cargo xtask test`: its
+/// output, and its closing counts added to `total`.
+fn mode_step(
+    images: &Images,
+    model: &str,
+    mode: Mode,
+    step: &str,
+    total: &mut Counts,
+) -> Result<(), String> {
     println!("==> {step}");
-    let r = run_real(&images, "max", &[], Mode::Fuzz, false).map_err(|e| format!("{step}: {e}"))?;
+    let r = run_real(images, model, &[], mode, false).map_err(|e| format!("{step}: {e}"))?;
     for l in r.lines.iter().filter(|l| !is_boot_chatter(l)) {
         println!("{l}");
     }
@@ -261,7 +289,7 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
             *total += c;
             Ok(())
         }
-        _ => Err(step),
+        _ => Err(step.to_string()),
     }
 }
 

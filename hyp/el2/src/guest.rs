@@ -15,7 +15,7 @@ use core::arch::{asm, global_asm};
 use hyp::{GuestView, Trap, VcpuContext, VcpuExecutor};
 
 use crate::hwmem::El2Phys;
-use crate::{sysreg, HOST_REGS};
+use crate::{gic, sysreg, HOST_REGS};
 
 /// EL1 registers switched with the vCPU, in `VcpuContext::sys` order.
 /// (PSTATE is word 0; word 31 says the context has been initialised.)
@@ -278,14 +278,15 @@ impl VcpuExecutor<El2Phys> for El2Executor {
         ctx: &mut VcpuContext,
     ) -> Trap {
         let vttbr = view.s2.root_pa() | (u64::from(view.s2.vmid()) << 48);
-        run_guest(vttbr, vcpu, ctx)
+        run_guest(vttbr, vcpu, ctx, gic::slice_end())
     }
 }
 
 /// Enter vCPU `vcpu` (its MPIDR affinity 0) of the VM whose stage-2 is
-/// `vttbr`, with `ctx`, and return at its next trap. Needs no lock: it
-/// touches only this CPU's registers and `ctx`.
-pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext) -> Trap {
+/// `vttbr`, with `ctx`, and return at its next trap, at the latest when the
+/// physical counter reaches `slice_end` or the host's own timer deadline.
+/// Needs no lock: it touches only this CPU's registers and `ctx`.
+pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_end: u64) -> Trap {
     let Some(host) = HOST_REGS.get() else {
         return Trap::Fatal;
     };
@@ -318,6 +319,7 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext) -> Trap {
         | (1 << 19)
         | (1 << 31);
     let kind;
+    let mut irq = Trap::Irq;
     // SAFETY: the world switch. Every EL1 register the guest can change
     // is saved above and restored below; the guest runs under its own
     // stage-2 (its VMID and tables) with physical interrupts, WFI and
@@ -340,13 +342,18 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext) -> Trap {
         sysreg::set_vbar_el2(guest_vectors as *const () as u64);
         sysreg::set_elr_el2(ctx.pc);
         sysreg::set_spsr_el2(ctx.sys[SYS_SPSR]);
-        sysreg::isb();
+        let deadline = slice_end.min(gic::host_deadline(&saved.sys, saved.cntvoff));
+        let host_gic = gic::enter(ctx, deadline);
         kind = __guest_run(ctx.x.as_mut_ptr());
+        if kind == 1 {
+            irq = gic::classify();
+        }
         ctx.pc = sysreg::elr_el2();
         ctx.sys[SYS_SPSR] = sysreg::spsr_el2();
         let init = ctx.sys[SYS_INIT];
         save_el1(&mut ctx.sys);
         ctx.sys[SYS_INIT] = init;
+        gic::exit(ctx, host_gic);
         __fp_save(ctx.fp.as_mut_ptr());
         __fp_load(saved.fp.as_ptr());
         load_el1(&saved.sys);
@@ -361,7 +368,7 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext) -> Trap {
     }
     let trap = match kind {
         0 => decode_sync(ctx),
-        1 => Trap::Irq,
+        1 => irq,
         _ => Trap::Fatal,
     };
     // SAFETY: puts back the host's exception return state read above.
@@ -382,10 +389,11 @@ fn decode_sync(ctx: &mut VcpuContext) -> Trap {
             ctx.pc = ctx.pc.wrapping_add(4);
             Trap::Hvc
         }
-        EC_WFX if esr & 1 == 0 => Trap::Wfi,
+        // A WFI with an interrupt waiting for the guest does not idle.
+        EC_WFX if esr & 1 == 0 && !gic::guest_has_pending(ctx) => Trap::Wfi,
         EC_WFX => {
             ctx.pc = ctx.pc.wrapping_add(4);
-            Trap::Irq
+            Trap::Resume
         }
         EC_DABT_LOW | EC_IABT_LOW => {
             let fsc = esr & 0x3f;

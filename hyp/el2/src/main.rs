@@ -9,6 +9,7 @@ extern crate alloc;
 
 mod console;
 mod entry;
+mod gic;
 mod guest;
 mod hwmem;
 mod mmu;
@@ -164,6 +165,9 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
     let image = (HYP_BASE as u64, (image_end - HYP_BASE) as u64);
     let platform = Platform::new(blob, MANIFEST, &[image], cpu.pa_bits)
         .unwrap_or_else(|e| stop_fmt(format_args!("platform description: {e}")));
+    let gic_facts = platform::gic_facts(blob)
+        .unwrap_or_else(|e| stop_fmt(format_args!("interrupt controller: {e}")));
+    gic::init(&gic_facts);
     let manifest = Manifest::parse(MANIFEST, cpu.pa_bits).unwrap_or_else(|_| stop("manifest"));
     let host_entry = manifest
         .host_image()
@@ -262,6 +266,8 @@ pub fn init_cpu_for_host(index: usize) {
         // GICv3: EL1 uses the system-register interface, not trapped here
         // (SRE, Enable; DFB and DIB as the architecture recommends).
         sysreg::set_icc_sre_el2(0xf);
+        sysreg::isb();
+        gic::init_cpu(index);
         sysreg::set_cntvoff_el2(0);
         sysreg::set_vpidr_el2(sysreg::midr_el1());
         sysreg::set_vmpidr_el2(sysreg::mpidr_el1());

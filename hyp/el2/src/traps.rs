@@ -6,6 +6,7 @@
 use host_interface::{psci, ExitReason, HostCall, HostCallId, HostResult};
 use hyp::{Access, MAX_TRAPS_PER_RUN};
 
+use crate::gic;
 use crate::guest::{run_guest, El2Executor};
 use smccc::smc64;
 
@@ -72,8 +73,9 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
         Ok(Err(reason)) => return Some(HostResult::ok(reason, 0, 0).regs),
         Ok(Ok(run)) => run,
     };
+    let slice_end = gic::slice_end();
     for _ in 0..MAX_TRAPS_PER_RUN {
-        let trap = run_guest(run.vttbr, vcpu, &mut run.ctx);
+        let trap = run_guest(run.vttbr, vcpu, &mut run.ctx, slice_end);
         let mut core = CORE.lock();
         let hv = core.as_mut()?;
         if let Some(reason) = hv.vcpu_run_trap(&mut run, trap) {

@@ -1,7 +1,7 @@
 //! The scenario blob the runner hands over as the initrd (UTF-8 text):
 //!
 //! ```text
-//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz]
+//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz|irq]
 //! === FILE <path>
 //! <the file's text, up to the next `=== FILE ` line or the end>
 //! === FILE <path>
@@ -32,6 +32,9 @@ pub enum Mode {
     /// Fire random host calls from two CPUs, then check the hypervisor
     /// (`crate::fuzz`); the files, if any, are ignored.
     Fuzz,
+    /// Interrupts into guests and preemption (`crate::guest_irq`); the
+    /// files, if any, are ignored.
+    Irq,
 }
 
 /// A parsed blob: borrowed from its text.
@@ -69,6 +72,7 @@ pub fn parse(text: &str) -> Result<Blob<'_>, String> {
         Some("demo") => Mode::Demo,
         Some("bench") => Mode::Bench,
         Some("fuzz") => Mode::Fuzz,
+        Some("irq") => Mode::Irq,
         Some(other) => {
             return Err(alloc::format!(
                 "mode `{other}` is not supported by this test host"

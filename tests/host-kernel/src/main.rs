@@ -34,6 +34,7 @@ mod entry;
 mod fdt;
 mod fuzz;
 mod guest_demo;
+mod guest_irq;
 mod machine;
 mod mmu;
 mod ram;
@@ -185,6 +186,7 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
     match blob.mode {
         blob::Mode::Bench => run_bench(&blob, &free),
         blob::Mode::Fuzz => run_fuzz(&blob, facts, &manifest, &free, pa_bits),
+        blob::Mode::Irq => run_irq(&blob, dtb, facts.size, &free),
         blob::Mode::Scenarios | blob::Mode::Trace | blob::Mode::Demo => {}
     }
     let mut m = machine::HostMachine::new(&free, &manifest, pa_bits);
@@ -218,6 +220,27 @@ fn run_bench(blob: &blob::Blob, free: &[(u64, u64)]) -> ! {
     );
     bench::run(&mut pool);
     println!("TESTHOST DONE 0");
+    power_off()
+}
+
+/// `irq` mode: the interrupt and preemption checks, the tally, power off.
+fn run_irq(blob: &blob::Blob, dtb: u64, size: usize, free: &[(u64, u64)]) -> ! {
+    // SAFETY: the device tree of `size` bytes at `dtb`, read above and
+    // excluded from the free RAM; nothing writes it.
+    let dt = unsafe { core::slice::from_raw_parts(dtb as *const u8, size) };
+    let vtimer = match platform::gic_facts(dt) {
+        Ok(g) => g.timers[2],
+        Err(e) => panic!("no timer in the device tree: {e}"),
+    };
+    let mut pool = ram::RamPool::new(free);
+    println!(
+        "testhost: irq (cpu {}); virtual timer INTID {vtimer}, {} free RAM pages",
+        blob.cpu,
+        pool.pages()
+    );
+    let total = guest_irq::run(&mut pool, vtimer);
+    println!("{}", scenario::summary_line(&total));
+    println!("TESTHOST DONE {}", u8::from(total.failed > 0));
     power_off()
 }
 

@@ -9,8 +9,8 @@
 //!   protected VM's host cannot touch it otherwise; for a normal VM the host
 //!   already shares it and the call fails harmlessly), report READY;
 //! - loop: when the mailbox's sequence number changes, run its command
-//!   (1 read, 2 write, 3 exec, 4 hvc, 5 timed hvc loop, 6 exit loop) and
-//!   report DONE with the result in x1; otherwise WFI.
+//!   (1 read, 2 write, 3 exec, 4 hvc, 5 timed hvc loop, 6 exit loop,
+//!   7 interrupts) and report DONE with the result in x1; otherwise WFI.
 //!
 //! The last two are for the bench mode ([`crate::bench`]):
 //!
@@ -49,7 +49,7 @@ pub mod mailbox {
     /// Sequence number: a new command when it changes.
     pub const SEQ: u64 = 0;
     /// Command: 1 read, 2 write, 3 exec, 4 hvc, 5 timed hvc loop, 6 exit
-    /// loop.
+    /// loop, 7 interrupts.
     pub const OP: u64 = 8;
     /// Address for read/write/exec.
     pub const IPA: u64 = 16;
@@ -74,6 +74,22 @@ pub mod op {
     pub const TIMED_HVC: u64 = 5;
     /// DONE with x1 = 1, 2, 3, ... each time the vCPU runs again, for ever.
     pub const EXIT_LOOP: u64 = 6;
+    /// Take interrupts through the GIC's (virtual) CPU interface: priority
+    /// mask open, group 1 on, IRQs unmasked, then wait. `IPA` holds
+    /// [`irq_mode`] bits. Without `MASK`: arm the virtual timer `VALUE`
+    /// ticks ahead (0: not at all), wait for one interrupt, DONE with its
+    /// INTID. With `MASK`: wait until every SPI of the mask `VALUE` (bit n
+    /// for INTID 32 + n) has come, DONE with the mask of those that came.
+    /// The handler stops the timer if it fired.
+    pub const IRQ: u64 = 7;
+}
+
+/// `IPA` bits of [`op::IRQ`].
+pub mod irq_mode {
+    /// Wait by spinning (no WFI).
+    pub const SPIN: u64 = 1;
+    /// Wait for the SPIs of the mask in `VALUE`.
+    pub const MASK: u64 = 2;
 }
 
 global_asm!(
@@ -120,6 +136,8 @@ tg_cmd:
     b.eq    tg_timed_hvc
     cmp     x10, #6
     b.eq    tg_exit_loop
+    cmp     x10, #7
+    b.eq    tg_irq_wait
     b       tg_fault
 tg_read:
     ldr     x1, [x9]
@@ -175,6 +193,45 @@ tg_exit_loop:
     mov     x1, x23
     hvc     #0
     b       1b
+tg_irq_wait:
+    ldr     x11, [x20, #24]
+    mov     x24, #1023
+    mov     x26, xzr
+    mov     x0, #0xff
+    msr     S3_0_C4_C6_0, x0
+    mov     x0, #1
+    msr     S3_0_C12_C12_7, x0
+    isb
+    tbnz    x9, #1, 2f
+    cbz     x11, 2f
+    mrs     x0, cntvct_el0
+    add     x0, x0, x11
+    msr     cntv_cval_el0, x0
+    mov     x0, #1
+    msr     cntv_ctl_el0, x0
+2:
+    isb
+    msr     daifclr, #2
+3:
+    tbnz    x9, #1, 4f
+    cmp     x24, #1023
+    b.ne    5f
+    b       6f
+4:
+    and     x0, x26, x11
+    cmp     x0, x11
+    b.eq    5f
+6:
+    tbnz    x9, #0, 3b
+    wfi
+    b       3b
+5:
+    msr     daifset, #2
+    isb
+    mov     x1, x24
+    tbz     x9, #1, tg_done
+    mov     x1, x26
+    b       tg_done
 tg_fault:
     mov     x1, #-2
 tg_done:
@@ -190,7 +247,7 @@ tg_vectors:
     .balign 0x80
     b       tg_sync
     .balign 0x80
-    b       .
+    b       tg_irq
     .balign 0x80
     b       .
     .balign 0x80
@@ -198,7 +255,7 @@ tg_vectors:
     .balign 0x80
     b       tg_sync
     .balign 0x80
-    b       .
+    b       tg_irq
     .balign 0x80
     b       .
     .balign 0x80
@@ -207,6 +264,25 @@ tg_vectors:
     b       .
 tg_sync:
     msr     elr_el1, x30
+    eret
+// An interrupt (`irq` command): acknowledge it (x24 = INTID), stop the
+// virtual timer if it fired, note an SPI 32..95 in the mask x26, then end
+// it (priority drop and deactivation).
+tg_irq:
+    mrs     x24, S3_0_C12_C12_0
+    mrs     x25, cntv_ctl_el0
+    tbz     x25, #2, 1f
+    msr     cntv_ctl_el0, xzr
+1:
+    sub     x25, x24, #32
+    cmp     x25, #64
+    b.hs    2f
+    mov     x27, #1
+    lsl     x27, x27, x25
+    orr     x26, x26, x27
+2:
+    isb
+    msr     S3_0_C12_C12_1, x24
     eret
 .balign 8
 .global test_guest_end

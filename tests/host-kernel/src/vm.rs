@@ -190,11 +190,13 @@ impl TestVm {
         (self.image << PAGE_SHIFT) + test_guest::MAILBOX_OFFSET
     }
 
-    fn run_field(&self, off: usize) -> u64 {
+    /// The run page's word at byte offset `off` (`u64::MAX` if unreadable).
+    pub fn run_field(&self, off: usize) -> u64 {
         access::read((self.run << PAGE_SHIFT) + off as u64).unwrap_or(u64::MAX)
     }
 
-    fn set_run_field(&self, off: usize, v: u64) -> Result<(), String> {
+    /// Write the run page's word at byte offset `off`.
+    pub fn set_run_field(&self, off: usize, v: u64) -> Result<(), String> {
         access::write((self.run << PAGE_SHIFT) + off as u64, v)
             .map_err(|_| String::from("cannot write the run page"))
     }
