@@ -624,8 +624,8 @@ pub fn secondary(context: u64) -> ! {
 
 /// CPU 1's side of [`spinning_guest`]: wait for CPU 0's VM, boot its test
 /// guest (whose mailbox already asks it to run the spinning code), then run
-/// it again: that VCPU_RUN should not return before the machine is powered
-/// off. Host calls only (no host memory accesses: those are CPU 0's).
+/// it again, and again after each INTERRUPTED exit: that should not end
+/// before the machine is powered off. Host calls only (no host memory accesses: those are CPU 0's).
 fn spin_on_cpu1() {
     let handle = loop {
         match SPIN_VM.load(Ordering::Acquire) {
@@ -648,7 +648,16 @@ fn spin_on_cpu1() {
         return;
     }
     SPIN_STATE.store(SPIN_ENTERING, Ordering::Release);
-    publish(run(), SPIN_RETURNED);
+    // The hypervisor's time slice ends a run now and then (INTERRUPTED):
+    // like any host, run the vCPU again.
+    let interrupted = [0, 0, ExitReason::Interrupted as u64, 0, 0];
+    let last = loop {
+        let r = run();
+        if r != interrupted {
+            break r;
+        }
+    };
+    publish(last, SPIN_RETURNED);
 }
 
 /// Spin until `flag` is set or `seconds` of the generic counter pass.
