@@ -48,8 +48,9 @@ Commands:
         (workspace and the bare-metal crates), cargo test --workspace
         --release, every scenario file on the simulator and then on the real
         image in QEMU for cortex-a57, cortex-a710, neoverse-v1 and max (the
-        real image must give the simulator's counts), and a two-CPU fuzz of
-        the real image. Stops at the first failing step and names it; ends
+        real image must give the simulator's counts), a two-CPU fuzz of
+        the real image, and interrupts into guests on the real image on the
+        same four models. Stops at the first failing step and names it; ends
         with the scenario total `N passed, N failed[, N skipped]`.
         Exit status 0 only if everything passed.
 
