@@ -128,6 +128,12 @@ pub fn init_cpu(index: usize) {
     // SAFETY: SRE (with DFB, DIB) only selects the system-register
     // interface for EL1, which GICv3 software uses anyway.
     unsafe { asm!("msr S3_0_C12_C12_5, {}", "isb", in(reg) 7u64, options(nostack)) };
+    // List registers reset to unknown values; outside a guest's run they
+    // are all invalid and the virtual CPU interface is off.
+    set_ich_hcr(0);
+    for n in 0..geometry().0 {
+        set_lr(n, 0);
+    }
 }
 
 fn sgi_frame() -> usize {
@@ -238,6 +244,9 @@ pub struct HostGic {
     pmr: u64,
     igrpen1: u64,
     timer_active: bool,
+    /// List registers the guest got (the rest stay invalid): read back and
+    /// cleared at the exit.
+    used_lrs: usize,
 }
 
 /// Before entering the guest (its EL1 registers loaded): the list registers
@@ -263,13 +272,20 @@ pub fn enter(ctx: &mut VcpuContext, deadline: u64) -> HostGic {
             write32(sgi + GICR_ISACTIVER0, 1 << vtimer);
         }
     }
+    let g: &VgicContext = &ctx.gic;
+    // Outside a guest's run every list register is invalid: write only up
+    // to the last one the guest has.
+    let used_lrs = g.lr[..lrs]
+        .iter()
+        .rposition(|&v| vgic::lr_state(v) != 0)
+        .map_or(0, |n| n + 1);
     let host = HostGic {
         pmr: pmr(),
         igrpen1: igrpen1(),
         timer_active: flush.mask_timer && sgi != 0,
+        used_lrs,
     };
-    let g: &VgicContext = &ctx.gic;
-    for n in 0..lrs {
+    for n in 0..used_lrs {
         set_lr(n, g.lr[n]);
     }
     for n in 0..aprs {
@@ -318,9 +334,11 @@ pub fn exit(ctx: &mut VcpuContext, host: HostGic) {
     set_cnthp_ctl(0);
     let (lrs, aprs) = geometry();
     let g = &mut ctx.gic;
-    for n in 0..lrs {
+    for n in 0..host.used_lrs {
         g.lr[n] = lr(n);
+        set_lr(n, 0);
     }
+    g.lr[host.used_lrs..lrs].fill(0);
     for n in 0..aprs {
         g.ap0r[n] = ap0r(n);
         g.ap1r[n] = ap1r(n);
