@@ -81,7 +81,7 @@ impl IrqRequest {
 }
 
 /// Number of reserved words that pad [`RunPage`] to one page.
-pub const RUN_PAGE_RESERVED_WORDS: usize = 489;
+pub const RUN_PAGE_RESERVED_WORDS: usize = 488;
 
 /// The layout of a vCPU's run page (ABI.md 1 "VCPU_CREATE", 2.3). All fields
 /// are native-endian (little-endian on arm64) u64 words at fixed offsets;
@@ -128,7 +128,12 @@ pub struct RunPage {
     /// masked. A host that gets a WFI exit can sleep until then or until it
     /// has an interrupt to inject. Offset 176.
     pub timer_deadline: u64,
-    /// Reserved, zero. Pads the page to 4096 bytes. Offset 184.
+    /// Out, at every exit: bit n set when this run sent an SGI to vCPU n of
+    /// the same VM (which the hypervisor keeps for that vCPU's next run);
+    /// such a run ends INTERRUPTED so the host can run or wake them.
+    /// Offset 184.
+    pub kick_vcpus: u64,
+    /// Reserved, zero. Pads the page to 4096 bytes. Offset 192.
     pub reserved: [u64; RUN_PAGE_RESERVED_WORDS],
 }
 
@@ -147,7 +152,8 @@ const_assert_eq!(core::mem::offset_of!(RunPage, hvc_results), 128);
 const_assert_eq!(core::mem::offset_of!(RunPage, system_event), 160);
 const_assert_eq!(core::mem::offset_of!(RunPage, inject_irq), 168);
 const_assert_eq!(core::mem::offset_of!(RunPage, timer_deadline), 176);
-const_assert_eq!(core::mem::offset_of!(RunPage, reserved), 184);
+const_assert_eq!(core::mem::offset_of!(RunPage, kick_vcpus), 184);
+const_assert_eq!(core::mem::offset_of!(RunPage, reserved), 192);
 const_assert_eq!(core::mem::align_of::<RunPage>(), 8);
 
 impl Default for RunPage {

@@ -86,6 +86,12 @@ pub enum Trap {
     },
     /// WFI, pc at the instruction, with no interrupt pending for the guest.
     Wfi,
+    /// A write of `value` to ICC_SGI1R_EL1 (or ICC_ASGI1R_EL1, ICC_SGI0R_EL1):
+    /// the guest sends an SGI to vCPUs of its VM. pc already past it.
+    Sgi {
+        /// The value written.
+        value: u64,
+    },
     /// Something the executor dealt with itself (the guest's own timer
     /// interrupt, a maintenance interrupt, a WFI with an interrupt already
     /// pending): enter the guest again.
@@ -128,6 +134,15 @@ impl<P: PhysMem> VcpuExecutor<P> for NoExecutor {
     }
 }
 
+/// Move the SGIs other vCPUs sent `c` into its context.
+fn take_sgis(c: &mut Vcpu, ctx: &mut VcpuContext) {
+    while c.sgis != 0 {
+        let intid = c.sgis.trailing_zeros();
+        ctx.gic.inject(intid);
+        c.sgis &= !(1 << intid);
+    }
+}
+
 /// What the next VCPU_RUN must complete before re-entering the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pending {
@@ -156,6 +171,8 @@ pub struct Vcpu {
     pub(crate) running: bool,
     pub(crate) powered: bool,
     pub(crate) pending: Pending,
+    /// SGIs other vCPUs of the VM sent this one, not yet in its context.
+    pub(crate) sgis: u16,
 }
 
 impl Vcpu {
@@ -168,6 +185,7 @@ impl Vcpu {
             running: false,
             powered: true,
             pending: Pending::None,
+            sgis: 0,
         }
     }
 }
@@ -183,6 +201,8 @@ pub struct Run {
     pub vttbr: u64,
     /// Whether the VM is protected.
     pub protected: bool,
+    /// Other vCPUs this run sent SGIs to, for the run page at the exit.
+    kick: u64,
 }
 
 /// Guest exits end the run; everything else goes back into the guest.
@@ -297,6 +317,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let c = &mut vm.vcpus[i];
         c.started = true;
         c.pending = Pending::None;
+        take_sgis(c, &mut ctx);
         if !c.powered {
             c.ctx = ctx;
             run_write(
@@ -315,6 +336,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             ctx,
             vttbr: root | (u64::from(vmid) << 48),
             protected,
+            kick: 0,
         }))
     }
 
@@ -322,9 +344,65 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// again, `Some(exit reason)` when the run is over (the exit is in the
     /// run page, the vCPU no longer running).
     pub fn vcpu_run_trap(&mut self, run: &mut Run, trap: Trap) -> Option<u64> {
-        match self.handle_trap(run.slot, run.index, run.run_pfn, trap, &mut run.ctx) {
-            Next::Continue => None,
+        let next = match trap {
+            Trap::Sgi { value } => self.send_sgi(run, value),
+            _ => self.handle_trap(run.slot, run.index, run.run_pfn, trap, &mut run.ctx),
+        };
+        match next {
+            Next::Continue => {
+                // SGIs other vCPUs sent meanwhile.
+                if let Ok(vm) = self.vm_mut(run.slot) {
+                    if let Some(c) = vm.vcpus.get_mut(run.index) {
+                        take_sgis(c, &mut run.ctx);
+                    }
+                }
+                None
+            }
             Next::Exit(r) => Some(self.vcpu_run_end(run, r)),
+        }
+    }
+
+    /// The guest wrote `value` to ICC_SGI1R_EL1: SGI `INTID` (bits 27:24)
+    /// to every other vCPU (IRM, bit 40) or to those of the target list
+    /// (bits 15:0, vCPU `RS * 16 + n`, RS in bits 47:44) whose MPIDR has
+    /// the affinity given (vCPU MPIDRs have Aff0 = index and nothing else).
+    /// The sender's own SGI goes straight into its context; others wait in
+    /// their vCPU, and the run ends INTERRUPTED with them in the run page's
+    /// `kick_vcpus`, so the host can run or wake them.
+    fn send_sgi(&mut self, run: &mut Run, value: u64) -> Next {
+        let Ok(vm) = self.vm_mut(run.slot) else {
+            return Next::Exit(ExitReason::Fatal);
+        };
+        let intid = ((value >> 24) & 0xf) as u32;
+        let n = vm.vcpus.len();
+        let targets: u64 = if value & (1 << 40) != 0 {
+            ((1u64 << n) - 1) & !(1 << run.index)
+        } else {
+            let upper_aff = value & ((0xff << 48) | (0xff << 32) | (0xff << 16));
+            let rs = (value >> 44) & 0xf;
+            if upper_aff != 0 || rs >= 4 {
+                0
+            } else {
+                ((value & 0xffff) << (16 * rs)) & ((1u64 << n) - 1)
+            }
+        };
+        let mut kick = 0;
+        for t in 0..n {
+            if targets & (1 << t) == 0 {
+                continue;
+            }
+            if t == run.index {
+                run.ctx.gic.inject(intid);
+            } else {
+                vm.vcpus[t].sgis |= 1 << intid;
+                kick |= 1 << t;
+            }
+        }
+        if kick == 0 {
+            Next::Continue
+        } else {
+            run.kick |= kick;
+            Next::Exit(ExitReason::Interrupted)
         }
     }
 
@@ -343,6 +421,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             run_off!(timer_deadline),
             run.ctx.timer_deadline,
         );
+        run_write(&self.phys, run.run_pfn, run_off!(kick_vcpus), run.kick);
+        run.kick = 0;
         if let Ok(vm) = self.vm_mut(run.slot) {
             if let Some(c) = vm.vcpus.get_mut(run.index) {
                 c.running = false;
@@ -534,6 +614,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 Next::Exit(ExitReason::Wfi)
             }
             Trap::Resume => Next::Continue,
+            // Handled in `vcpu_run_trap`.
+            Trap::Sgi { .. } => Next::Continue,
             Trap::Irq => Next::Exit(ExitReason::Interrupted),
             Trap::Fatal => {
                 if let Ok(vm) = self.vm_mut(slot) {

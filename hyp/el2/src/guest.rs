@@ -264,6 +264,7 @@ struct HostEl1 {
 pub struct El2Executor;
 
 const EC_WFX: u64 = 0x01;
+const EC_SYSREG: u64 = 0x18;
 const EC_HVC64: u64 = 0x16;
 const EC_SMC64: u64 = 0x17;
 const EC_IABT_LOW: u64 = 0x20;
@@ -394,6 +395,25 @@ fn decode_sync(ctx: &mut VcpuContext) -> Trap {
         EC_WFX => {
             ctx.pc = ctx.pc.wrapping_add(4);
             Trap::Resume
+        }
+        EC_SYSREG => {
+            // Writes to ICC_SGI1R_EL1, ICC_ASGI1R_EL1 and ICC_SGI0R_EL1
+            // (Op0 3, Op1 0, CRn 12, CRm 11, Op2 5..=7) trap with IMO set.
+            let iss = esr & 0x1ff_ffff;
+            let (op0, op2, op1) = ((iss >> 20) & 3, (iss >> 17) & 7, (iss >> 14) & 7);
+            let (crn, rt, crm, read) = (
+                (iss >> 10) & 0xf,
+                (iss >> 5) & 0x1f,
+                (iss >> 1) & 0xf,
+                iss & 1,
+            );
+            if (op0, op1, crn, crm, read) == (3, 0, 12, 11, 0) && (5..=7).contains(&op2) {
+                let value = ctx.x.get(rt as usize).copied().unwrap_or(0);
+                ctx.pc = ctx.pc.wrapping_add(4);
+                Trap::Sgi { value }
+            } else {
+                Trap::Fatal
+            }
         }
         EC_DABT_LOW | EC_IABT_LOW => {
             let fsc = esr & 0x3f;

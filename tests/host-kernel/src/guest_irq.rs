@@ -9,6 +9,8 @@
 //! - an SGI, a PPI and an SPI injected through the run page arrive with
 //!   their INTID, and VCPU_RUN clears the request once it has taken it;
 //! - a malformed request is -EINVAL and stays in the run page;
+//! - an SGI the guest sends itself through ICC_SGI1R_EL1 arrives without
+//!   the host;
 //! - the guest's virtual timer fires into the guest, both when the guest
 //!   waits with WFI (the hypervisor exits WFI with the timer's deadline in
 //!   the run page, and delivers the interrupt on a later run) and when it
@@ -40,6 +42,7 @@ const MAX_RUNS: u32 = 5_000;
 
 const INJECT: usize = offset_of!(RunPage, inject_irq);
 const DEADLINE: usize = offset_of!(RunPage, timer_deadline);
+const KICK: usize = offset_of!(RunPage, kick_vcpus);
 
 /// What the guest's runs until DONE looked like.
 #[derive(Default)]
@@ -121,6 +124,19 @@ fn malformed(vm: &mut TestVm) -> Result<(), String> {
         )?;
     }
     vm.set_run_field(INJECT, 0)
+}
+
+fn self_sgi(vm: &mut TestVm) -> Result<(), String> {
+    vm.post(op::IRQ, irq_mode::SELF_SGI, 6)?;
+    let (got, runs) = until_done(vm)?;
+    expect("the INTID the guest took", got, 6)?;
+    expect("the kick mask", vm.run_field(KICK), 0)?;
+    // Its own SGI does not need the host.
+    expect(
+        "runs that ended INTERRUPTED first",
+        u64::from(runs.interrupted),
+        0,
+    )
 }
 
 fn timer(vm: &mut TestVm, vtimer: u32, mode: u64) -> Result<(), String> {
@@ -248,6 +264,7 @@ pub fn run(pool: &mut RamPool, vtimer: u32) -> Tally {
             "a PPI through the run page, guest spinning",
             injected(&mut vm, 20, irq_mode::SPIN),
         );
+        c.check("an SGI the guest sends itself", self_sgi(&mut vm));
         c.check("the virtual timer, guest in WFI", timer(&mut vm, vtimer, 0));
         c.check(
             "the virtual timer, guest spinning",

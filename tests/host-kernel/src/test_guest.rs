@@ -90,6 +90,9 @@ pub mod irq_mode {
     pub const SPIN: u64 = 1;
     /// Wait for the SPIs of the mask in `VALUE`.
     pub const MASK: u64 = 2;
+    /// Send SGI `VALUE` to itself (vCPU 0) through ICC_SGI1R_EL1, then wait
+    /// for one interrupt (no timer).
+    pub const SELF_SGI: u64 = 4;
 }
 
 global_asm!(
@@ -203,6 +206,7 @@ tg_irq_wait:
     msr     S3_0_C12_C12_7, x0
     isb
     tbnz    x9, #1, 2f
+    tbnz    x9, #2, 2f
     cbz     x11, 2f
     mrs     x0, cntvct_el0
     add     x0, x0, x11
@@ -212,6 +216,10 @@ tg_irq_wait:
 2:
     isb
     msr     daifclr, #2
+    tbz     x9, #2, 3f
+    lsl     x0, x11, #24
+    orr     x0, x0, #1
+    msr     S3_0_C12_C11_5, x0
 3:
     tbnz    x9, #1, 4f
     cmp     x24, #1023

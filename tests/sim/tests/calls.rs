@@ -113,6 +113,7 @@ const RP_HVC_RESULTS: usize = offset_of!(RunPage, hvc_results);
 const RP_SYSTEM_EVENT: usize = offset_of!(RunPage, system_event);
 const RP_INJECT: usize = offset_of!(RunPage, inject_irq);
 const RP_TIMER_DEADLINE: usize = offset_of!(RunPage, timer_deadline);
+const RP_KICK: usize = offset_of!(RunPage, kick_vcpus);
 
 fn perms(r: bool, w: bool, x: bool) -> Perms {
     Perms { r, w, x }
@@ -1236,6 +1237,54 @@ fn vcpu_run_takes_interrupt_requests() {
             assert_eq!(t.run_field(run, RP_TIMER_DEADLINE), u64::MAX);
             t.invariants();
         }
+    }
+}
+
+#[test]
+fn guest_sgis_reach_their_vcpus() {
+    let sgi = |value: u64| Act::Trap(Trap::Sgi { value });
+    for model in MODELS {
+        let mut t = T::new(model);
+        let h = t.vm(NORMAL, 8);
+        let runs: Vec<u64> = (0..3).map(|_| t.vcpu(h).1).collect();
+        for &run in &runs {
+            t.set_run(run, RP_ENTRY, 0x4000_0000);
+        }
+        // To itself (target list bit 0): taken at once, no exit.
+        let (r, log) = t.run(h, 0, vec![sgi(5 << 24 | 1), Act::TimerWfi(u64::MAX)]);
+        assert_eq!(r, exit(ExitReason::Wfi));
+        assert!(!log[0].gic.is_queued(5) && log[1].gic.is_queued(5));
+        assert_eq!(t.run_field(runs[0], RP_KICK), 0);
+        // To vCPU 1: the run ends so the host can run it.
+        let (r, _) = t.run(h, 0, vec![sgi(7 << 24 | 0b10)]);
+        assert_eq!(r, exit(ExitReason::Interrupted));
+        assert_eq!(t.run_field(runs[0], RP_KICK), 0b10);
+        let (_, log) = t.run(h, 1, vec![Act::TimerWfi(u64::MAX)]);
+        assert!(log[0].gic.is_queued(7));
+        assert!(!log[0].gic.is_queued(5), "only what was sent to it");
+        assert_eq!(t.run_field(runs[1], RP_KICK), 0);
+        // To every other vCPU (IRM).
+        let (r, _) = t.run(h, 0, vec![sgi(1 << 40 | 2 << 24)]);
+        assert_eq!(r, exit(ExitReason::Interrupted));
+        assert_eq!(t.run_field(runs[0], RP_KICK), 0b110);
+        for v in [1, 2] {
+            let (_, log) = t.run(h, v, vec![Act::TimerWfi(u64::MAX)]);
+            assert!(log[0].gic.is_queued(2), "vCPU {v}");
+        }
+        // No vCPU has Aff1 = 1, none is beyond the VM's: nobody, no exit.
+        let (r, log) = t.run(
+            h,
+            0,
+            vec![
+                sgi(1 << 16 | 3 << 24 | 1),
+                sgi(9 << 24 | 0b1000),
+                Act::TimerWfi(u64::MAX),
+            ],
+        );
+        assert_eq!(r, exit(ExitReason::Wfi));
+        assert!(!log[2].gic.is_queued(3) && !log[2].gic.is_queued(9));
+        assert_eq!(t.run_field(runs[0], RP_KICK), 0);
+        t.invariants();
     }
 }
 
