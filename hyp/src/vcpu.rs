@@ -344,6 +344,16 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// again, `Some(exit reason)` when the run is over (the exit is in the
     /// run page, the vCPU no longer running).
     pub fn vcpu_run_trap(&mut self, run: &mut Run, trap: Trap) -> Option<u64> {
+        let reason = self.vcpu_run_step(run, trap)?;
+        Some(self.vcpu_run_end(run, reason))
+    }
+
+    /// [`Self::vcpu_run_trap`] without ending the run: `Some(reason)` when
+    /// the run must end, which the caller then does with
+    /// [`Self::vcpu_run_end`] once `run.ctx` holds the vCPU's whole state
+    /// (an executor that keeps the guest's registers loaded across traps
+    /// saves them first). The vCPU counts as running until then.
+    pub fn vcpu_run_step(&mut self, run: &mut Run, trap: Trap) -> Option<ExitReason> {
         let next = match trap {
             Trap::Sgi { value } => self.send_sgi(run, value),
             _ => self.handle_trap(run.slot, run.index, run.run_pfn, trap, &mut run.ctx),
@@ -358,7 +368,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 }
                 None
             }
-            Next::Exit(r) => Some(self.vcpu_run_end(run, r)),
+            Next::Exit(r) => Some(r),
         }
     }
 

@@ -144,6 +144,11 @@ impl VgicContext {
         intid <= MAX_INJECT_INTID && self.pending[intid as usize / 64] & (1 << (intid % 64)) != 0
     }
 
+    /// Whether some injected interrupt waits for a list register.
+    pub fn has_queued(&self) -> bool {
+        self.pending.iter().any(|&w| w != 0)
+    }
+
     /// Whether some interrupt is pending for the guest: queued, or pending
     /// in a list register of the first `nr_lrs`.
     pub fn any_pending(&self, nr_lrs: usize) -> bool {

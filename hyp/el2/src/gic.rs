@@ -249,6 +249,16 @@ pub struct HostGic {
     used_lrs: usize,
 }
 
+impl HostGic {
+    /// Nothing saved yet.
+    pub const NONE: Self = Self {
+        pmr: 0,
+        igrpen1: 0,
+        timer_active: false,
+        used_lrs: 0,
+    };
+}
+
 /// Before entering the guest (its EL1 registers loaded): the list registers
 /// from `ctx`, the timer interrupt, and the preemption deadline `deadline`
 /// (physical counter).
@@ -293,14 +303,7 @@ pub fn enter(ctx: &mut VcpuContext, deadline: u64) -> HostGic {
         set_ap1r(n, g.ap1r[n]);
     }
     set_ich_vmcr(g.vmcr);
-    // En; when injections wait for a list register, a maintenance interrupt
-    // once at most one entry is left (or none is pending, with one LR).
-    let refill = match (flush.overflow, lrs >= 2) {
-        (false, _) => 0,
-        (true, true) => 1 << 1,
-        (true, false) => 1 << 3,
-    };
-    set_ich_hcr(1 | refill);
+    set_ich_hcr(1 | refill_bits(flush.overflow, lrs));
     set_cnthp_cval(deadline);
     set_cnthp_ctl(1);
     set_pmr(0xff);
@@ -330,7 +333,7 @@ pub fn classify() -> Trap {
 
 /// After the guest's run (its EL1 registers saved into `ctx`): the list
 /// registers back into `ctx`, the host's interrupt state back as it was.
-pub fn exit(ctx: &mut VcpuContext, host: HostGic) {
+pub fn exit(ctx: &mut VcpuContext, host: &HostGic) {
     set_cnthp_ctl(0);
     let (lrs, aprs) = geometry();
     let g = &mut ctx.gic;
@@ -358,7 +361,66 @@ pub fn exit(ctx: &mut VcpuContext, host: HostGic) {
     debug_assert_eq!(cnthp_ctl() & 1, 0);
 }
 
-/// A WFI: whether the guest has an interrupt to take, so it should not idle.
-pub fn guest_has_pending(ctx: &VcpuContext) -> bool {
-    ctx.gic.any_pending(geometry().0) || guest_timer_asserted(ctx)
+/// The guest's virtual timer asserts now, from its loaded registers.
+fn live_timer_asserted() -> bool {
+    vgic::timer_asserted(cntv_ctl(), cntv_cval(), cntpct())
+}
+
+/// A WFI with the guest loaded: whether it has an interrupt to take (queued,
+/// pending in a list register, or its timer), so it should not idle.
+pub fn guest_has_pending(ctx: &VcpuContext, host: &HostGic) -> bool {
+    ctx.gic.has_queued()
+        || (0..host.used_lrs).any(|n| vgic::lr_state(lr(n)) & vgic::lr::PENDING != 0)
+        || live_timer_asserted()
+}
+
+/// With the guest loaded, after EL2 handled a trap: if something was
+/// injected meanwhile, or the timer asserts, or a timer entry is in the list
+/// registers, place them again as [`enter`] would. Otherwise (the common
+/// case: a guest call answered at EL2) nothing to do.
+pub fn resync(ctx: &mut VcpuContext, host: &mut HostGic) {
+    let vtimer = VTIMER.load(Ordering::Relaxed);
+    let level = live_timer_asserted();
+    let timer_lr = ctx.gic.lr[..host.used_lrs]
+        .iter()
+        .any(|&v| vgic::lr_intid(v) == vtimer && vgic::lr_state(v) != 0);
+    if !ctx.gic.has_queued() && !level && !timer_lr {
+        return;
+    }
+    let (lrs, _) = geometry();
+    for n in 0..host.used_lrs {
+        ctx.gic.lr[n] = lr(n);
+    }
+    let flush = ctx.gic.flush(lrs, vtimer, level);
+    let used = ctx.gic.lr[..lrs]
+        .iter()
+        .rposition(|&v| vgic::lr_state(v) != 0)
+        .map_or(0, |n| n + 1);
+    for n in 0..used.max(host.used_lrs) {
+        set_lr(n, ctx.gic.lr[n]);
+    }
+    host.used_lrs = used.max(host.used_lrs);
+    set_ich_hcr(1 | refill_bits(flush.overflow, lrs));
+    let sgi = sgi_frame();
+    if sgi != 0 && flush.mask_timer != host.timer_active {
+        let reg = if flush.mask_timer {
+            GICR_ISACTIVER0
+        } else {
+            GICR_ICACTIVER0
+        };
+        write32(sgi + reg, 1 << vtimer);
+        host.timer_active = flush.mask_timer;
+    }
+    sysreg::isb();
+}
+
+/// ICH_HCR_EL2 bits asking for a maintenance interrupt when injections wait
+/// for a list register: once at most one entry is left in use (UIE), or,
+/// with a single list register, once none is pending (NPIE).
+fn refill_bits(overflow: bool, lrs: usize) -> u64 {
+    match (overflow, lrs >= 2) {
+        (false, _) => 0,
+        (true, true) => 1 << 1,
+        (true, false) => 1 << 3,
+    }
 }

@@ -283,13 +283,53 @@ impl VcpuExecutor<El2Phys> for El2Executor {
     }
 }
 
+/// A vCPU loaded on this CPU: the host state to put back when it leaves.
+/// Kept in place (it is about 1 KiB) from [`load`] to [`unload`].
+pub struct Loaded {
+    host: HostEl1,
+    gic: gic::HostGic,
+}
+
+impl Loaded {
+    /// Room for the host's state, filled by [`load`].
+    pub const fn new() -> Self {
+        Self {
+            host: HostEl1 {
+                sys: [0; hyp::SYS_WORDS],
+                fp: [0; hyp::FP_WORDS],
+                cntvoff: 0,
+                mdcr: 0,
+                elr: 0,
+                spsr: 0,
+            },
+            gic: gic::HostGic::NONE,
+        }
+    }
+}
+
 /// Enter vCPU `vcpu` (its MPIDR affinity 0) of the VM whose stage-2 is
 /// `vttbr`, with `ctx`, and return at its next trap, at the latest when the
 /// physical counter reaches `slice_end` or the host's own timer deadline.
 /// Needs no lock: it touches only this CPU's registers and `ctx`.
 pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_end: u64) -> Trap {
-    let Some(host) = HOST_REGS.get() else {
+    let mut l = Loaded::new();
+    if !load(&mut l, vttbr, vcpu, ctx, slice_end) {
         return Trap::Fatal;
+    }
+    let trap = enter(&mut l, ctx);
+    unload(&mut l, ctx);
+    trap
+}
+
+/// Save the host's EL1 state and load the vCPU's (EL1 registers, FP/SIMD,
+/// the virtual CPU interface, the preemption deadline `slice_end` or the
+/// host's timer deadline, whichever is first). Until [`unload`], EL2 may
+/// run the guest again and again with [`enter`] and handle its traps in
+/// between; `ctx` then holds only its general registers and pc. `false`
+/// (nothing loaded) before the host's EL2 settings exist.
+pub fn load(l: &mut Loaded, vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_end: u64) -> bool {
+    let Some(host) = HOST_REGS.get() else {
+        return false;
     };
     if ctx.sys[SYS_INIT] == 0 {
         // First entry: EL1h, interrupts masked, MMU and caches off.
@@ -298,16 +338,13 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_end: u64) -
         ctx.sys[1] = 0x30d0_0800;
         ctx.sys[SYS_INIT] = 1;
     }
-    let mut saved = HostEl1 {
-        sys: [0; hyp::SYS_WORDS],
-        fp: [0; hyp::FP_WORDS],
-        cntvoff: sysreg::cntvoff_el2(),
-        mdcr: sysreg::mdcr_el2(),
-        // The host's own return state: its VCPU_RUN trap returns with
-        // these after the guest has used ELR_EL2/SPSR_EL2.
-        elr: sysreg::elr_el2(),
-        spsr: sysreg::spsr_el2(),
-    };
+    let saved = &mut l.host;
+    saved.cntvoff = sysreg::cntvoff_el2();
+    saved.mdcr = sysreg::mdcr_el2();
+    // The host's own return state: its VCPU_RUN trap returns with these
+    // after the guest has used ELR_EL2/SPSR_EL2.
+    saved.elr = sysreg::elr_el2();
+    saved.spsr = sysreg::spsr_el2();
     save_el1(&mut saved.sys);
     // VM, SWIO, FMO, IMO, AMO, TWI, TSC, RW, APK/API, FWB as the host.
     let hcr = (host.hcr & ((1 << 46) | (1 << 40) | (1 << 41) | (1 << 56)))
@@ -319,14 +356,12 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_end: u64) -
         | (1 << 13)
         | (1 << 19)
         | (1 << 31);
-    let kind;
-    let mut irq = Trap::Irq;
-    // SAFETY: the world switch. Every EL1 register the guest can change
-    // is saved above and restored below; the guest runs under its own
-    // stage-2 (its VMID and tables) with physical interrupts, WFI and
-    // SMC trapped to EL2, and comes back through `guest_vectors` to
+    // SAFETY: the world switch in. Every EL1 register the guest can change
+    // is saved above and restored by `unload`; the guest will run under its
+    // own stage-2 (its VMID and tables) with physical interrupts, WFI and
+    // SMC trapped to EL2, and come back through `guest_vectors` to
     // `__guest_run`'s caller. FP state is swapped with the host's.
-    unsafe {
+    l.gic = unsafe {
         __fp_save(saved.fp.as_mut_ptr());
         __fp_load(ctx.fp.as_ptr());
         load_el1(&ctx.sys);
@@ -341,20 +376,56 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_end: u64) -
         sysreg::set_vttbr_el2(vttbr);
         sysreg::set_hcr_el2(hcr);
         sysreg::set_vbar_el2(guest_vectors as *const () as u64);
+        let deadline = slice_end.min(gic::host_deadline(&saved.sys, saved.cntvoff));
+        gic::enter(ctx, deadline)
+    };
+    true
+}
+
+/// Run the loaded guest from `ctx.pc` with `ctx.x` until its next trap.
+pub fn enter(l: &mut Loaded, ctx: &mut VcpuContext) -> Trap {
+    let mut irq = Trap::Irq;
+    // SAFETY: the guest's state is loaded (`load`); its general registers
+    // and exception return state come from `ctx` and go back there.
+    let kind = unsafe {
         sysreg::set_elr_el2(ctx.pc);
         sysreg::set_spsr_el2(ctx.sys[SYS_SPSR]);
-        let deadline = slice_end.min(gic::host_deadline(&saved.sys, saved.cntvoff));
-        let host_gic = gic::enter(ctx, deadline);
-        kind = __guest_run(ctx.x.as_mut_ptr());
+        sysreg::isb();
+        let kind = __guest_run(ctx.x.as_mut_ptr());
         if kind == 1 {
             irq = gic::classify();
         }
         ctx.pc = sysreg::elr_el2();
         ctx.sys[SYS_SPSR] = sysreg::spsr_el2();
+        kind
+    };
+    match kind {
+        0 => decode_sync(l, ctx),
+        1 => irq,
+        _ => Trap::Fatal,
+    }
+}
+
+/// Between a trap EL2 handled and the next [`enter`]: interrupts injected
+/// meanwhile and the timer into the list registers.
+pub fn resync(l: &mut Loaded, ctx: &mut VcpuContext) {
+    gic::resync(ctx, &mut l.gic);
+}
+
+/// Save the guest's state into `ctx` and put the host's back.
+pub fn unload(l: &mut Loaded, ctx: &mut VcpuContext) {
+    let Some(host) = HOST_REGS.get() else { return };
+    let saved = &l.host;
+    // SAFETY: the world switch out: the guest's EL1, FP/SIMD and GIC state
+    // go to `ctx`, the host's (read by `load`) come back, and EL2 is set
+    // for the host again.
+    unsafe {
         let init = ctx.sys[SYS_INIT];
+        let spsr = ctx.sys[SYS_SPSR];
         save_el1(&mut ctx.sys);
         ctx.sys[SYS_INIT] = init;
-        gic::exit(ctx, host_gic);
+        ctx.sys[SYS_SPSR] = spsr;
+        gic::exit(ctx, &l.gic);
         __fp_save(ctx.fp.as_mut_ptr());
         __fp_load(saved.fp.as_ptr());
         load_el1(&saved.sys);
@@ -366,22 +437,13 @@ pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_end: u64) -
         sysreg::set_vttbr_el2(host.vttbr);
         sysreg::set_hcr_el2(host.hcr);
         sysreg::isb();
-    }
-    let trap = match kind {
-        0 => decode_sync(ctx),
-        1 => irq,
-        _ => Trap::Fatal,
-    };
-    // SAFETY: puts back the host's exception return state read above.
-    unsafe {
         sysreg::set_elr_el2(saved.elr);
         sysreg::set_spsr_el2(saved.spsr);
     }
-    trap
 }
 
 /// What a synchronous trap from the guest means.
-fn decode_sync(ctx: &mut VcpuContext) -> Trap {
+fn decode_sync(l: &Loaded, ctx: &mut VcpuContext) -> Trap {
     let esr = sysreg::esr_el2();
     match esr >> 26 {
         EC_HVC64 => Trap::Hvc,
@@ -391,7 +453,7 @@ fn decode_sync(ctx: &mut VcpuContext) -> Trap {
             Trap::Hvc
         }
         // A WFI with an interrupt waiting for the guest does not idle.
-        EC_WFX if esr & 1 == 0 && !gic::guest_has_pending(ctx) => Trap::Wfi,
+        EC_WFX if esr & 1 == 0 && !gic::guest_has_pending(ctx, &l.gic) => Trap::Wfi,
         EC_WFX => {
             ctx.pc = ctx.pc.wrapping_add(4);
             Trap::Resume

@@ -7,7 +7,7 @@ use host_interface::{psci, ExitReason, HostCall, HostCallId, HostResult};
 use hyp::{Access, MAX_TRAPS_PER_RUN};
 
 use crate::gic;
-use crate::guest::{run_guest, El2Executor};
+use crate::guest::{self, El2Executor};
 use smccc::smc64;
 
 use crate::entry::Frame;
@@ -74,18 +74,30 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
         Ok(Ok(run)) => run,
     };
     let slice_end = gic::slice_end();
-    for _ in 0..MAX_TRAPS_PER_RUN {
-        let trap = run_guest(run.vttbr, vcpu, &mut run.ctx, slice_end);
+    // The guest stays loaded while EL2 handles its traps; only an exit to
+    // the host switches back.
+    let mut loaded = guest::Loaded::new();
+    if !guest::load(&mut loaded, run.vttbr, vcpu, &mut run.ctx, slice_end) {
         let mut core = CORE.lock();
-        let hv = core.as_mut()?;
-        if let Some(reason) = hv.vcpu_run_trap(&mut run, trap) {
-            return Some(HostResult::ok(reason, 0, 0).regs);
-        }
+        let reason = core.as_mut()?.vcpu_run_end(&mut run, ExitReason::Fatal);
+        return Some(HostResult::ok(reason, 0, 0).regs);
     }
+    let mut exit = ExitReason::Interrupted;
+    for _ in 0..MAX_TRAPS_PER_RUN {
+        let trap = guest::enter(&mut loaded, &mut run.ctx);
+        let step = match CORE.lock().as_mut() {
+            Some(hv) => hv.vcpu_run_step(&mut run, trap),
+            None => Some(ExitReason::Fatal),
+        };
+        if let Some(reason) = step {
+            exit = reason;
+            break;
+        }
+        guest::resync(&mut loaded, &mut run.ctx);
+    }
+    guest::unload(&mut loaded, &mut run.ctx);
     let mut core = CORE.lock();
-    let reason = core
-        .as_mut()?
-        .vcpu_run_end(&mut run, ExitReason::Interrupted);
+    let reason = core.as_mut()?.vcpu_run_end(&mut run, exit);
     Some(HostResult::ok(reason, 0, 0).regs)
 }
 
