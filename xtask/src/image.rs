@@ -104,10 +104,14 @@ pub enum Mode {
     /// Interrupts into guests (list registers, the virtual timer) and
     /// preemption of a spinning guest.
     Irq,
+    /// Guests calling the hypervisor with random arguments, faulting and
+    /// touching unemulated registers.
+    GuestFuzz,
 }
 
 /// Pack `files` into the initrd format the test host reads:
-/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq]`, then `=== FILE <path>`
+/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz]`, then
+/// `=== FILE <path>`
 /// and the text of each file.
 fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String> {
     let mut blob = format!(
@@ -118,6 +122,7 @@ fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String>
             Mode::Bench => " bench",
             Mode::Fuzz => " fuzz",
             Mode::Irq => " irq",
+            Mode::GuestFuzz => " guestfuzz",
         }
     );
     for f in files {
@@ -266,6 +271,11 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
     for model in crate::test_all::CPU_MODELS {
         let step = format!("guest interrupts (real image, {model})");
         mode_step(&images, model, Mode::Irq, &step, total)?;
+    }
+    // Misbehaving guests neither crash nor hang the hypervisor.
+    for model in crate::test_all::CPU_MODELS {
+        let step = format!("guest fuzz (real image, {model})");
+        mode_step(&images, model, Mode::GuestFuzz, &step, total)?;
     }
     Ok(())
 }

@@ -49,8 +49,9 @@ Commands:
         --release, every scenario file on the simulator and then on the real
         image in QEMU for cortex-a57, cortex-a710, neoverse-v1 and max (the
         real image must give the simulator's counts), a two-CPU fuzz of
-        the real image, and interrupts into guests on the real image on the
-        same four models. Stops at the first failing step and names it; ends
+        the real image, then on the same four models interrupts into guests
+        and guests misbehaving at random (calls, faults, unemulated
+        registers). Stops at the first failing step and names it; ends
         with the scenario total `N passed, N failed[, N skipped]`.
         Exit status 0 only if everything passed.
 

@@ -1,7 +1,7 @@
 //! The scenario blob the runner hands over as the initrd (UTF-8 text):
 //!
 //! ```text
-//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz|irq]
+//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz|irq|guestfuzz]
 //! === FILE <path>
 //! <the file's text, up to the next `=== FILE ` line or the end>
 //! === FILE <path>
@@ -35,6 +35,10 @@ pub enum Mode {
     /// Interrupts into guests and preemption (`crate::guest_irq`); the
     /// files, if any, are ignored.
     Irq,
+    /// Guests calling the hypervisor with random arguments, faulting, and
+    /// touching unemulated registers (`crate::guest_fuzz`); the files, if
+    /// any, are ignored.
+    GuestFuzz,
 }
 
 /// A parsed blob: borrowed from its text.
@@ -73,6 +77,7 @@ pub fn parse(text: &str) -> Result<Blob<'_>, String> {
         Some("bench") => Mode::Bench,
         Some("fuzz") => Mode::Fuzz,
         Some("irq") => Mode::Irq,
+        Some("guestfuzz") => Mode::GuestFuzz,
         Some(other) => {
             return Err(alloc::format!(
                 "mode `{other}` is not supported by this test host"

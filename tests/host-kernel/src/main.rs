@@ -34,6 +34,7 @@ mod entry;
 mod fdt;
 mod fuzz;
 mod guest_demo;
+mod guest_fuzz;
 mod guest_irq;
 mod machine;
 mod mmu;
@@ -187,6 +188,7 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
         blob::Mode::Bench => run_bench(&blob, &free),
         blob::Mode::Fuzz => run_fuzz(&blob, facts, &manifest, &free, pa_bits),
         blob::Mode::Irq => run_irq(&blob, dtb, facts.size, &free),
+        blob::Mode::GuestFuzz => run_guest_fuzz(&blob, &free),
         blob::Mode::Scenarios | blob::Mode::Trace | blob::Mode::Demo => {}
     }
     let mut m = machine::HostMachine::new(&free, &manifest, pa_bits);
@@ -239,6 +241,21 @@ fn run_irq(blob: &blob::Blob, dtb: u64, size: usize, free: &[(u64, u64)]) -> ! {
         pool.pages()
     );
     let total = guest_irq::run(&mut pool, vtimer);
+    println!("{}", scenario::summary_line(&total));
+    println!("TESTHOST DONE {}", u8::from(total.failed > 0));
+    power_off()
+}
+
+/// `guestfuzz` mode: guests misbehaving at random, the tally, power off.
+fn run_guest_fuzz(blob: &blob::Blob, free: &[(u64, u64)]) -> ! {
+    let mut pool = ram::RamPool::new(free);
+    let seed = 0x2545_f491_4f6c_dd1d ^ arch::cntvct();
+    println!(
+        "testhost: guestfuzz (cpu {}); seed {seed:#x}, {} free RAM pages",
+        blob.cpu,
+        pool.pages()
+    );
+    let total = guest_fuzz::run(&mut pool, seed);
     println!("{}", scenario::summary_line(&total));
     println!("TESTHOST DONE {}", u8::from(total.failed > 0));
     power_off()

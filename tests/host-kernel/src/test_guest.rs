@@ -248,6 +248,14 @@ tg_done:
     hvc     #0
     b       tg_loop
 
+// For `exec`: a register the hypervisor traps and does not emulate (the
+// host's PMU), which ends the VM (FATAL).
+.balign 8
+.global test_guest_pmu
+test_guest_pmu:
+    mrs     x0, pmcr_el0
+    ret
+
 // An exception at EL1 (code run by `exec`, an alignment fault): resume at
 // x30 (the caller of `blr`, or tg_fault).
 .balign 2048
@@ -343,8 +351,18 @@ pub const SPIN_MARKER_OFFSET: u64 = 16;
 extern "C" {
     static test_guest_start: u8;
     static test_guest_end: u8;
+    static test_guest_pmu: u8;
     static spin_guest_start: u8;
     static spin_guest_end: u8;
+}
+
+/// IPA of a routine in the guest image that reads PMCR_EL0 (trapped, not
+/// emulated: FATAL) and returns, for `exec`.
+pub fn pmu_routine_ipa() -> u64 {
+    // Both symbols are in the assembled guest above; only their addresses
+    // are taken.
+    let off = (&raw const test_guest_pmu) as u64 - (&raw const test_guest_start) as u64;
+    GUEST_BASE + off
 }
 
 /// The guest's code, to copy to the first page given to the VM.

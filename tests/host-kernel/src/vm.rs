@@ -65,6 +65,10 @@ pub struct TestVm {
     run: u64,
     /// First pfn of the guest's pages (its code, then the mailbox).
     image: u64,
+    /// First pfns of the pages VM_CREATE and VM_TOPUP got.
+    meta: u64,
+    topup: u64,
+    protected: bool,
     /// Sequence number of the last command posted.
     seq: u64,
 }
@@ -106,6 +110,9 @@ impl TestVm {
             vcpu,
             run,
             image,
+            meta,
+            topup,
+            protected,
             seq: 0,
         };
         vm.set_run_field(offset_of!(RunPage, entry), test_guest::GUEST_BASE)?;
@@ -150,6 +157,50 @@ impl TestVm {
         Ok(())
     }
 
+    /// Post an HVC command: the guest calls `hvc #0` with `regs` in x0..x6
+    /// and reports x0 with DONE.
+    pub fn post_hvc(&mut self, regs: [u64; 7]) -> Result<(), String> {
+        let mb = self.mailbox();
+        for (k, v) in regs.iter().enumerate() {
+            access::write(mb + test_guest::mailbox::REGS + 8 * k as u64, *v)
+                .map_err(|_| String::from("the host cannot write the guest's mailbox"))?;
+        }
+        arch::dcache_clean(mb as usize, (mb + 96) as usize);
+        self.post(test_guest::op::HVC, 0, 0)
+    }
+
+    /// VM_DESTROY, then every page the VM had back with the host: RECLAIM
+    /// of what it owned (its metadata and pool, a protected VM's image),
+    /// UNSHARE_HYP of the run page; each page must then be host-owned.
+    pub fn teardown(self) -> Result<(), String> {
+        use HostCallId as C;
+        call_ok(C::VmDestroy, &[self.handle])?;
+        call_ok(C::Reclaim, &[self.meta, CREATE_PAGES])?;
+        call_ok(C::Reclaim, &[self.topup, TOPUP_PAGES])?;
+        if self.protected {
+            call_ok(C::Reclaim, &[self.image, test_guest::GUEST_PAGES])?;
+        }
+        call_ok(C::UnshareHyp, &[self.run, 1])?;
+        let ranges = [
+            (self.meta, CREATE_PAGES),
+            (self.topup, TOPUP_PAGES),
+            (self.image, test_guest::GUEST_PAGES),
+            (self.run, 1),
+        ];
+        for (first, n) in ranges {
+            for pfn in first..first + n {
+                let q = call_ok(C::PageQuery, &[pfn])?;
+                if q[2..4] != [0, 0] {
+                    return Err(format!(
+                        "pfn {pfn:#x} after teardown: owner {}, host state {}",
+                        q[2], q[3]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The VCPU_RUN answer `r` must be a success with exit `want`.
     pub fn expect_exit(&self, r: [u64; 5], want: ExitReason) -> Result<(), String> {
         if r == [0, 0, want as u64, 0, 0] {
@@ -183,6 +234,12 @@ impl TestVm {
     /// The IPA of the last MMIO or MEM_FAULT exit.
     pub fn fault_ipa(&self) -> u64 {
         self.run_field(offset_of!(RunPage, fault_ipa))
+    }
+
+    /// Whether the host can still read the guest's mailbox (a protected
+    /// guest may have unshared it).
+    pub fn mailbox_reachable(&self) -> bool {
+        access::read(self.mailbox()).is_ok()
     }
 
     /// Physical address of the guest's mailbox.
