@@ -407,6 +407,10 @@ fn demo(n: &mut Narrator, m: &mut HostMachine) -> Result<(), Stop> {
     let mut console = GuestConsole::default();
     let last = loop {
         let r = call(C::VcpuRun, &[vm, vcpu]);
+        // The hypervisor's time slice may end any run: run it again.
+        if r == [0, 0, ExitReason::Interrupted as u64, 0, 0] {
+            continue;
+        }
         if r != [0, 0, ExitReason::Mmio as u64, 0, 0] {
             break r;
         }

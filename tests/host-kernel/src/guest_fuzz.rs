@@ -20,6 +20,8 @@
 //!   that IPA or FATAL, nothing else;
 //! - **an unemulated register** (PMCR_EL0) gives FATAL, again on the next
 //!   run; the VM is torn down;
+//! - **two vCPUs on two physical CPUs** ([`guest_smp`]): guest PSCI for its
+//!   own vCPUs, -EBUSY for a vCPU another CPU runs, an SGI across CPUs;
 //! - every VM ends with VM_DESTROY and RECLAIM, and every page it had is the
 //!   host's again; the hypervisor then still answers HYP_VERSION.
 
@@ -30,6 +32,7 @@ use core::mem::offset_of;
 use host_interface::{psci, system_event, ExitReason, HostCallId, RunPage, SMCCC_VERSION_1_1};
 use scenario::Tally;
 
+use crate::guest_smp;
 use crate::println;
 use crate::ram::RamPool;
 use crate::test_guest::{self, op, GUEST_BASE, GUEST_PAGES, MAILBOX_OFFSET, TG_DONE};
@@ -329,8 +332,9 @@ fn fuzz(
     vm.teardown()
 }
 
-/// Every check for a normal and a protected VM; the tally.
-pub fn run(pool: &mut RamPool, seed: u64) -> Tally {
+/// Every check for a normal and a protected VM, then two vCPUs on two
+/// physical CPUs ([`guest_smp`], with CPU 1 of MPIDR `cpu1`); the tally.
+pub fn run(pool: &mut RamPool, seed: u64, cpu1: Option<u64>, psci_hvc: bool) -> Tally {
     let mut t = Tally::default();
     let mut rng = Rng(seed | 1);
     for protected in [false, true] {
@@ -350,6 +354,14 @@ pub fn run(pool: &mut RamPool, seed: u64) -> Tally {
         check(
             "an unemulated register ends the VM",
             unemulated_register(pool, protected, &mut stats),
+        );
+        check(
+            "two vCPUs on two physical CPUs",
+            match cpu1 {
+                Some(mpidr) => guest_smp::start_cpu1(mpidr, psci_hvc)
+                    .and_then(|()| guest_smp::check(pool, protected)),
+                None => Err("the device tree lists one CPU; this needs two".into()),
+            },
         );
         let v = call(HostCallId::HypVersion, &[]);
         check(

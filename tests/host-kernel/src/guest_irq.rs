@@ -127,7 +127,8 @@ fn malformed(vm: &mut TestVm) -> Result<(), String> {
 }
 
 fn self_sgi(vm: &mut TestVm) -> Result<(), String> {
-    vm.post(op::IRQ, irq_mode::SELF_SGI, 6)?;
+    // SGI 6 (bits 27:24) to the target list {vCPU 0}: itself.
+    vm.post(op::IRQ, irq_mode::SGI, 6 << 24 | 1)?;
     let (got, runs) = until_done(vm)?;
     expect("the INTID the guest took", got, 6)?;
     expect("the kick mask", vm.run_field(KICK), 0)?;

@@ -36,6 +36,7 @@ mod fuzz;
 mod guest_demo;
 mod guest_fuzz;
 mod guest_irq;
+mod guest_smp;
 mod machine;
 mod mmu;
 mod ram;
@@ -146,6 +147,9 @@ extern "C" fn rust_secondary_main(context: u64) -> ! {
     if el != 1 {
         panic!("CPU 1 entered at EL{el}, not EL1");
     }
+    if context == guest_smp::CONTEXT {
+        guest_smp::secondary()
+    }
     fuzz::secondary(context)
 }
 
@@ -188,7 +192,7 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
         blob::Mode::Bench => run_bench(&blob, &free),
         blob::Mode::Fuzz => run_fuzz(&blob, facts, &manifest, &free, pa_bits),
         blob::Mode::Irq => run_irq(&blob, dtb, facts.size, &free),
-        blob::Mode::GuestFuzz => run_guest_fuzz(&blob, &free),
+        blob::Mode::GuestFuzz => run_guest_fuzz(&blob, facts, &free),
         blob::Mode::Scenarios | blob::Mode::Trace | blob::Mode::Demo => {}
     }
     let mut m = machine::HostMachine::new(&free, &manifest, pa_bits);
@@ -247,7 +251,7 @@ fn run_irq(blob: &blob::Blob, dtb: u64, size: usize, free: &[(u64, u64)]) -> ! {
 }
 
 /// `guestfuzz` mode: guests misbehaving at random, the tally, power off.
-fn run_guest_fuzz(blob: &blob::Blob, free: &[(u64, u64)]) -> ! {
+fn run_guest_fuzz(blob: &blob::Blob, facts: &DtFacts, free: &[(u64, u64)]) -> ! {
     let mut pool = ram::RamPool::new(free);
     let seed = 0x2545_f491_4f6c_dd1d ^ arch::cntvct();
     println!(
@@ -255,7 +259,8 @@ fn run_guest_fuzz(blob: &blob::Blob, free: &[(u64, u64)]) -> ! {
         blob.cpu,
         pool.pages()
     );
-    let total = guest_fuzz::run(&mut pool, seed);
+    let cpu1 = facts.cpus.get(1);
+    let total = guest_fuzz::run(&mut pool, seed, cpu1, facts.psci_hvc);
     println!("{}", scenario::summary_line(&total));
     println!("TESTHOST DONE {}", u8::from(total.failed > 0));
     power_off()

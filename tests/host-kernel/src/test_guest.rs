@@ -90,9 +90,11 @@ pub mod irq_mode {
     pub const SPIN: u64 = 1;
     /// Wait for the SPIs of the mask in `VALUE`.
     pub const MASK: u64 = 2;
-    /// Send SGI `VALUE` to itself (vCPU 0) through ICC_SGI1R_EL1, then wait
-    /// for one interrupt (no timer).
-    pub const SELF_SGI: u64 = 4;
+    /// Write `VALUE` to ICC_SGI1R_EL1 (send an SGI), then wait for one
+    /// interrupt (no timer).
+    pub const SGI: u64 = 4;
+    /// With [`SGI`]: DONE with 0 right after sending, without waiting.
+    pub const SEND_ONLY: u64 = 8;
 }
 
 global_asm!(
@@ -217,9 +219,11 @@ tg_irq_wait:
     isb
     msr     daifclr, #2
     tbz     x9, #2, 3f
-    lsl     x0, x11, #24
-    orr     x0, x0, #1
-    msr     S3_0_C12_C11_5, x0
+    msr     S3_0_C12_C11_5, x11
+    tbz     x9, #3, 3f
+    msr     daifset, #2
+    mov     x1, xzr
+    b       tg_done
 3:
     tbnz    x9, #1, 4f
     cmp     x24, #1023

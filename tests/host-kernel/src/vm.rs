@@ -129,9 +129,20 @@ impl TestVm {
         call(HostCallId::VcpuRun, &[self.handle, self.vcpu])
     }
 
+    /// VCPU_RUN again after every INTERRUPTED exit (the hypervisor's time
+    /// slice may end any run): the first other answer.
+    pub fn run_through(&self) -> [u64; 5] {
+        loop {
+            let r = self.run();
+            if r != [0, 0, ExitReason::Interrupted as u64, 0, 0] {
+                return r;
+            }
+        }
+    }
+
     /// First run: the guest must report READY.
     pub fn boot(&self) -> Result<(), String> {
-        let r = self.run();
+        let r = self.run_through();
         self.expect_exit(r, ExitReason::Hvc)?;
         match self.hvc_arg(0) {
             test_guest::TG_READY => Ok(()),
@@ -234,6 +245,11 @@ impl TestVm {
     /// The IPA of the last MMIO or MEM_FAULT exit.
     pub fn fault_ipa(&self) -> u64 {
         self.run_field(offset_of!(RunPage, fault_ipa))
+    }
+
+    /// Physical address of the guest's image (its first page).
+    pub fn image_pa(&self) -> u64 {
+        self.image << PAGE_SHIFT
     }
 
     /// Whether the host can still read the guest's mailbox (a protected
