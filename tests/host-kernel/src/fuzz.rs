@@ -219,21 +219,22 @@ const LIVE: usize = 8;
 
 /// One CPU's generator: an xorshift64* state (Vigna: small, fast, good
 /// enough to pick arguments) and the VM handles this CPU created and has
-/// not destroyed (0 = free slot).
-struct Rng {
+/// not destroyed (0 = free slot). The guest fuzzer ([`crate::guest_fuzz`])
+/// draws from it too.
+pub(crate) struct Rng {
     state: u64,
     live: [u64; LIVE],
 }
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng {
             state: seed.max(1),
             live: [0; LIVE],
         }
     }
 
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.state;
         x ^= x >> 12;
         x ^= x << 25;
@@ -243,7 +244,7 @@ impl Rng {
     }
 
     /// Uniform enough in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
 

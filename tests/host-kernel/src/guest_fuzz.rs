@@ -32,6 +32,7 @@ use core::mem::offset_of;
 use host_interface::{psci, system_event, ExitReason, HostCallId, RunPage, SMCCC_VERSION_1_1};
 use scenario::Tally;
 
+use crate::fuzz::Rng;
 use crate::guest_smp;
 use crate::println;
 use crate::ram::RamPool;
@@ -75,21 +76,6 @@ const IDS: [u64; 20] = [
     0xC600_01FF,
     0x8600_1234,
 ];
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// An address: inside the guest's memory (page-aligned or not), just
 /// outside it, at the top of the IPA space or beyond, or anything.
@@ -336,7 +322,7 @@ fn fuzz(
 /// physical CPUs ([`guest_smp`], with CPU 1 of MPIDR `cpu1`); the tally.
 pub fn run(pool: &mut RamPool, seed: u64, cpu1: Option<u64>, psci_hvc: bool) -> Tally {
     let mut t = Tally::default();
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng::new(seed);
     for protected in [false, true] {
         let kind = if protected { "protected" } else { "normal" };
         let mut stats = Stats::default();
