@@ -19,7 +19,8 @@
 //!   the list registers hold) all arrive once it unmasks them;
 //! - a guest that spins with nothing to wait for comes back INTERRUPTED
 //!   (the hypervisor's time slice; this host arms no timer of its own);
-//! - the host's own virtual timer registers survive the guests' runs.
+//! - the host's own virtual timer registers survive the guests' runs, and
+//!   its deadline ends a spinning guest's run before the slice does.
 //!
 //! The test host never enables interrupts for itself: everything it sees
 //! arrives as exits.
@@ -213,6 +214,35 @@ fn host_timer_kept(vm: &mut TestVm) -> Result<(), String> {
     expect("the host's CNTV_CTL_EL0 enable and mask", ctl & 0b11, 0b011)
 }
 
+/// The host's own virtual-timer deadline ends a guest's run: with the host's
+/// timer armed 1 ms ahead, a spinning guest's run ends INTERRUPTED well
+/// before the 10 ms slice. (Under `-icount`, as `cargo xtask test` runs this
+/// mode, the counter counts instructions: the same every run.)
+fn host_deadline_preempts(vm: &mut TestVm) -> Result<(), String> {
+    let hz = arch::cntfrq_el0().max(1);
+    vm.post(op::IRQ, irq_mode::SPIN, 0)?;
+    // Let the guest start spinning on a run of its own first.
+    let r = vm.run();
+    vm.expect_exit(r, ExitReason::Interrupted)?;
+    let start = arch::cntvct();
+    // Enabled, not masked: this host takes no interrupts (its PMR and group
+    // enable are closed), so only the hypervisor acts on it.
+    set_host_vtimer(start + hz / 1000, 0b001);
+    let r = vm.run();
+    let took = arch::cntvct() - start;
+    set_host_vtimer(0, 0);
+    vm.expect_exit(r, ExitReason::Interrupted)?;
+    if took >= hz / 200 {
+        return Err(format!(
+            "the run took {} us with the host's timer due after 1000 us",
+            took * 1_000_000 / hz
+        ));
+    }
+    vm.set_run_field(INJECT, inject_irq::VALID | 42)?;
+    let (got, _) = until_done(vm)?;
+    expect("the INTID the guest took", got, 42)
+}
+
 fn set_host_vtimer(cval: u64, ctl: u64) {
     // SAFETY: the host's own virtual timer; this host takes no interrupts.
     unsafe {
@@ -275,6 +305,10 @@ pub fn run(pool: &mut RamPool, vtimer: u32) -> Tally {
         c.check(
             "a spinning guest is preempted; the host's timer survives",
             host_timer_kept(&mut vm),
+        );
+        c.check(
+            "the host's own timer deadline ends a run",
+            host_deadline_preempts(&mut vm),
         );
         println!(
             "irq: {} VM: {} checks passed, {} failed",
