@@ -660,11 +660,20 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             return Next::Exit(ExitReason::Hvc);
         };
         let args_zero = |from: usize| ctx.x[from..4].iter().all(|&r| r == 0);
+        // An SMC32 function (bit 30 of the ID clear) takes W1..W3: the upper
+        // halves of its argument registers are not part of the call (SMCCC,
+        // PSCI 5.2.1). The registers themselves are left as they are.
+        let w = if id & (1 << 30) == 0 {
+            0xffff_ffff
+        } else {
+            u64::MAX
+        };
+        let arg = [ctx.x[0], ctx.x[1] & w, ctx.x[2] & w, ctx.x[3] & w];
         match call {
             GuestCallId::SmcccVersion => ctx.x[0] = SMCCC_VERSION_1_1,
             GuestCallId::SmcccArchFeatures => {
                 let known = matches!(
-                    GuestCallId::from_id(ctx.x[1]),
+                    GuestCallId::from_id(arg[1]),
                     Some(GuestCallId::SmcccVersion | GuestCallId::SmcccArchFeatures)
                 );
                 ctx.x[0] = if known { 0 } else { SMCCC_NOT_SUPPORTED };
@@ -709,7 +718,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 // is how Linux discovers SMCCC 1.1 (and with it the
                 // vendor hypervisor services).
                 let is_psci = matches!(
-                    GuestCallId::from_id(ctx.x[1]),
+                    GuestCallId::from_id(arg[1]),
                     Some(
                         GuestCallId::SmcccVersion
                             | GuestCallId::PsciVersion
@@ -741,14 +750,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 ctx.x[0] = psci::DENIED;
                 return Next::Exit(ExitReason::Wfi);
             }
-            GuestCallId::PsciCpuOn => {
-                ctx.x[0] = self.guest_cpu_on(slot, ctx.x[1], ctx.x[2], ctx.x[3])
-            }
+            GuestCallId::PsciCpuOn => ctx.x[0] = self.guest_cpu_on(slot, arg[1], arg[2], arg[3]),
             GuestCallId::PsciAffinityInfo => {
                 ctx.x[0] = match self
                     .vm(slot)
                     .ok()
-                    .and_then(|vm| Self::vcpu_of_mpidr(ctx.x[1]).and_then(|t| vm.vcpus.get(t)))
+                    .and_then(|vm| Self::vcpu_of_mpidr(arg[1]).and_then(|t| vm.vcpus.get(t)))
                 {
                     Some(c) if c.powered && c.started => 0,
                     Some(_) => 1,

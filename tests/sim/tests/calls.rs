@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use std::mem::offset_of;
 
 use host_interface::{
-    inject_irq, Errno, ExitReason, HostCallId as Id, RunPage, KVM_UID, SMCCC_INVALID_PARAMETER,
-    SMCCC_NOT_SUPPORTED,
+    inject_irq, psci, Errno, ExitReason, HostCallId as Id, RunPage, KVM_UID,
+    SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED,
 };
 use hyp::{GuestView, Trap, VcpuContext, VcpuExecutor, MAX_SHARE_COUNT};
 use pagetables::{Entry, Leaf, MemType, PageState, Perms};
@@ -1285,6 +1285,32 @@ fn guest_sgis_reach_their_vcpus() {
         assert!(!log[2].gic.is_queued(3) && !log[2].gic.is_queued(9));
         assert_eq!(t.run_field(runs[0], RP_KICK), 0);
         t.invariants();
+    }
+}
+
+#[test]
+fn smc32_psci_calls_take_w_registers() {
+    let hi = 0xffff_ffff_0000_0000;
+    for model in MODELS {
+        let mut t = T::new(model);
+        let h = t.vm(NORMAL, 8);
+        let (_, run0) = t.vcpu(h);
+        t.vcpu(h);
+        t.set_run(run0, RP_ENTRY, 0x4000_0000);
+        // AFFINITY_INFO, SMC32: W1 = 0 is vCPU 0 itself, which is on; the
+        // argument registers are left as they were.
+        let r = t.gcall(h, greg(0x8400_0004, &[hi, hi]));
+        assert_eq!(r, [0, hi, hi, 0], "[{model}]");
+        // The SMC64 form takes all of X1: no such vCPU.
+        let r = t.gcall(h, greg(0xC400_0004, &[hi, 0]));
+        assert_eq!(r[0], psci::INVALID_PARAMETERS, "[{model}]");
+        // CPU_ON, SMC32: target, entry and context in W1..W3.
+        let r = t.gcall(h, greg(0x8400_0003, &[hi | 1, hi | 0x4000_2000, hi | 7]));
+        assert_eq!(r[0], psci::SUCCESS, "[{model}]");
+        let (_, log) = t.run(h, 1, vec![Act::TimerWfi(u64::MAX)]);
+        assert_eq!((log[0].pc, log[0].x[0]), (0x4000_2000, 7), "[{model}]");
+        let r = t.gcall(h, greg(0x8400_0003, &[hi | 1, hi | 0x4000_2000, 0]));
+        assert_eq!(r[0], psci::ALREADY_ON, "[{model}]");
     }
 }
 
