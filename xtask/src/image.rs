@@ -107,10 +107,12 @@ pub enum Mode {
     /// Guests calling the hypervisor with random arguments, faulting and
     /// touching unemulated registers.
     GuestFuzz,
+    /// Guests on two CPUs fuzzing the guest ABI from inside.
+    AbiFuzz,
 }
 
 /// Pack `files` into the initrd format the test host reads:
-/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz]`, then
+/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz|abifuzz]`, then
 /// `=== FILE <path>`
 /// and the text of each file.
 fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String> {
@@ -123,6 +125,7 @@ fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String>
             Mode::Fuzz => " fuzz",
             Mode::Irq => " irq",
             Mode::GuestFuzz => " guestfuzz",
+            Mode::AbiFuzz => " abifuzz",
         }
     );
     for f in files {
@@ -277,6 +280,14 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
         let step = format!("guest fuzz (real image, {model})");
         mode_step(&images, model, Mode::GuestFuzz, &step, total)?;
     }
+    // Guests on both CPUs at once fuzz the guest ABI from inside.
+    mode_step(
+        &images,
+        "max",
+        Mode::AbiFuzz,
+        "guest ABI fuzz (real image, max, 2 CPUs)",
+        total,
+    )?;
     Ok(())
 }
 

@@ -51,7 +51,8 @@ Commands:
         real image must give the simulator's counts), a two-CPU fuzz of
         the real image, then on the same four models interrupts into guests
         and guests misbehaving at random (calls, faults, unemulated
-        registers). Stops at the first failing step and names it; ends
+        registers), and on max the guest ABI fuzzed from inside guests on
+        two CPUs. Stops at the first failing step and names it; ends
         with the scenario total `N passed, N failed[, N skipped]`.
         Exit status 0 only if everything passed.
 

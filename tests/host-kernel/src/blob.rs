@@ -1,7 +1,7 @@
 //! The scenario blob the runner hands over as the initrd (UTF-8 text):
 //!
 //! ```text
-//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz|irq|guestfuzz]
+//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz|irq|guestfuzz|abifuzz]
 //! === FILE <path>
 //! <the file's text, up to the next `=== FILE ` line or the end>
 //! === FILE <path>
@@ -39,6 +39,10 @@ pub enum Mode {
     /// touching unemulated registers (`crate::guest_fuzz`); the files, if
     /// any, are ignored.
     GuestFuzz,
+    /// Guests on two CPUs at once that fuzz the guest ABI from inside,
+    /// checking every answer and register themselves (`crate::abi_fuzz`);
+    /// the files, if any, are ignored.
+    AbiFuzz,
 }
 
 /// A parsed blob: borrowed from its text.
@@ -78,6 +82,7 @@ pub fn parse(text: &str) -> Result<Blob<'_>, String> {
         Some("fuzz") => Mode::Fuzz,
         Some("irq") => Mode::Irq,
         Some("guestfuzz") => Mode::GuestFuzz,
+        Some("abifuzz") => Mode::AbiFuzz,
         Some(other) => {
             return Err(alloc::format!(
                 "mode `{other}` is not supported by this test host"

@@ -25,6 +25,7 @@
 
 extern crate alloc;
 
+mod abi_fuzz;
 mod access;
 mod arch;
 mod bench;
@@ -33,6 +34,7 @@ mod console;
 mod entry;
 mod fdt;
 mod fuzz;
+mod fuzz_guest;
 mod guest_demo;
 mod guest_fuzz;
 mod guest_irq;
@@ -150,6 +152,9 @@ extern "C" fn rust_secondary_main(context: u64) -> ! {
     if context == guest_smp::CONTEXT {
         guest_smp::secondary()
     }
+    if context == abi_fuzz::CPU1_CONTEXT {
+        abi_fuzz::secondary()
+    }
     fuzz::secondary(context)
 }
 
@@ -193,6 +198,7 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
         blob::Mode::Fuzz => run_fuzz(&blob, facts, &manifest, &free, pa_bits),
         blob::Mode::Irq => run_irq(&blob, dtb, facts.size, &free),
         blob::Mode::GuestFuzz => run_guest_fuzz(&blob, facts, &free),
+        blob::Mode::AbiFuzz => run_abi_fuzz(&blob, facts, &free),
         blob::Mode::Scenarios | blob::Mode::Trace | blob::Mode::Demo => {}
     }
     let mut m = machine::HostMachine::new(&free, &manifest, pa_bits);
@@ -263,6 +269,21 @@ fn run_guest_fuzz(blob: &blob::Blob, facts: &DtFacts, free: &[(u64, u64)]) -> ! 
     let total = guest_fuzz::run(&mut pool, seed, cpu1, facts.psci_hvc);
     println!("{}", scenario::summary_line(&total));
     println!("TESTHOST DONE {}", u8::from(total.failed > 0));
+    power_off()
+}
+
+/// `abifuzz` mode: guests on two CPUs fuzzing the guest ABI from inside
+/// ([`abi_fuzz`]), the tally, power off.
+fn run_abi_fuzz(blob: &blob::Blob, facts: &DtFacts, free: &[(u64, u64)]) -> ! {
+    let mut pool = ram::RamPool::new(free);
+    println!(
+        "testhost: abifuzz (cpu {}); {} CPUs in the device tree, {} free RAM pages",
+        blob.cpu,
+        facts.cpus.len(),
+        pool.pages()
+    );
+    let passed = abi_fuzz::run(&mut pool, facts.cpus, facts.psci_hvc);
+    println!("TESTHOST DONE {}", u8::from(!passed));
     power_off()
 }
 
