@@ -56,6 +56,7 @@ use host_interface::{
 };
 use scenario::Tally;
 
+use crate::fuzz::{expect as expect_call, hex};
 use crate::fuzz_guest::{self as guest, category, kind, op, rec, violation};
 use crate::ram::RamPool;
 use crate::vm::call;
@@ -167,28 +168,6 @@ fn check_reachable(pa: u64) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{pa:#x} is outside the test host's identity map"))
-    }
-}
-
-/// `[0x.., 0x..]`.
-fn hex(values: &[u64]) -> String {
-    let items: Vec<String> = values.iter().map(|v| format!("{v:#x}")).collect();
-    format!("[{}]", items.join(", "))
-}
-
-/// Host call `id` with `args`; it must answer exactly `want`.
-fn expect_call(id: HostCallId, args: &[u64], want: [u64; 5]) -> Result<(), String> {
-    let got = call(id, args);
-    if got == want {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} {}: got {}, want {}",
-            id.name(),
-            hex(args),
-            hex(&got),
-            hex(&want)
-        ))
     }
 }
 

@@ -704,13 +704,13 @@ impl Checks {
 }
 
 /// `[0x.., 0x..]`.
-fn hex(values: &[u64]) -> String {
+pub(crate) fn hex(values: &[u64]) -> String {
     let items: Vec<String> = values.iter().map(|v| format!("{v:#x}")).collect();
     format!("[{}]", items.join(", "))
 }
 
 /// Host call `id` with `args`; it must answer exactly `want`.
-fn expect(id: HostCallId, args: &[u64], want: [u64; 5]) -> Result<(), String> {
+pub(crate) fn expect(id: HostCallId, args: &[u64], want: [u64; 5]) -> Result<(), String> {
     let got = call(id, args);
     if got == want {
         Ok(())
