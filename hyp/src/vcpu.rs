@@ -624,7 +624,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 Next::Exit(ExitReason::Wfi)
             }
             Trap::Resume => Next::Continue,
-            // Handled in `vcpu_run_trap`.
+            // Handled in `vcpu_run_step`, which has the run's kick mask.
             Trap::Sgi { .. } => Next::Continue,
             Trap::Irq => Next::Exit(ExitReason::Interrupted),
             Trap::Fatal => {
@@ -719,18 +719,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 // vendor hypervisor services).
                 let is_psci = matches!(
                     GuestCallId::from_id(arg[1]),
-                    Some(
-                        GuestCallId::SmcccVersion
-                            | GuestCallId::PsciVersion
-                            | GuestCallId::PsciCpuSuspend
-                            | GuestCallId::PsciCpuOff
-                            | GuestCallId::PsciCpuOn
-                            | GuestCallId::PsciAffinityInfo
-                            | GuestCallId::PsciMigrateInfoType
-                            | GuestCallId::PsciSystemOff
-                            | GuestCallId::PsciSystemReset
-                            | GuestCallId::PsciFeatures
-                    )
+                    Some(c) if c.is_psci() || c == GuestCallId::SmcccVersion
                 );
                 ctx.x[0] = if is_psci {
                     psci::SUCCESS

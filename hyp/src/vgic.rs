@@ -158,6 +158,15 @@ impl VgicContext {
                 .any(|&v| lr_state(v) & lr::PENDING != 0)
     }
 
+    /// How many of the first `nr_lrs` list registers are in use: up to and
+    /// including the last valid one.
+    pub fn used_lrs(&self, nr_lrs: usize) -> usize {
+        self.lr[..nr_lrs.min(MAX_LRS)]
+            .iter()
+            .rposition(|&v| lr_state(v) != 0)
+            .map_or(0, |n| n + 1)
+    }
+
     fn find(&self, nr_lrs: usize, intid: u32) -> Option<usize> {
         self.lr[..nr_lrs]
             .iter()

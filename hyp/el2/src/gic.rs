@@ -163,7 +163,7 @@ sys!(hppir0, _set_hppir0, "S3_0_C12_C8_2");
 sys!(_ich_hcr, set_ich_hcr, "S3_4_C12_C11_0");
 sys!(ich_vtr, _set_ich_vtr, "S3_4_C12_C11_1");
 sys!(ich_vmcr, set_ich_vmcr, "S3_4_C12_C11_7");
-sys!(cnthp_ctl, set_cnthp_ctl, "S3_4_C14_C2_1");
+sys!(_cnthp_ctl, set_cnthp_ctl, "S3_4_C14_C2_1");
 sys!(_cnthp_cval, set_cnthp_cval, "S3_4_C14_C2_2");
 sys!(cntpct, _set_cntpct, "cntpct_el0");
 sys!(cntfrq, _set_cntfrq, "cntfrq_el0");
@@ -219,9 +219,10 @@ fn geometry() -> (usize, usize) {
     (lrs, aprs)
 }
 
-/// The guest's virtual timer asserts now (its CNTVOFF is 0).
-fn guest_timer_asserted(ctx: &VcpuContext) -> bool {
-    vgic::timer_asserted(ctx.sys[SYS_CNTV_CTL], ctx.sys[SYS_CNTV_CVAL], cntpct())
+/// The guest's virtual timer asserts now, from its loaded registers (its
+/// CNTVOFF is 0, so its virtual count is the physical one).
+fn live_timer_asserted() -> bool {
+    vgic::timer_asserted(cntv_ctl(), cntv_cval(), cntpct())
 }
 
 /// The physical counter value at which the host's virtual timer fires,
@@ -269,7 +270,7 @@ pub fn enter(ctx: &mut VcpuContext, deadline: u64) -> HostGic {
         VTIMER.load(Ordering::Relaxed),
         HYPTIMER.load(Ordering::Relaxed),
     );
-    let flush = ctx.gic.flush(lrs, vtimer, guest_timer_asserted(ctx));
+    let flush = ctx.gic.flush(lrs, vtimer, live_timer_asserted());
     let sgi = sgi_frame();
     if sgi != 0 {
         let mask = (1u32 << maint) | (1 << vtimer) | (1 << hyptimer);
@@ -285,10 +286,7 @@ pub fn enter(ctx: &mut VcpuContext, deadline: u64) -> HostGic {
     let g: &VgicContext = &ctx.gic;
     // Outside a guest's run every list register is invalid: write only up
     // to the last one the guest has.
-    let used_lrs = g.lr[..lrs]
-        .iter()
-        .rposition(|&v| vgic::lr_state(v) != 0)
-        .map_or(0, |n| n + 1);
+    let used_lrs = g.used_lrs(lrs);
     let host = HostGic {
         pmr: pmr(),
         igrpen1: igrpen1(),
@@ -323,8 +321,7 @@ pub fn classify() -> Trap {
     };
     let vtimer = u64::from(VTIMER.load(Ordering::Relaxed));
     let maint = u64::from(MAINTENANCE.load(Ordering::Relaxed));
-    let guest_timer = vgic::timer_asserted(cntv_ctl(), cntv_cval(), cntpct());
-    if intid == SPURIOUS || intid == maint || (intid == vtimer && guest_timer) {
+    if intid == SPURIOUS || intid == maint || (intid == vtimer && live_timer_asserted()) {
         Trap::Resume
     } else {
         Trap::Irq
@@ -358,12 +355,6 @@ pub fn exit(ctx: &mut VcpuContext, host: &HostGic) {
     set_igrpen1(host.igrpen1);
     ctx.timer_deadline = vgic::timer_deadline(ctx.sys[SYS_CNTV_CTL], ctx.sys[SYS_CNTV_CVAL]);
     sysreg::isb();
-    debug_assert_eq!(cnthp_ctl() & 1, 0);
-}
-
-/// The guest's virtual timer asserts now, from its loaded registers.
-fn live_timer_asserted() -> bool {
-    vgic::timer_asserted(cntv_ctl(), cntv_cval(), cntpct())
 }
 
 /// A WFI with the guest loaded: whether it has an interrupt to take (queued,
@@ -392,10 +383,7 @@ pub fn resync(ctx: &mut VcpuContext, host: &mut HostGic) {
         ctx.gic.lr[n] = lr(n);
     }
     let flush = ctx.gic.flush(lrs, vtimer, level);
-    let used = ctx.gic.lr[..lrs]
-        .iter()
-        .rposition(|&v| vgic::lr_state(v) != 0)
-        .map_or(0, |n| n + 1);
+    let used = ctx.gic.used_lrs(lrs);
     for n in 0..used.max(host.used_lrs) {
         set_lr(n, ctx.gic.lr[n]);
     }

@@ -1,20 +1,20 @@
 //! The world switch: running a vCPU at EL1 under its VM's stage-2 and
-//! coming back at its next trap, as the core's [`VcpuExecutor`].
+//! coming back at its traps, for `traps.rs`'s VCPU_RUN.
 //!
-//! Entering saves the host's EL1 system registers, FP/SIMD state, virtual
-//! timer and the hypervisor's own callee-saved registers; loads the guest's;
-//! switches VTTBR_EL2 (the VM's tables and VMID), HCR_EL2 (interrupts to
-//! EL2, WFI and SMC trapped) and VBAR_EL2 (the guest vectors); and `eret`s.
-//! A trap from the guest comes back through `__guest_exit`, which saves the
-//! guest's general registers into its context and returns to the caller of
-//! `__guest_run` as if from a function call. Everything is then put back the
-//! other way and the trap is decoded for the core.
+//! [`load`] saves the host's EL1 system registers, FP/SIMD state and virtual
+//! timer, loads the guest's, and switches VTTBR_EL2 (the VM's tables and
+//! VMID), HCR_EL2 (interrupts to EL2, WFI and SMC trapped), VBAR_EL2 (the
+//! guest vectors) and the virtual CPU interface. [`enter`] `eret`s to the
+//! guest; a trap comes back through `__guest_exit`, which saves the guest's
+//! general registers into its context and returns to the caller of
+//! `__guest_run` as if from a function call, and the trap is decoded for the
+//! core. [`unload`] puts everything back the other way.
 
 use core::arch::{asm, global_asm};
 
-use hyp::{GuestView, Trap, VcpuContext, VcpuExecutor};
+use hyp::{Trap, VcpuContext};
 
-use crate::hwmem::El2Phys;
+use crate::sysreg::ec;
 use crate::{gic, sysreg, HOST_REGS};
 
 /// EL1 registers switched with the vCPU, in `VcpuContext::sys` order.
@@ -260,29 +260,6 @@ struct HostEl1 {
     spsr: u64,
 }
 
-/// Runs vCPUs on this physical CPU.
-pub struct El2Executor;
-
-const EC_WFX: u64 = 0x01;
-const EC_SYSREG: u64 = 0x18;
-const EC_HVC64: u64 = 0x16;
-const EC_SMC64: u64 = 0x17;
-const EC_IABT_LOW: u64 = 0x20;
-const EC_DABT_LOW: u64 = 0x24;
-
-impl VcpuExecutor<El2Phys> for El2Executor {
-    fn enter(
-        &mut self,
-        _handle: u64,
-        vcpu: u64,
-        view: GuestView<'_, El2Phys>,
-        ctx: &mut VcpuContext,
-    ) -> Trap {
-        let vttbr = view.s2.root_pa() | (u64::from(view.s2.vmid()) << 48);
-        run_guest(vttbr, vcpu, ctx, gic::slice_end())
-    }
-}
-
 /// A vCPU loaded on this CPU: the host state to put back when it leaves.
 /// Kept in place (it is about 1 KiB) from [`load`] to [`unload`].
 pub struct Loaded {
@@ -305,20 +282,6 @@ impl Loaded {
             gic: gic::HostGic::NONE,
         }
     }
-}
-
-/// Enter vCPU `vcpu` (its MPIDR affinity 0) of the VM whose stage-2 is
-/// `vttbr`, with `ctx`, and return at its next trap, at the latest when the
-/// physical counter reaches `slice_end` or the host's own timer deadline.
-/// Needs no lock: it touches only this CPU's registers and `ctx`.
-pub fn run_guest(vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_end: u64) -> Trap {
-    let mut l = Loaded::new();
-    if !load(&mut l, vttbr, vcpu, ctx, slice_end) {
-        return Trap::Fatal;
-    }
-    let trap = enter(&mut l, ctx);
-    unload(&mut l, ctx);
-    trap
 }
 
 /// Save the host's EL1 state and load the vCPU's (EL1 registers, FP/SIMD,
@@ -446,19 +409,19 @@ pub fn unload(l: &mut Loaded, ctx: &mut VcpuContext) {
 fn decode_sync(l: &Loaded, ctx: &mut VcpuContext) -> Trap {
     let esr = sysreg::esr_el2();
     match esr >> 26 {
-        EC_HVC64 => Trap::Hvc,
-        EC_SMC64 => {
+        ec::HVC64 => Trap::Hvc,
+        ec::SMC64 => {
             // A trapped SMC returns past the instruction; treat it as a call.
             ctx.pc = ctx.pc.wrapping_add(4);
             Trap::Hvc
         }
         // A WFI with an interrupt waiting for the guest does not idle.
-        EC_WFX if esr & 1 == 0 && !gic::guest_has_pending(ctx, &l.gic) => Trap::Wfi,
-        EC_WFX => {
+        ec::WFX if esr & 1 == 0 && !gic::guest_has_pending(ctx, &l.gic) => Trap::Wfi,
+        ec::WFX => {
             ctx.pc = ctx.pc.wrapping_add(4);
             Trap::Resume
         }
-        EC_SYSREG => {
+        ec::SYSREG => {
             // Writes to ICC_SGI1R_EL1, ICC_ASGI1R_EL1 and ICC_SGI0R_EL1
             // (Op0 3, Op1 0, CRn 12, CRm 11, Op2 5..=7) trap with IMO set.
             let iss = esr & 0x1ff_ffff;
@@ -477,13 +440,13 @@ fn decode_sync(l: &Loaded, ctx: &mut VcpuContext) -> Trap {
                 Trap::Fatal
             }
         }
-        EC_DABT_LOW | EC_IABT_LOW => {
+        ec::DABT_LOW | ec::IABT_LOW => {
             let fsc = esr & 0x3f;
             if !(0x04..=0x0f).contains(&fsc) {
                 return Trap::Fatal;
             }
             let ipa = ((sysreg::hpfar_el2() >> 4) << 12) | (sysreg::far_el2() & 0xfff);
-            if esr >> 26 == EC_IABT_LOW {
+            if esr >> 26 == ec::IABT_LOW {
                 return Trap::InstAbort { ipa, esr };
             }
             let isv = esr & (1 << 24) != 0;

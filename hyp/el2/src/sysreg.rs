@@ -85,6 +85,22 @@ read_only! {
     cntvct_el0, "cntvct_el0";
 }
 
+/// Exception classes (ESR_EL2.EC, bits 31:26) the hypervisor decodes.
+pub mod ec {
+    /// WFI or WFE.
+    pub const WFX: u64 = 0x01;
+    /// HVC from AArch64.
+    pub const HVC64: u64 = 0x16;
+    /// SMC from AArch64 (trapped by HCR_EL2.TSC).
+    pub const SMC64: u64 = 0x17;
+    /// MSR/MRS/system instruction from AArch64.
+    pub const SYSREG: u64 = 0x18;
+    /// Instruction abort from a lower EL.
+    pub const IABT_LOW: u64 = 0x20;
+    /// Data abort from a lower EL.
+    pub const DABT_LOW: u64 = 0x24;
+}
+
 /// ISB.
 #[inline(always)]
 pub fn isb() {

@@ -4,19 +4,16 @@
 //! (ABI.md 1.1): never an EL2 crash.
 
 use host_interface::{psci, ExitReason, HostCall, HostCallId, HostResult};
-use hyp::{Access, MAX_TRAPS_PER_RUN};
+use hyp::{Access, NoExecutor, MAX_TRAPS_PER_RUN};
 
 use crate::gic;
-use crate::guest::{self, El2Executor};
+use crate::guest;
 use smccc::smc64;
 
 use crate::entry::Frame;
 use crate::{percpu, sysreg, CORE};
 
-const EC_HVC64: u64 = 0x16;
-const EC_SMC64: u64 = 0x17;
-const EC_IABT_LOW: u64 = 0x20;
-const EC_DABT_LOW: u64 = 0x24;
+use crate::sysreg::ec;
 
 /// A synchronous exception from EL1 that the vector's fast path did not
 /// answer.
@@ -24,15 +21,15 @@ const EC_DABT_LOW: u64 = 0x24;
 extern "C" fn handle_lower_sync(frame: &mut Frame) {
     let esr = sysreg::esr_el2();
     match esr >> 26 {
-        EC_HVC64 => host_hvc(frame),
-        EC_SMC64 => {
+        ec::HVC64 => host_hvc(frame),
+        ec::SMC64 => {
             // A trapped SMC returns past the instruction.
             // SAFETY: ELR_EL2 points at the trapped SMC in the host; the next
             // instruction is where the host continues.
             unsafe { sysreg::set_elr_el2(sysreg::elr_el2().wrapping_add(4)) };
             host_smc(frame);
         }
-        EC_IABT_LOW | EC_DABT_LOW => host_abort(esr),
+        ec::IABT_LOW | ec::DABT_LOW => host_abort(esr),
         _ => inject(esr, InjectKind::Undefined),
     }
 }
@@ -46,8 +43,10 @@ fn host_hvc(frame: &mut Frame) {
             return;
         }
     }
+    // A well-formed VCPU_RUN never gets here (`vcpu_run` runs it without the
+    // lock); the core answers a malformed one without entering a guest.
     let r = match CORE.lock().as_mut() {
-        Some(hv) => hv.host_call(&regs, &mut El2Executor).regs,
+        Some(hv) => hv.host_call(&regs, &mut NoExecutor).regs,
         None => [u64::MAX, 0, 0, 0, 0],
     };
     frame.x[..5].copy_from_slice(&r);
@@ -171,7 +170,7 @@ fn host_smc(frame: &mut Frame) {
 fn host_abort(esr: u64) {
     let far = sysreg::far_el2();
     let fsc = esr & 0x3f;
-    let inst = esr >> 26 == EC_IABT_LOW;
+    let inst = esr >> 26 == ec::IABT_LOW;
     // Translation, access-flag and permission faults at stage 2 report the
     // IPA in HPFAR_EL2.
     if (0x04..=0x0f).contains(&fsc) {
