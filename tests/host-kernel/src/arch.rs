@@ -60,6 +60,19 @@ pub fn dcache_line() -> usize {
     4 << ((ctr_el0() >> 16) & 0xf)
 }
 
+/// Apply `op` to the address of every data cache line over `[start, end)`,
+/// then wait for it all to complete (DSB SY).
+fn each_dcache_line(start: usize, end: usize, op: impl Fn(usize)) {
+    let line = dcache_line();
+    let mut at = start & !(line - 1);
+    while at < end {
+        op(at);
+        at += line;
+    }
+    // SAFETY: a barrier has no other effect.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
 /// Invalidate the data cache lines over `[start, end)` to the point of
 /// coherency, discarding what they hold.
 ///
@@ -68,47 +81,32 @@ pub fn dcache_line() -> usize {
 /// Nothing in the range may have been written through the cache (only with
 /// the MMU off), or those writes are lost.
 pub unsafe fn dcache_invalidate(start: usize, end: usize) {
-    let line = dcache_line();
-    let mut at = start & !(line - 1);
-    while at < end {
+    each_dcache_line(start, end, |at| {
         // SAFETY: the caller guarantees no cached write is discarded.
         unsafe { asm!("dc ivac, {}", in(reg) at, options(nostack, preserves_flags)) };
-        at += line;
-    }
-    // SAFETY: a barrier has no other effect.
-    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+    });
 }
 
 /// Clean the data cache lines over `[start, end)` to the point of
 /// coherency, so that a CPU with its MMU (and so its caches) still off reads
 /// what this one wrote.
 pub fn dcache_clean(start: usize, end: usize) {
-    let line = dcache_line();
-    let mut at = start & !(line - 1);
-    while at < end {
+    each_dcache_line(start, end, |at| {
         // SAFETY: cleaning writes dirty lines back; memory contents, as the
         // program sees them, do not change.
         unsafe { asm!("dc cvac, {}", in(reg) at, options(nostack, preserves_flags)) };
-        at += line;
-    }
-    // SAFETY: a barrier has no other effect.
-    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+    });
 }
 
 /// Clean and invalidate the data cache lines over `[start, end)` to the
 /// point of coherency, so that the next read fetches what another observer
 /// (a guest with its MMU off) wrote to memory.
 pub fn dcache_clean_invalidate(start: usize, end: usize) {
-    let line = dcache_line();
-    let mut at = start & !(line - 1);
-    while at < end {
+    each_dcache_line(start, end, |at| {
         // SAFETY: dirty lines are written back before they are dropped, so
         // memory contents, as the program sees them, do not change.
         unsafe { asm!("dc civac, {}", in(reg) at, options(nostack, preserves_flags)) };
-        at += line;
-    }
-    // SAFETY: a barrier has no other effect.
-    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+    });
 }
 
 /// Turn the MMU and caches on with the given translation settings; returns
