@@ -192,6 +192,16 @@ fn read_cells(bytes: &[u8], n: usize) -> u64 {
         .fold(0, |acc, c| (acc << 32) | u64::from(be32(c, 0).unwrap_or(0)))
 }
 
+/// One `(address, size)` entry of a `reg` value with `address_cells` and
+/// `size_cells` cells (1 or 2 each); `entry` is exactly that long.
+fn reg_entry(entry: &[u8], address_cells: usize, size_cells: usize) -> (u64, u64) {
+    let (addr, size) = entry.split_at(address_cells * 4);
+    (
+        read_cells(addr, address_cells),
+        read_cells(size, size_cells),
+    )
+}
+
 /// The (base, size) byte ranges of every available `/memory` node: children
 /// of the root whose `device_type` is "memory" and whose `status`, if any,
 /// is "okay" or "ok"; every pair of their `reg`, decoded with the root's
@@ -213,9 +223,7 @@ pub(crate) fn memory_ranges(blob: &[u8]) -> Result<Vec<(u64, u64)>, PlatformErro
             return Err(PlatformError::BadMemoryReg);
         }
         for entry in reg.chunks_exact(pair) {
-            let (addr, size) = entry.split_at(address_cells * 4);
-            let base = read_cells(addr, address_cells);
-            let size = read_cells(size, size_cells);
+            let (base, size) = reg_entry(entry, address_cells, size_cells);
             if size == 0 {
                 continue;
             }
@@ -460,11 +468,7 @@ pub fn gic_facts(blob: &[u8]) -> Result<GicFacts, PlatformError> {
                         return Err(PlatformError::NoGic);
                     }
                     let at = |i: usize| {
-                        let e = &reg[i * pair..(i + 1) * pair];
-                        (
-                            read_cells(e, address_cells),
-                            read_cells(&e[address_cells * 4..], size_cells),
-                        )
+                        reg_entry(&reg[i * pair..(i + 1) * pair], address_cells, size_cells)
                     };
                     let maintenance = ppis(irqs).and_then(|v| v.first().copied());
                     gic = Some((at(0), at(1), maintenance));
