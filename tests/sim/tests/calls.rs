@@ -342,8 +342,14 @@ impl T {
     #[track_caller]
     fn raw(&mut self, regs: [u64; 7], want: [u64; 5]) {
         let before = self.snap();
-        let r = Machine::host_call(&mut self.m, regs);
+        let r = self.m.core_call(regs).regs;
         assert_eq!(r, want, "[{}] registers {regs:#x?}", self.model);
+        // What the caller's registers hold afterwards (SMCCC): the answer
+        // where the call writes, its own values elsewhere.
+        let x = Machine::host_call(&mut self.m, regs);
+        let kept = host_interface::HostResult { regs: want }.written(regs[0]);
+        assert_eq!(x[..kept], want[..kept], "[{}] {regs:#x?}", self.model);
+        assert_eq!(x[kept..], regs[kept..5], "[{}] {regs:#x?} kept", self.model);
         self.unchanged(&before, &format!("{regs:#x?}"));
     }
 
