@@ -449,13 +449,19 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// Write host stage-2 entries. The caller counted the tables beforehand,
     /// so a failure here is a bookkeeping bug: the state stays consistent
     /// (pagetables writes nothing on NoMem) and the call reports -ENOMEM.
-    fn host_map(&mut self, pfn: u64, nr: u64, leaf: Leaf, blocks: bool) -> Result<(), Errno> {
+    pub(crate) fn host_map(
+        &mut self,
+        pfn: u64,
+        nr: u64,
+        leaf: Leaf,
+        blocks: bool,
+    ) -> Result<(), Errno> {
         self.host
             .map(pa(pfn), pa(pfn), nr, leaf, blocks, &mut self.mnt)
             .map_err(|_| Errno::ENOMEM)
     }
 
-    fn host_unmap(&mut self, pfn: u64, nr: u64, a: HostAnnotation) -> Result<(), Errno> {
+    pub(crate) fn host_unmap(&mut self, pfn: u64, nr: u64, a: HostAnnotation) -> Result<(), Errno> {
         self.host
             .set_invalid(pa(pfn), nr, a.encode(), &mut self.mnt)
             .map_err(|_| Errno::ENOMEM)
@@ -791,6 +797,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         self.check_host_pool(self.host_tables(pfn, nr, true))?;
         for p in pfn..pfn + nr {
             phys::zero_page(&self.phys, pa(p));
+            self.mnt.zero_tags(pa(p), PAGE);
             self.mnt.dcache_clean_inval_poc(pa(p), PAGE);
         }
         self.mnt.dsb();
