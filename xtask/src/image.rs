@@ -109,10 +109,13 @@ pub enum Mode {
     GuestFuzz,
     /// Guests on two CPUs fuzzing the guest ABI from inside.
     AbiFuzz,
+    /// A hostile host and hostile guests reaching for each other's CPU
+    /// state; protected vCPU start; SMCs; the largest VM.
+    Isolation,
 }
 
 /// Pack `files` into the initrd format the test host reads:
-/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz|abifuzz]`, then
+/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz|abifuzz|isolation]`, then
 /// `=== FILE <path>`
 /// and the text of each file.
 fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String> {
@@ -126,6 +129,7 @@ fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String>
             Mode::Irq => " irq",
             Mode::GuestFuzz => " guestfuzz",
             Mode::AbiFuzz => " abifuzz",
+            Mode::Isolation => " isolation",
         }
     );
     for f in files {
@@ -282,6 +286,12 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
     for model in crate::test_all::CPU_MODELS {
         let step = format!("guest fuzz (real image, {model})");
         mode_step(&images, model, Mode::GuestFuzz, &step, total)?;
+    }
+    // A hostile host and hostile guests against each other's CPU state,
+    // on every model and on neoverse-n2 (FWB, DIC, MTE, SVE).
+    for model in crate::test_all::CPU_MODELS.iter().chain(&["neoverse-n2"]) {
+        let step = format!("isolation (real image, {model})");
+        mode_step(&images, model, Mode::Isolation, &step, total)?;
     }
     // Guests on both CPUs at once fuzz the guest ABI from inside.
     mode_step(

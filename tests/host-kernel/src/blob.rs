@@ -43,6 +43,10 @@ pub enum Mode {
     /// checking every answer and register themselves (`crate::abi_fuzz`);
     /// the files, if any, are ignored.
     AbiFuzz,
+    /// Attacks on CPU state, vCPU start, SMCCC registers and the
+    /// hypervisor's resources (`crate::isolation`); the files, if any, are
+    /// ignored.
+    Isolation,
 }
 
 /// A parsed blob: borrowed from its text.
@@ -83,6 +87,7 @@ pub fn parse(text: &str) -> Result<Blob<'_>, String> {
         Some("irq") => Mode::Irq,
         Some("guestfuzz") => Mode::GuestFuzz,
         Some("abifuzz") => Mode::AbiFuzz,
+        Some("isolation") => Mode::Isolation,
         Some(other) => {
             return Err(alloc::format!(
                 "mode `{other}` is not supported by this test host"
