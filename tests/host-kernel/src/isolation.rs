@@ -442,6 +442,7 @@ pub fn run(pool: &mut RamPool) -> Tally {
     check(&mut t, "thread and context registers", tpidr(pool));
     if cpu.mte2 {
         check(&mut t, "MTE registers of an MTE VM", mte(pool));
+        check(&mut t, "tags scrubbed by RECLAIM", tags(pool));
     }
     check(&mut t, "ID registers", id_registers(pool, cpu));
     check(&mut t, "trapped features", trapped(pool, cpu));
@@ -613,6 +614,26 @@ fn mte(pool: &mut RamPool) -> Result<(), String> {
     })();
     set_gcr(saved);
     r
+}
+
+/// A page with allocation tags set, given to an MTE VM, comes back from
+/// RECLAIM with every tag 0, like its data (RULES.md S3).
+fn tags(pool: &mut RamPool) -> Result<(), String> {
+    use HostCallId as C;
+    let page = vm::take(pool, 1)?;
+    let pa = page << PAGE_SHIFT;
+    for g in 0..256 {
+        arch::store_tag(pa + 16 * g, (g % 15) + 1);
+    }
+    expect("a tag the host set", arch::load_tag(pa + 16 * 7), 8)?;
+    let v = TestVm::create_with(pool, vm_flags::PROTECTED | vm_flags::MTE, code())?;
+    call_ok(C::GuestDonate, &[v.handle, page, 0x8_0000, 1, prot::MASK])?;
+    v.teardown()?;
+    call_ok(C::Reclaim, &[page, 1])?;
+    let left = (0..256)
+        .filter(|g| arch::load_tag(pa + 16 * g) != 0)
+        .count();
+    expect("granules still tagged after RECLAIM", left, 0)
 }
 
 /// What guests read in the ID registers: no SVE, SME, LOR, PMU; MTE only
