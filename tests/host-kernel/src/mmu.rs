@@ -179,10 +179,10 @@ pub fn enable(
     // the caches are on, so they are discarded. Nothing was written through
     // the cache.
     unsafe { arch::dcache_invalidate(image.start, image.end) };
+    let mair = mair();
     // SAFETY: the tables identity-map the image (text executable, the rest
     // read/write), its stacks and heap, all RAM and the devices in the low
     // 4 GiB, including the UART; MAIR matches the attribute indices used.
-    let mair = mair();
     let sctlr = unsafe { arch::enable_mmu(mair, tcr, root) };
     MAPPED_END.store(end, Ordering::Relaxed);
     for (slot, value) in SECONDARY_MMU.iter().zip([mair, tcr, root, sctlr]) {
