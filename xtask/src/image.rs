@@ -26,7 +26,7 @@ pub const REAL_IMAGE: bool = true;
 /// Where the host image is loaded (the manifest's `host-image`).
 const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
 /// CPUs QEMU gives the machine.
-const SMP: u32 = 2;
+const SMP: u32 = 8;
 /// A run that takes longer than this has hung.
 const TIMEOUT: Duration = Duration::from_secs(300);
 /// The line the test host ends with: `TESTHOST DONE <status>`.
