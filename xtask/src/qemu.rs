@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// a small host reaches it.
 pub const MACHINE: &str = "virt,virtualization=on,gic-version=3,iommu=smmuv3,highmem-ecam=off";
 
+/// The SMMU offers stage 2 (QEMU's default is stage 1 only); `nested`
+/// gives both, as on virt-9.2 and later machines with nesting.
+pub const SMMU_STAGES: &str = "arm-smmuv3.stage=nested";
+
 /// QEMU's `edu` PCIe device with its DMA engine, at 00:01.0 (requester ID
 /// and StreamID 0x0008). Without `dma_mask` it clips DMA addresses to 28
 /// bits.
@@ -105,6 +109,8 @@ impl QemuRun {
         .map(OsString::from)
         .collect();
         args.push(self.kernel.clone().into_os_string());
+        args.push("-global".into());
+        args.push(SMMU_STAGES.into());
         args.push("-device".into());
         args.push(EDU_DEVICE.into());
         if let Some(initrd) = &self.initrd {
@@ -245,7 +251,8 @@ mod tests {
             line(&run("cortex-a57")),
             "-machine virt,virtualization=on,gic-version=3,iommu=smmuv3,highmem-ecam=off \
              -cpu cortex-a57 -smp 2 -m 1G -nographic -nic none -monitor none -serial stdio \
-             -kernel hyp.bin -device edu,addr=01.0,dma_mask=0xffffffffffffffff"
+             -kernel hyp.bin -global arm-smmuv3.stage=nested \
+             -device edu,addr=01.0,dma_mask=0xffffffffffffffff"
         );
         let cmd = run("cortex-a57").command(Path::new("/usr/bin/qemu-system-aarch64"));
         assert_eq!(cmd.get_program(), "/usr/bin/qemu-system-aarch64");
@@ -276,8 +283,8 @@ mod tests {
         ];
         r.extra = vec!["-d".into(), "guest_errors".into()];
         assert!(line(&r).ends_with(
-            "-kernel hyp.bin -device edu,addr=01.0,dma_mask=0xffffffffffffffff \
-             -initrd blob.txt \
+            "-kernel hyp.bin -global arm-smmuv3.stage=nested \
+             -device edu,addr=01.0,dma_mask=0xffffffffffffffff -initrd blob.txt \
              -device loader,file=host.bin,addr=0x44000000,force-raw=on \
              -device loader,file=odd,,name.bin,addr=0x1000,force-raw=on \
              -d guest_errors"
