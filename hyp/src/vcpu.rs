@@ -820,6 +820,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         self.host
             .map(pa, pa, 1, host_leaf, false, &mut self.mnt)
             .map_err(|_| ())?;
+        self.dma_follow(pa >> 12, 1, true);
         let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
         let shared = pagetables::Leaf {
             state: PageState::SharedOwned,
@@ -844,6 +845,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         self.host
             .set_invalid(pa, 1, HostAnnotation::Guest(slot).encode(), &mut self.mnt)
             .map_err(|_| ())?;
+        self.dma_follow(pa >> 12, 1, false);
         let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
         let owned = pagetables::Leaf {
             state: PageState::Owned,
