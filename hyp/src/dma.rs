@@ -149,7 +149,7 @@ impl<P: PhysMem> DmaView<P> {
         let n = geometry.root_pages;
         let root = (0..all.len())
             .find(|&i| {
-                all[i] % geometry.root_align() == 0
+                all[i].is_multiple_of(geometry.root_align())
                     && all.get(i + n - 1) == Some(&(all[i] + (n as u64 - 1) * 4096))
             })
             .ok_or(DmaViewError::NotEnoughMemory { needed })?;
