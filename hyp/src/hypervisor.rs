@@ -520,7 +520,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             return Err(HostAbort);
         }
         let (class, region) = self.platform.classify(pfn);
-        if class == MemClass::Hyp {
+        // Withheld devices are bus masters the host may not program (S1).
+        if class == MemClass::Hyp || self.platform.is_withheld(pfn) {
             return Err(HostAbort);
         }
         match self.host.lookup(pa(pfn)) {

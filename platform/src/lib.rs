@@ -67,6 +67,7 @@
 extern crate alloc;
 
 mod cpu;
+mod devices;
 mod dt;
 mod error;
 mod manifest;
@@ -80,6 +81,7 @@ pub use cpu::{
     qemu_cpu, qemu_cpu_models, qemu_id_regs, CpuFeatures, IdRegs, FEATURE_CACHEABLE_DEVICE,
     FEATURE_DIC, FEATURE_FWB, FEATURE_IDC, FEATURE_MTE, MAX_PA_BITS,
 };
+pub use devices::{smmu_facts, withhold_nodes, SmmuFacts};
 pub use dt::{cpu_mpidrs, gic_facts, patch_host_memory, GicFacts};
 pub use error::{FdtError, Origin, PlatformError};
 pub use manifest::{Manifest, ManifestEntry, ManifestKind};

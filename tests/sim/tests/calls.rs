@@ -2648,5 +2648,17 @@ fn dma_view_follows_ownership() {
         assert!(dev(&t, a), "[{model}] reclaimed page");
         t.invariants();
         assert!(!t.m.hyp().dma_view().is_some_and(|v| v.failed()));
+
+        // The withheld bus masters' registers abort; their neighbours map.
+        for base in [
+            qemu_virt::SMMU_BASE,
+            qemu_virt::SMMU_BASE + 0x1_0000,
+            qemu_virt::FW_CFG_BASE,
+            qemu_virt::ITS_BASE,
+        ] {
+            assert_eq!(t.hread(base), None, "[{model}] withheld {base:#x}");
+            t.expect_q(base >> 12, 1, HOST_MMIO);
+        }
+        assert!(t.hread(qemu_virt::UART_BASE).is_some());
     }
 }
