@@ -122,15 +122,17 @@ pub fn withhold_nodes(blob: &mut [u8], withheld: &[(u64, u64)]) -> Result<usize,
                 break;
             };
             match token {
-                Token::BeginNode(name) if open.is_none() && depth >= 1 => {
-                    if unit_address(name).is_some_and(inside) {
-                        open = Some((at, depth));
-                    }
+                Token::BeginNode(name)
+                    if open.is_none() && depth >= 1 && unit_address(name).is_some_and(inside) =>
+                {
+                    open = Some((at, depth));
                 }
-                Token::Prop { name, value } if open.is_some_and(|(_, d)| d == depth - 1) => {
-                    if name == b"phandle" && value.len() == 4 {
-                        phandles.push(read_cells(value, 1) as u32);
-                    }
+                Token::Prop { name, value }
+                    if open.is_some_and(|(_, d)| d + 1 == depth)
+                        && name == b"phandle"
+                        && value.len() == 4 =>
+                {
+                    phandles.push(read_cells(value, 1) as u32);
                 }
                 Token::EndNode => {
                     if let Some((start, d)) = open {
