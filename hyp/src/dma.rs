@@ -220,17 +220,17 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             .collect();
         for (base, n) in regions {
             view.set(base, n, true);
-            let mut start = base;
-            while start < base + n {
-                let allow = self.host_may_dma(start);
-                let mut end = start + 1;
-                while end < base + n && self.host_may_dma(end) == allow {
-                    end += 1;
+            // Runs of the host's table: a valid entry, or an invalid one
+            // without an annotation, is the host's (`host_may_dma`).
+            let mut taken: alloc::vec::Vec<(u64, u64)> = alloc::vec::Vec::new();
+            let _ = self.host.walk(base << 12, n, &mut |ipa, cnt, e| {
+                if matches!(e, Entry::Invalid { annotation } if annotation != 0) {
+                    taken.push((ipa >> 12, cnt));
                 }
-                if !allow {
-                    view.set(start, end - start, false);
-                }
-                start = end;
+                true
+            });
+            for (pfn, cnt) in taken {
+                view.set(pfn, cnt, false);
             }
         }
         self.dma = Some(view);

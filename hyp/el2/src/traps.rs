@@ -50,6 +50,9 @@ fn host_hvc(frame: &mut Frame) {
         None => [u64::MAX, 0, 0, 0, 0],
     };
     frame.x[..5].copy_from_slice(&r);
+    // SMMU faults are reported on the host's next hypercall (the event
+    // queue's interrupt is not wired to EL2).
+    crate::smmu::poll_events();
 }
 
 /// VCPU_RUN with the guest running outside the core's lock: the lock is
