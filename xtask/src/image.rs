@@ -109,10 +109,12 @@ pub enum Mode {
     GuestFuzz,
     /// Guests on two CPUs fuzzing the guest ABI from inside.
     AbiFuzz,
+    /// Device DMA through the SMMU, and the withheld bus masters.
+    Dma,
 }
 
 /// Pack `files` into the initrd format the test host reads:
-/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz|abifuzz]`, then
+/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz|abifuzz|dma]`, then
 /// `=== FILE <path>`
 /// and the text of each file.
 fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String> {
@@ -126,6 +128,7 @@ fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String>
             Mode::Irq => " irq",
             Mode::GuestFuzz => " guestfuzz",
             Mode::AbiFuzz => " abifuzz",
+            Mode::Dma => " dma",
         }
     );
     for f in files {
@@ -261,6 +264,11 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
         }
         println!("same verdicts as --sim: {counts}");
     }
+    // Devices reach what the host owns and nothing else (RULES.md S1).
+    for model in crate::test_all::CPU_MODELS {
+        let step = format!("DMA isolation (real image, {model})");
+        dma_step(&images, model, &step, total)?;
+    }
     // Random hypercalls from two CPUs at once must neither crash nor hang
     // the hypervisor, and leave it answering correctly.
     mode_step(
@@ -314,6 +322,134 @@ fn mode_step(
     }
 }
 
+/// The `dma` mode as a step: the test host's checks, plus the SMMU's fault
+/// reports between its markers ([`fault_markers`]), each one statement.
+fn dma_step(images: &Images, model: &str, step: &str, total: &mut Counts) -> Result<(), String> {
+    println!("==> {step}");
+    let r = run_real(images, model, &[], Mode::Dma, false).map_err(|e| format!("{step}: {e}"))?;
+    for l in r
+        .lines
+        .iter()
+        .filter(|l| !is_boot_chatter(l) || is_smmu_line(l))
+    {
+        if !l.starts_with("dma: ok:") && !l.starts_with("dma: expect") && l != "dma: end" {
+            println!("{l}");
+        }
+    }
+    let markers = fault_markers(&r.lines);
+    for e in &markers.errors {
+        println!("xtask: {e}");
+    }
+    println!(
+        "SMMU fault reports: {} as expected, {} not",
+        markers.counts.passed, markers.counts.failed
+    );
+    *total += markers.counts;
+    match (r.status, closing_counts(&r.lines)) {
+        (Some(0), Some(c)) if markers.counts.failed == 0 && markers.counts.passed > 0 => {
+            *total += c;
+            Ok(())
+        }
+        _ => Err(step.to_string()),
+    }
+}
+
+fn is_smmu_line(l: &str) -> bool {
+    l.starts_with("hyp: SMMU")
+}
+
+/// What [`fault_markers`] found.
+#[derive(Debug, Default)]
+pub struct FaultMarkers {
+    /// One statement per marked DMA.
+    pub counts: Counts,
+    /// Why each failed one failed.
+    pub errors: Vec<String>,
+}
+
+/// Check the SMMU's reports against the test host's markers: between
+/// `dma: expect fault: WHAT` and the next `dma: end` the hypervisor printed
+/// at least one `hyp: SMMU fault: F_...` line (a translation, address-size,
+/// access or permission fault); between `dma: expect no fault: WHAT` and
+/// `dma: end`, none at all. A marker without its end fails.
+pub fn fault_markers(lines: &[String]) -> FaultMarkers {
+    let mut out = FaultMarkers::default();
+    let mut open: Option<(bool, &str, usize)> = None;
+    for l in lines {
+        if let Some(what) = l.strip_prefix("dma: expect fault: ") {
+            if let Some((_, w, _)) = open {
+                out.counts.failed += 1;
+                out.errors.push(format!("DMA `{w}`: no end marker"));
+            }
+            open = Some((true, what, 0));
+        } else if let Some(what) = l.strip_prefix("dma: expect no fault: ") {
+            if let Some((_, w, _)) = open {
+                out.counts.failed += 1;
+                out.errors.push(format!("DMA `{w}`: no end marker"));
+            }
+            open = Some((false, what, 0));
+        } else if l.starts_with("hyp: SMMU fault: ") {
+            if let Some((_, _, n)) = open.as_mut() {
+                if l.starts_with("hyp: SMMU fault: F_") {
+                    *n += 1;
+                }
+            }
+        } else if l == "dma: end" {
+            match open.take() {
+                Some((expect, _, n)) if expect == (n > 0) => out.counts.passed += 1,
+                Some((true, what, _)) => {
+                    out.counts.failed += 1;
+                    out.errors
+                        .push(format!("DMA `{what}`: blocked, but no SMMU fault reported"));
+                }
+                Some((false, what, n)) => {
+                    out.counts.failed += 1;
+                    out.errors
+                        .push(format!("DMA `{what}`: {n} SMMU faults, expected none"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let Some((_, what, _)) = open {
+        out.counts.failed += 1;
+        out.errors.push(format!("DMA `{what}`: no end marker"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod fault_marker_tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn markers_and_faults() {
+        let m = fault_markers(&lines(
+            "dma: expect no fault: a\n\
+             dma: end\n\
+             dma: expect fault: b\n\
+             hyp: SMMU fault: F_TRANSLATION stream 0x8 read 0x1 (faults=1)\n\
+             dma: end\n\
+             dma: expect fault: c\n\
+             hyp: SMMU fault: C_BAD_STE stream 0x8 read 0x0 (faults=1)\n\
+             dma: end\n\
+             dma: expect no fault: d\n\
+             hyp: SMMU fault: F_PERMISSION stream 0x8 write 0x1 (faults=2)\n\
+             dma: end\n\
+             dma: expect fault: e",
+        ));
+        assert_eq!(m.counts.passed, 2);
+        assert_eq!(m.counts.failed, 3);
+        assert!(m.errors[0].contains("`c`"), "{:?}", m.errors);
+        assert!(m.errors[1].contains("`d`"));
+        assert!(m.errors[2].contains("no end marker"));
+        assert_eq!(fault_markers(&[]).counts, Counts::default());
+    }
+}
 /// `cargo xtask run [--cpu MODEL]`: boot the hypervisor in QEMU with the test
 /// host narrating the tour of `tests/demo/`, then running a protected guest
 /// that prints through a console the host emulates, shares a buffer and
