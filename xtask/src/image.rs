@@ -418,38 +418,6 @@ pub fn fault_markers(lines: &[String]) -> FaultMarkers {
     out
 }
 
-#[cfg(test)]
-mod fault_marker_tests {
-    use super::*;
-
-    fn lines(text: &str) -> Vec<String> {
-        text.lines().map(String::from).collect()
-    }
-
-    #[test]
-    fn markers_and_faults() {
-        let m = fault_markers(&lines(
-            "dma: expect no fault: a\n\
-             dma: end\n\
-             dma: expect fault: b\n\
-             hyp: SMMU fault: F_TRANSLATION stream 0x8 read 0x1 (faults=1)\n\
-             dma: end\n\
-             dma: expect fault: c\n\
-             hyp: SMMU fault: C_BAD_STE stream 0x8 read 0x0 (faults=1)\n\
-             dma: end\n\
-             dma: expect no fault: d\n\
-             hyp: SMMU fault: F_PERMISSION stream 0x8 write 0x1 (faults=2)\n\
-             dma: end\n\
-             dma: expect fault: e",
-        ));
-        assert_eq!(m.counts.passed, 2);
-        assert_eq!(m.counts.failed, 3);
-        assert!(m.errors[0].contains("`c`"), "{:?}", m.errors);
-        assert!(m.errors[1].contains("`d`"));
-        assert!(m.errors[2].contains("no end marker"));
-        assert_eq!(fault_markers(&[]).counts, Counts::default());
-    }
-}
 /// `cargo xtask run [--cpu MODEL]`: boot the hypervisor in QEMU with the test
 /// host narrating the tour of `tests/demo/`, then running a protected guest
 /// that prints through a console the host emulates, shares a buffer and
@@ -531,4 +499,37 @@ fn sim_counts(model: &str, files: &[PathBuf]) -> Result<Counts, String> {
         .rev()
         .find_map(Counts::parse)
         .ok_or_else(|| "no closing line".to_string())
+}
+
+#[cfg(test)]
+mod fault_marker_tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn markers_and_faults() {
+        let m = fault_markers(&lines(
+            "dma: expect no fault: a\n\
+             dma: end\n\
+             dma: expect fault: b\n\
+             hyp: SMMU fault: F_TRANSLATION stream 0x8 read 0x1 (faults=1)\n\
+             dma: end\n\
+             dma: expect fault: c\n\
+             hyp: SMMU fault: C_BAD_STE stream 0x8 read 0x0 (faults=1)\n\
+             dma: end\n\
+             dma: expect no fault: d\n\
+             hyp: SMMU fault: F_PERMISSION stream 0x8 write 0x1 (faults=2)\n\
+             dma: end\n\
+             dma: expect fault: e",
+        ));
+        assert_eq!(m.counts.passed, 2);
+        assert_eq!(m.counts.failed, 3);
+        assert!(m.errors[0].contains("`c`"), "{:?}", m.errors);
+        assert!(m.errors[1].contains("`d`"));
+        assert!(m.errors[2].contains("no end marker"));
+        assert_eq!(fault_markers(&[]).counts, Counts::default());
+    }
 }
