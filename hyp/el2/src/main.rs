@@ -12,6 +12,7 @@ mod entry;
 mod gic;
 mod guest;
 mod hwmem;
+mod lpi;
 mod mmu;
 mod percpu;
 mod smmu;

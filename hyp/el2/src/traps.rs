@@ -29,7 +29,7 @@ extern "C" fn handle_lower_sync(frame: &mut Frame) {
             unsafe { sysreg::set_elr_el2(sysreg::elr_el2().wrapping_add(4)) };
             host_smc(frame);
         }
-        ec::IABT_LOW | ec::DABT_LOW => host_abort(esr),
+        ec::IABT_LOW | ec::DABT_LOW => host_abort(esr, frame),
         _ => inject(esr, InjectKind::Undefined),
     }
 }
@@ -170,7 +170,7 @@ fn host_smc(frame: &mut Frame) {
 }
 
 /// A host stage-2 fault: let the core map the page, or inject an abort.
-fn host_abort(esr: u64) {
+fn host_abort(esr: u64, frame: &mut Frame) {
     let far = sysreg::far_el2();
     let fsc = esr & 0x3f;
     let inst = esr >> 26 == ec::IABT_LOW;
@@ -186,6 +186,10 @@ fn host_abort(esr: u64) {
         } else {
             Access::Read
         };
+        // The redistributors' LPI controls are emulated, never mapped.
+        if !inst && crate::lpi::emulate(ipa, esr, frame) {
+            return;
+        }
         let mapped = match CORE.lock().as_mut() {
             Some(hv) => hv.host_fault(ipa, access).is_ok(),
             None => false,

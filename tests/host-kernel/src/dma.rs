@@ -41,8 +41,10 @@ const WORDS: u64 = PAGE_SIZE / 8;
 
 /// Read a 32-bit device register.
 fn mmio_read32(pa: u64) -> u32 {
-    // SAFETY: `pa` is in edu's configuration space or BAR, both in the low
-    // 4 GiB the test host maps Device-nGnRE, and no Rust object lives there.
+    // SAFETY: `pa` is in edu's configuration space or BAR, or a
+    // redistributor's register frame (which the hypervisor emulates), all in
+    // the low 4 GiB the test host maps Device-nGnRE; no Rust object lives
+    // there.
     unsafe { (pa as *const u32).read_volatile() }
 }
 
@@ -487,6 +489,35 @@ fn withheld_checks(pool: &mut RamPool, c: &mut Checks) {
             (Err(_), Err(_), Err(_)) => Ok(()),
             r => Err(format!("ITS access answered {r:?}")),
         }
+    });
+    c.check_with("LPI tables of the redistributors refused", || {
+        // CPU 0's RD_base frame: aim both LPI tables at the donated page
+        // and enable LPIs; the hypervisor drops the bases and keeps
+        // EnableLPIs at 0.
+        let rd = qemu_virt::GICR_BASE;
+        let page = donated << PAGE_SHIFT;
+        access::write(rd + 0x70, page | 0xf)
+            .and_then(|()| access::write(rd + 0x78, page))
+            .map_err(|_| String::from("GICR_PROPBASER/PENDBASER write aborted"))?;
+        mmio_write32(rd, mmio_read32(rd) | 1);
+        let ctlr = mmio_read32(rd);
+        let typer = access::read(rd + 0x8).map_err(|_| String::from("GICR_TYPER aborted"))?;
+        let prop = access::read(rd + 0x70).map_err(|_| String::from("GICR_PROPBASER aborted"))?;
+        let pend = access::read(rd + 0x78).map_err(|_| String::from("GICR_PENDBASER aborted"))?;
+        if ctlr & 1 != 0 {
+            return Err(format!("GICR_CTLR {ctlr:#x}: LPIs enabled"));
+        }
+        if typer & 1 != 0 {
+            return Err(format!("GICR_TYPER {typer:#x} offers LPIs"));
+        }
+        if prop & !0xfff == page || pend & !0xfff == page {
+            return Err(format!(
+                "LPI tables point at the donated page: PROPBASER {prop:#x} PENDBASER {pend:#x}"
+            ));
+        }
+        // The rest of the frame still works: GICR_WAKER reads.
+        let _ = mmio_read32(rd + 0x14);
+        Ok(())
     });
     c.check_with("PAGE_QUERY after the attacks", || {
         query(donated, GUEST_NOPAGE)?;
