@@ -26,6 +26,7 @@
 //! mmio     <base> <size>   # MMIO region assignable to guests, DEVICE only
 //! mmio-uc  <base> <size>   # MMIO region assignable to guests, NORMAL_NC also allowed
 //! hyp      <base> <size>   # extra memory reserved for the hypervisor (class HYP)
+//! withheld <base> <size>   # MMIO of a bus master the host may never map (RULES.md S1)
 //! ```
 //!
 //! - `#` starts a comment that runs to the end of the line; blank lines are

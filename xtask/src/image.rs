@@ -160,6 +160,18 @@ pub fn run_real(
     mode: Mode,
     echo: bool,
 ) -> Result<RealRun, String> {
+    run_real_on(images, model, files, mode, echo, true)
+}
+
+/// [`run_real`], with or without the SMMU (the bench's baseline).
+fn run_real_on(
+    images: &Images,
+    model: &str,
+    files: &[PathBuf],
+    mode: Mode,
+    echo: bool,
+    smmu: bool,
+) -> Result<RealRun, String> {
     let initrd = initrd(model, files, mode)?;
     let mut extra = Vec::new();
     if matches!(mode, Mode::Bench | Mode::Irq) {
@@ -170,6 +182,7 @@ pub fn run_real(
     let run = QemuRun {
         cpu: model.to_string(),
         mte: mte_supported(model),
+        smmu,
         smp: SMP,
         kernel: images.hyp.clone(),
         initrd: Some(initrd),
@@ -471,22 +484,65 @@ pub fn real_image_bench() -> ExitCode {
         }
     };
     println!("==> bench (real image, -cpu max,pauth-impdef=on -icount shift=0)");
-    match run_real(&images, "max", &[], Mode::Bench, false) {
+    let with = match run_real(&images, "max", &[], Mode::Bench, false) {
         Ok(r) => {
             for l in r.lines.iter().filter(|l| !is_boot_chatter(l)) {
                 println!("{l}");
             }
-            if r.status == Some(0) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+            if r.status != Some(0) {
+                return ExitCode::from(1);
             }
+            r
         }
         Err(e) => {
             eprintln!("xtask: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    // The same bench on the machine without the SMMU: the difference is
+    // what keeping the DMA view in step costs.
+    println!("==> bench (real image, the same machine without the SMMU)");
+    let without = match run_real_on(&images, "max", &[], Mode::Bench, false, false) {
+        Ok(r) if r.status == Some(0) => r,
+        Ok(_) => return ExitCode::from(1),
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for (what, a, b) in smmu_costs(&with.lines, &without.lines) {
+        println!(
+            "bench: the SMMU adds to {what}: {} instructions ({b} -> {a})",
+            a as i64 - b as i64
+        );
     }
+    ExitCode::SUCCESS
+}
+
+/// Rows of the bench that the SMMU's DMA view can change: (name, with the
+/// SMMU, without), for each row both runs printed.
+fn smmu_costs(with: &[String], without: &[String]) -> Vec<(String, u64, u64)> {
+    const ROWS: [&str; 5] = [
+        "HYP_VERSION round trip",
+        "host stage-2 fault (first touch of a 2 MiB region)",
+        "SHARE_HYP+UNSHARE_HYP, 1 page",
+        "SHARE_HYP+UNSHARE_HYP, 512 pages",
+        "guest stage-2 fault served by GUEST_DONATE",
+    ];
+    let value = |lines: &[String], row: &str| {
+        lines.iter().find_map(|l| {
+            let rest = l.strip_prefix("bench: ")?.strip_prefix(row)?;
+            let rest = rest.strip_prefix(": ")?;
+            rest.split_whitespace()
+                .next()?
+                .replace(',', "")
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    ROWS.iter()
+        .filter_map(|row| Some((row.to_string(), value(with, row)?, value(without, row)?)))
+        .collect()
 }
 
 /// The simulator's counts for `files` on `model`, without echoing its output.
@@ -507,6 +563,31 @@ mod fault_marker_tests {
 
     fn lines(text: &str) -> Vec<String> {
         text.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn smmu_cost_rows() {
+        let with = lines(
+            "bench: HYP_VERSION round trip: 340 instructions\n\
+             bench: SHARE_HYP+UNSHARE_HYP, 512 pages: 150,000 instructions (292 per page)\n\
+             bench: guest stage-2 fault served by GUEST_DONATE: 16000 instructions",
+        );
+        let without = lines(
+            "bench: HYP_VERSION round trip: 319 instructions\n\
+             bench: SHARE_HYP+UNSHARE_HYP, 512 pages: 140598 instructions (274 per page)",
+        );
+        let rows = smmu_costs(&with, &without);
+        assert_eq!(
+            rows,
+            [
+                ("HYP_VERSION round trip".to_string(), 340, 319),
+                (
+                    "SHARE_HYP+UNSHARE_HYP, 512 pages".to_string(),
+                    150_000,
+                    140_598
+                ),
+            ]
+        );
     }
 
     #[test]

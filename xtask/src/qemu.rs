@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 /// PCIe root complex, and the PCIe ECAM below 4 GiB (at 0x3f00_0000), where
 /// a small host reaches it.
 pub const MACHINE: &str = "virt,virtualization=on,gic-version=3,iommu=smmuv3,highmem-ecam=off";
+/// The same machine without the SMMU: only for `cargo xtask bench`, to
+/// measure what the SMMU adds.
+const MACHINE_NO_SMMU: &str = "virt,virtualization=on,gic-version=3,highmem-ecam=off";
 
 /// The SMMU offers stage 2 (QEMU's default is stage 1 only); `nested`
 /// gives both, as on virt-9.2 and later machines with nesting.
@@ -39,6 +42,8 @@ pub struct QemuRun {
     pub cpu: String,
     /// Give the machine MTE (`-machine ...,mte=on`).
     pub mte: bool,
+    /// The SMMUv3 (always, except for the bench's baseline).
+    pub smmu: bool,
     /// Number of CPUs.
     pub smp: u32,
     /// What `-kernel` loads (an arm64 Image: the hypervisor, or a kernel on
@@ -78,7 +83,7 @@ fn option_value(path: &Path) -> OsString {
 impl QemuRun {
     /// QEMU's arguments, in order.
     pub fn args(&self) -> Vec<OsString> {
-        let mut machine = String::from(MACHINE);
+        let mut machine = String::from(if self.smmu { MACHINE } else { MACHINE_NO_SMMU });
         if self.mte {
             machine.push_str(",mte=on");
         }
@@ -109,8 +114,10 @@ impl QemuRun {
         .map(OsString::from)
         .collect();
         args.push(self.kernel.clone().into_os_string());
-        args.push("-global".into());
-        args.push(SMMU_STAGES.into());
+        if self.smmu {
+            args.push("-global".into());
+            args.push(SMMU_STAGES.into());
+        }
         args.push("-device".into());
         args.push(EDU_DEVICE.into());
         if let Some(initrd) = &self.initrd {
@@ -228,6 +235,7 @@ mod tests {
         QemuRun {
             cpu: cpu.into(),
             mte: false,
+            smmu: true,
             smp: 2,
             kernel: "hyp.bin".into(),
             initrd: None,
@@ -289,6 +297,16 @@ mod tests {
              -device loader,file=odd,,name.bin,addr=0x1000,force-raw=on \
              -d guest_errors"
         ));
+    }
+
+    #[test]
+    fn the_bench_baseline_has_no_smmu() {
+        let mut r = run("max");
+        r.smmu = false;
+        let l = line(&r);
+        assert!(!l.contains("smmu"), "{l}");
+        assert!(l.contains("highmem-ecam=off"));
+        assert!(l.contains("-device edu,"));
     }
 
     #[test]
