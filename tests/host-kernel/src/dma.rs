@@ -20,18 +20,12 @@ use host_interface::{prot, HostCallId as C, PAGE_SHIFT, PAGE_SIZE};
 use platform::qemu_virt;
 use scenario::Tally;
 
+use crate::edu::Edu;
 use crate::ram::RamPool;
 use crate::test_guest::op;
 use crate::vm::{call, call_ok, take, TestVm};
-use crate::{access, arch, println};
+use crate::{access, println};
 
-/// edu's configuration space: bus 0, device 1, function 0.
-const EDU_CFG: u64 = qemu_virt::PCIE_ECAM_BASE + (1 << 15);
-/// Where the host puts edu's BAR 0 (1 MiB): in the PCIe MMIO window, past
-/// the manifest's assignable MMIO.
-const EDU_BAR: u64 = 0x1200_0000;
-/// edu's DMA buffer, as a DMA address inside the device.
-const EDU_BUFFER: u64 = 0x4_0000;
 /// The guest IPA where donated and shared test pages go.
 const TEST_GFN: u64 = 0x4010_0000 >> PAGE_SHIFT;
 /// SMCCC MEM_SHARE / MEM_UNSHARE (ABI.md 2).
@@ -41,10 +35,9 @@ const WORDS: u64 = PAGE_SIZE / 8;
 
 /// Read a 32-bit device register.
 fn mmio_read32(pa: u64) -> u32 {
-    // SAFETY: `pa` is in edu's configuration space or BAR, or a
-    // redistributor's register frame (which the hypervisor emulates), all in
-    // the low 4 GiB the test host maps Device-nGnRE; no Rust object lives
-    // there.
+    // SAFETY: `pa` is a redistributor's register frame (which the
+    // hypervisor emulates), in the low 4 GiB the test host maps
+    // Device-nGnRE; no Rust object lives there.
     unsafe { (pa as *const u32).read_volatile() }
 }
 
@@ -54,76 +47,18 @@ fn mmio_write32(pa: u64, v: u32) {
     unsafe { (pa as *mut u32).write_volatile(v) }
 }
 
-/// Write a 64-bit device register (edu's DMA registers allow it).
-fn mmio_write64(pa: u64, v: u64) {
-    // SAFETY: as in `mmio_read32`; the register is 8-byte aligned.
-    unsafe { (pa as *mut u64).write_volatile(v) }
-}
-
-/// The edu device.
-struct Edu;
-
-impl Edu {
-    /// Find edu at 00:01.0, place BAR 0 and enable memory decoding and bus
-    /// mastering.
-    fn probe() -> Result<Edu, String> {
-        let id = mmio_read32(EDU_CFG);
-        if id != 0x11e8_1234 {
-            return Err(format!("no edu at 00:01.0 (vendor/device {id:#x})"));
-        }
-        mmio_write32(EDU_CFG + 0x10, EDU_BAR as u32);
-        // COMMAND: memory space, bus master.
-        mmio_write32(EDU_CFG + 0x04, 0x6);
-        let ident = mmio_read32(EDU_BAR);
-        if ident & 0xff != 0xed {
-            return Err(format!("edu BAR 0 answers {ident:#x}"));
-        }
-        mmio_write32(EDU_BAR + 0x04, 0x1234_5678);
-        if mmio_read32(EDU_BAR + 0x04) != !0x1234_5678 {
-            return Err("edu liveness check failed".into());
-        }
-        Ok(Edu)
-    }
-
-    /// One DMA of a page: from RAM into the device's buffer (`to_ram`
-    /// false) or back. Waits up to 5 s for the engine.
-    fn dma(&self, pa: u64, to_ram: bool) -> Result<(), String> {
-        let (src, dst) = if to_ram {
-            (EDU_BUFFER, pa)
-        } else {
-            (pa, EDU_BUFFER)
-        };
-        // The device reads what the CPU wrote: QEMU's DMA is coherent, but
-        // make the page's lines reach memory as hardware would need.
-        arch::dcache_clean_invalidate(pa as usize, (pa + PAGE_SIZE) as usize);
-        mmio_write64(EDU_BAR + 0x80, src);
-        mmio_write64(EDU_BAR + 0x88, dst);
-        mmio_write64(EDU_BAR + 0x90, PAGE_SIZE);
-        mmio_write32(EDU_BAR + 0x98, 1 | if to_ram { 2 } else { 0 });
-        let start = arch::cntvct();
-        let limit = arch::cntfrq_el0().max(1) * 5;
-        while mmio_read32(EDU_BAR + 0x98) & 1 != 0 {
-            if arch::cntvct().wrapping_sub(start) > limit {
-                return Err("edu DMA did not finish in 5 s".into());
-            }
-        }
-        arch::dcache_clean_invalidate(pa as usize, (pa + PAGE_SIZE) as usize);
-        Ok(())
-    }
-
-    /// A DMA that the SMMU should let through (`fault` false) or block:
-    /// bracketed by the markers the xtask step checks.
-    fn attempt(&self, what: &str, pa: u64, to_ram: bool, fault: bool) -> Result<(), String> {
-        println!(
-            "dma: expect {}fault: {what}",
-            if fault { "" } else { "no " }
-        );
-        let r = self.dma(pa, to_ram);
-        // Any host call lets the hypervisor drain the SMMU's events.
-        let _ = call(C::HypVersion, &[]);
-        println!("dma: end");
-        r
-    }
+/// A page DMA bracketed by the markers the xtask step checks: the SMMU
+/// should let it through (`fault` false) or block it.
+fn attempt(edu: &Edu, what: &str, pa: u64, to_ram: bool, fault: bool) -> Result<(), String> {
+    println!(
+        "dma: expect {}fault: {what}",
+        if fault { "" } else { "no " }
+    );
+    let r = edu.page(pa, to_ram);
+    // Any host call lets the hypervisor drain the SMMU's events.
+    let _ = call(C::HypVersion, &[]);
+    println!("dma: end");
+    r
 }
 
 /// Word `i` of the test pattern `tag`.
@@ -258,8 +193,8 @@ fn device_checks(edu: &Edu, pool: &mut RamPool, c: &mut Checks) -> Result<(), St
     // 1. A host page, both ways.
     c.check_with("host page, RAM to device and back", || {
         fill(a, 0xA1).and_then(|()| fill(b, 0))?;
-        edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
-        edu.attempt("device to host page", b << PAGE_SHIFT, true, false)?;
+        attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
+        attempt(edu, "device to host page", b << PAGE_SHIFT, true, false)?;
         holds(b, 0xA1)
     });
 
@@ -280,21 +215,34 @@ fn device_checks(edu: &Edu, pool: &mut RamPool, c: &mut Checks) -> Result<(), St
         // Fill the device's buffer with a known pattern first, then let
         // the blocked read replace it, then copy it out.
         fill(a, 0xB2)?;
-        edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
-        edu.attempt(
+        attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
+        attempt(
+            edu,
             "protected page to device",
             secret << PAGE_SHIFT,
             false,
             true,
         )?;
         fill(scratch, 0)?;
-        edu.attempt("device to host page", scratch << PAGE_SHIFT, true, false)?;
+        attempt(
+            edu,
+            "device to host page",
+            scratch << PAGE_SHIFT,
+            true,
+            false,
+        )?;
         has_none_of(scratch, 0x5EC2E7)
     });
     c.check_with("device write into a protected guest's page", || {
         fill(a, 0xC3)?;
-        edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
-        edu.attempt("device to protected page", secret << PAGE_SHIFT, true, true)?;
+        attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
+        attempt(
+            edu,
+            "device to protected page",
+            secret << PAGE_SHIFT,
+            true,
+            true,
+        )?;
         guest_holds(&mut pvm, 0, 0x5EC2E7)
     });
     c.check(
@@ -311,18 +259,24 @@ fn device_checks(edu: &Edu, pool: &mut RamPool, c: &mut Checks) -> Result<(), St
     ] {
         c.check_with(&format!("device read of {what}"), || {
             fill(a, 0xD4)?;
-            edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
-            edu.attempt(what, pa, false, true)?;
+            attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
+            attempt(edu, what, pa, false, true)?;
             fill(scratch, 0)?;
-            edu.attempt("device to host page", scratch << PAGE_SHIFT, true, false)?;
+            attempt(
+                edu,
+                "device to host page",
+                scratch << PAGE_SHIFT,
+                true,
+                false,
+            )?;
             // Blocked reads hand the device zeros: nothing of the
             // hypervisor's memory comes out.
             holds(scratch, 0)
         });
         c.check_with(&format!("device write into {what}"), || {
             fill(a, 0xE5)?;
-            edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
-            edu.attempt(what, pa, true, true)?;
+            attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
+            attempt(edu, what, pa, true, true)?;
             query(pa >> PAGE_SHIFT, HYP_NOPAGE)?;
             // The hypervisor still answers and still knows who owns what.
             query(a, HOST_OWNED)?;
@@ -340,8 +294,14 @@ fn device_checks(edu: &Edu, pool: &mut RamPool, c: &mut Checks) -> Result<(), St
     )?;
     c.check_with("device write into a page shared into a normal VM", || {
         fill(a, 0xF6)?;
-        edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
-        edu.attempt("device to shared page", shared << PAGE_SHIFT, true, false)?;
+        attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
+        attempt(
+            edu,
+            "device to shared page",
+            shared << PAGE_SHIFT,
+            true,
+            false,
+        )?;
         holds(shared, 0xF6)?;
         guest_holds(&mut nvm, 0, 0xF6)
     });
@@ -357,8 +317,9 @@ fn device_checks(edu: &Edu, pool: &mut RamPool, c: &mut Checks) -> Result<(), St
         // The two blocked DMAs above left the secret as it was.
         holds(secret, 0x5EC2E7)?;
         fill(a, 0x17)?;
-        edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
-        edu.attempt(
+        attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
+        attempt(
+            edu,
             "device to guest-shared page",
             secret << PAGE_SHIFT,
             true,
@@ -371,7 +332,8 @@ fn device_checks(edu: &Edu, pool: &mut RamPool, c: &mut Checks) -> Result<(), St
     // RECLAIM the host's again (works).
     pvm.teardown()?;
     c.check_with("device write into a page not yet reclaimed", || {
-        edu.attempt(
+        attempt(
+            edu,
             "device to reclaimable page",
             secret << PAGE_SHIFT,
             true,
@@ -382,8 +344,9 @@ fn device_checks(edu: &Edu, pool: &mut RamPool, c: &mut Checks) -> Result<(), St
         call_ok(C::Reclaim, &[secret, 1])?;
         holds(secret, 0)?;
         fill(a, 0x28)?;
-        edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
-        edu.attempt(
+        attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
+        attempt(
+            edu,
             "device to reclaimed page",
             secret << PAGE_SHIFT,
             true,
@@ -399,16 +362,17 @@ fn device_checks(edu: &Edu, pool: &mut RamPool, c: &mut Checks) -> Result<(), St
         "device write right after GUEST_DONATE of a page it used",
         || {
             fill(a, 0x39)?;
-            edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
-            edu.attempt("device to host page", used << PAGE_SHIFT, true, false)?;
+            attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
+            attempt(edu, "device to host page", used << PAGE_SHIFT, true, false)?;
             holds(used, 0x39)?;
             fill(a, 0x4A)?;
-            edu.attempt("host page to device", a << PAGE_SHIFT, false, false)?;
+            attempt(edu, "host page to device", a << PAGE_SHIFT, false, false)?;
             call_ok(
                 C::GuestDonate,
                 &[nvm.handle, used, TEST_GFN + 1, 1, prot::MASK],
             )?;
-            edu.attempt(
+            attempt(
+                edu,
                 "device to just-donated page",
                 used << PAGE_SHIFT,
                 true,

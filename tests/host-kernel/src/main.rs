@@ -32,6 +32,7 @@ mod bench;
 mod blob;
 mod console;
 mod dma;
+mod edu;
 mod entry;
 mod fdt;
 mod fuzz;

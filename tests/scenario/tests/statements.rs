@@ -1016,3 +1016,45 @@ fn crlf_and_tabs() {
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(t, tally(2, 0, 0));
 }
+
+#[test]
+fn device_statements() {
+    let mut fake = Fake::default();
+    fake.reads.extend([Ok(0x77), Ok(0), Ok(5), Err(Abort)]);
+    let (t, out) = run_on(
+        &mut fake,
+        "\
+let a = ram 1
+device write a@8 0x1234 -> ok
+device write a 5
+device read a@8 -> 0x77
+device read a -> 0
+device read a -> 6
+device read a -> ok
+device write a
+device read a -> abort
+",
+    );
+    let a = FIRST_PFN << 12;
+    assert_eq!(
+        fake.body(),
+        [
+            Event::Alloc(PageKind::Ram, 1),
+            Event::DeviceWrite(a + 8, 0x1234),
+            Event::DeviceWrite(a, 5),
+            Event::DeviceRead(a + 8),
+            Event::DeviceRead(a),
+            Event::DeviceRead(a),
+            Event::DeviceRead(a),
+        ]
+    );
+    // `-> 6` got 5; the machine had no device for the fourth read; two
+    // lines do not parse.
+    assert_eq!(t, tally(5, 4, 0), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|l| l.contains("expected 0x6") && l.contains("0x5")),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|l| l.contains("no device")), "{out:?}");
+}

@@ -304,6 +304,23 @@ impl Machine for SimMachine {
         Ok(())
     }
 
+    fn device_read(&mut self, pa: u64) -> Result<u64, String> {
+        // Through the SMMU: a blocked read hands the device zeros.
+        if self.device_access(pa) && self.phys.contains(pa) {
+            Ok(self.mem_read(pa & !7))
+        } else {
+            Ok(0)
+        }
+    }
+
+    fn device_write(&mut self, pa: u64, value: u64) -> Result<(), String> {
+        // A blocked write is dropped.
+        if self.device_access(pa) && self.phys.contains(pa) {
+            self.mem_write(pa & !7, value);
+        }
+        Ok(())
+    }
+
     fn host_fill(&mut self, pa: u64, len: u64, byte: u8) -> Result<(), Abort> {
         let word = u64::from_ne_bytes([byte; 8]);
         let mut a = pa & !7;
