@@ -982,7 +982,7 @@ host write a 1 -> ok
     assert_eq!(
         out,
         [
-            "f:2: expected a statement (let, call, host, boot, guest, resume), got `frobnicate`: unknown statement",
+            "f:2: expected a statement (let, call, host, device, boot, guest, resume), got `frobnicate`: unknown statement",
             "f:3: expected a name, number or one of + - | -> @ = ! :, got `$`: unexpected character",
             "f:4: expected a statement of at most 512 bytes, got 824 bytes: line too long",
             "f:5: expected a number, got `99999999999999999999999`: number too large",
@@ -995,7 +995,7 @@ host write a 1 -> ok
             "f:12: expected `=`, got end of line",
             "f:13: expected ram, coherent, mmio, mmio_uc, hyp, pa_limit, vm, vcpu or a value, got `->`",
             "f:14: expected read, write or fill, got end of line",
-            "f:15: expected a statement (let, call, host, boot, guest, resume), got `->`: unknown statement",
+            "f:15: expected a statement (let, call, host, device, boot, guest, resume), got `->`: unknown statement",
             "f:16: expected a name, number or one of + - | -> @ = ! :, got `é`: unexpected character",
             "f:17: expected a name, number or one of + - | -> @ = ! :, got '\\u{7}': unexpected character",
         ]
