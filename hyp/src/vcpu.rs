@@ -176,14 +176,16 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    pub(crate) fn new(run_pfn: u64, ctx_page: u64, _index: u64) -> Self {
+    /// A new vCPU. `powered` is false for a protected VM's secondaries
+    /// (ABI.md, VCPU_CREATE): only the guest's own CPU_ON starts them.
+    pub(crate) fn new(run_pfn: u64, ctx_page: u64, powered: bool) -> Self {
         Self {
             run_pfn,
             ctx_page,
             ctx: VcpuContext::default(),
             started: false,
             running: false,
-            powered: true,
+            powered,
             pending: Pending::None,
             sgis: 0,
         }
@@ -296,6 +298,19 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         }
         let mut ctx = c.ctx;
         if !c.started {
+            // Only a vCPU that is powered and has never run takes its entry
+            // from the host: a protected VM's secondary waits, powered off,
+            // for the guest's CPU_ON, and once a vCPU has run the host never
+            // sets its registers again (RULES.md S4).
+            if !c.powered {
+                run_write(
+                    &self.phys,
+                    run_pfn,
+                    run_off!(exit_reason),
+                    ExitReason::Wfi as u64,
+                );
+                return Ok(Err(ExitReason::Wfi as u64));
+            }
             let entry = run_read(&self.phys, run_pfn, run_off!(entry));
             let x0 = run_read(&self.phys, run_pfn, run_off!(x0));
             if vm.protected && !Self::guest_owns(&vm.s2, entry) {

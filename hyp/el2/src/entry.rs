@@ -8,7 +8,7 @@
 //!   EL2 tables ([`BOOT_PARAMS`]), call `rust_secondary_main`.
 //! - `el2_vectors`: a synchronous exception from EL1 first goes through a
 //!   fast path that answers host HVCs outside the host-call range with
-//!   NOT_SUPPORTED without leaving the vector; everything else saves x0..x30
+//!   NOT_SUPPORTED (x0 only) without leaving the vector; everything else saves x0..x30
 //!   in a [`Frame`] on the CPU's EL2 stack and calls `handle_lower_sync`.
 
 use core::arch::global_asm;
@@ -142,11 +142,7 @@ el2_vectors:
     sub     x5, x0, x5
     cmp     x5, #0x40           // host-call table range: full dispatch
     b.lo    4f
-    mov     x0, #-1             // NOT_SUPPORTED, nothing else runs
-    mov     x1, xzr
-    mov     x2, xzr
-    mov     x3, xzr
-    mov     x4, xzr
+    mov     x0, #-1             // NOT_SUPPORTED: x0 only changes (SMCCC)
     ldp     x5, x6, [sp], #16
     eret
 4:  ldp     x5, x6, [sp], #16

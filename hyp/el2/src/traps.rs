@@ -39,17 +39,18 @@ fn host_hvc(frame: &mut Frame) {
     regs.copy_from_slice(&frame.x[..7]);
     if regs[0] == u64::from(HostCallId::VcpuRun.id()) {
         if let Some(r) = vcpu_run(&regs) {
-            frame.x[..5].copy_from_slice(&r);
+            HostResult { regs: r }.write_back(regs[0], &mut frame.x);
             return;
         }
     }
     // A well-formed VCPU_RUN never gets here (`vcpu_run` runs it without the
     // lock); the core answers a malformed one without entering a guest.
     let r = match CORE.lock().as_mut() {
-        Some(hv) => hv.host_call(&regs, &mut NoExecutor).regs,
-        None => [u64::MAX, 0, 0, 0, 0],
+        Some(hv) => hv.host_call(&regs, &mut NoExecutor),
+        None => HostResult::not_supported(),
     };
-    frame.x[..5].copy_from_slice(&r);
+    // SMCCC 1.1: x0..x3 (x4 for the calls that name it), nothing else.
+    r.write_back(regs[0], &mut frame.x);
     // SMMU faults are reported on the host's next hypercall (the event
     // queue's interrupt is not wired to EL2).
     crate::smmu::poll_events();

@@ -342,8 +342,14 @@ impl T {
     #[track_caller]
     fn raw(&mut self, regs: [u64; 7], want: [u64; 5]) {
         let before = self.snap();
-        let r = Machine::host_call(&mut self.m, regs);
+        let r = self.m.core_call(regs).regs;
         assert_eq!(r, want, "[{}] registers {regs:#x?}", self.model);
+        // What the caller's registers hold afterwards (SMCCC): the answer
+        // where the call writes, its own values elsewhere.
+        let x = Machine::host_call(&mut self.m, regs);
+        let kept = host_interface::HostResult { regs: want }.written(regs[0]);
+        assert_eq!(x[..kept], want[..kept], "[{}] {regs:#x?}", self.model);
+        assert_eq!(x[kept..], regs[kept..5], "[{}] {regs:#x?} kept", self.model);
         self.unchanged(&before, &format!("{regs:#x?}"));
     }
 
@@ -2660,5 +2666,59 @@ fn dma_view_follows_ownership() {
             t.expect_q(base >> 12, 1, HOST_MMIO);
         }
         assert!(t.hread(qemu_virt::UART_BASE).is_some());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// RULES.md S4: a protected VM's secondaries start only through the guest's
+// own CPU_ON, and no vCPU takes the host's entry point once it has run.
+
+#[test]
+fn protected_secondaries_start_only_through_guest_cpu_on() {
+    for model in MODELS {
+        for protected in [true, false] {
+            let mut t = T::new(model);
+            let (h, run0) = t.guest_vm(protected);
+            // vCPU 1, created after vCPU 0 ran, with the host's entry point
+            // and x0 in its run page: the guest's own code, at an IPA the VM
+            // owns.
+            let (i, run1) = t.vcpu(h);
+            assert_eq!(i, 1);
+            t.set_run(run1, RP_ENTRY, 0x4000_0000);
+            t.set_run(run1, RP_X0, 0xdead_0000);
+            let (r, log) = t.run(h, 1, vec![Act::Call(greg(SMCCC_VERSION, &[]))]);
+            if protected {
+                assert_eq!(r, exit(ExitReason::Wfi), "[{model}] powered off");
+                assert!(log.is_empty(), "[{model}] the secondary ran nothing");
+                assert_eq!(t.run_field(run1, RP_EXIT), ExitReason::Wfi as u64);
+                // AFFINITY_INFO from the guest: still OFF (1).
+                assert_eq!(t.gcall(h, greg(0xC400_0004, &[1, 0]))[0], 1);
+                // The guest starts it at its own entry and context.
+                assert_eq!(
+                    t.gcall(h, greg(0xC400_0003, &[1, 0x4000_0100, 0x77]))[0],
+                    psci::SUCCESS
+                );
+                t.set_run(run1, RP_ENTRY, 0x4000_0000);
+                t.set_run(run1, RP_X0, 0xdead_0001);
+                let (r, log) = t.run(h, 1, vec![Act::Call(greg(SMCCC_VERSION, &[]))]);
+                assert_eq!(r, exit(ExitReason::Interrupted));
+                assert_eq!(log[0].pc, 0x4000_0100, "[{model}] the guest's entry");
+                assert_eq!(log[0].x[0], 0x77, "[{model}] the guest's context");
+            } else {
+                // Normal VMs keep the host's choice.
+                assert_eq!(r, exit(ExitReason::Interrupted));
+                assert_eq!(log[0].pc, 0x4000_0000);
+                assert_eq!(log[0].x[0], 0xdead_0000);
+            }
+            // Once a vCPU has run, the host's entry is never read again.
+            for (vcpu, run) in [(0, run0), (1, run1)] {
+                t.set_run(run, RP_ENTRY, 0x4000_0800);
+                t.set_run(run, RP_X0, 0xbad);
+                let (_, log) = t.run(h, vcpu, vec![Act::Call(greg(SMCCC_VERSION, &[]))]);
+                assert_ne!(log[0].pc, 0x4000_0800, "[{model}] vCPU {vcpu} redirected");
+                assert_ne!(log[0].x[0], 0xbad, "[{model}] vCPU {vcpu} x0 set");
+            }
+            t.invariants();
+        }
     }
 }
