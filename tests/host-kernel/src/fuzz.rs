@@ -547,8 +547,22 @@ impl Rng {
 fn classify(regs: &[u64; 7], answer: &[u64; 5]) -> usize {
     let [x0, x1, x2, x3, x4] = *answer;
     let call = HostCallId::from_id(regs[0]);
+    // SMCCC (`HostResult::written`): an unknown ID writes x0 only; x4 is
+    // written only by HYP_FEATURES and PAGE_QUERY. Registers a call does
+    // not write keep the caller's values.
+    if call.is_none() && x0 == u64::MAX {
+        return if [x1, x2, x3, x4] == [regs[1], regs[2], regs[3], regs[4]] {
+            NOT_SUPPORTED
+        } else {
+            MALFORMED
+        };
+    }
+    let x4 = match call {
+        Some(HostCallId::HypFeatures | HostCallId::PageQuery) => x4,
+        _ if x4 == regs[4] => 0,
+        _ => return MALFORMED,
+    };
     match (call, x0) {
-        (None, u64::MAX) if [x1, x2, x3, x4] == [0; 4] => NOT_SUPPORTED,
         (Some(call), 0) if x1 == 0 => {
             use HostCallId as C;
             let outputs_ok = match call {
