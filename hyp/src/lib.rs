@@ -14,6 +14,7 @@ extern crate alloc;
 
 pub mod dma;
 mod hypervisor;
+pub mod idregs;
 pub mod invariants;
 mod meta;
 mod owner;

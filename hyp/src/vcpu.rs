@@ -21,7 +21,7 @@ use crate::phys::{run_read, run_write};
 use crate::vgic::VgicContext;
 
 /// Number of words of [`VcpuContext::sys`].
-pub const SYS_WORDS: usize = 32;
+pub const SYS_WORDS: usize = 48;
 /// Number of words of [`VcpuContext::fp`]: V0..V31 (two words each), FPSR, FPCR.
 pub const FP_WORDS: usize = 66;
 
@@ -203,6 +203,9 @@ pub struct Run {
     pub vttbr: u64,
     /// Whether the VM is protected.
     pub protected: bool,
+    /// Whether the VM was created with MTE (allocation tags and the MTE
+    /// registers are its to use; otherwise they trap).
+    pub mte: bool,
     /// Other vCPUs this run sent SGIs to, for the run page at the exit.
     kick: u64,
 }
@@ -328,7 +331,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             run_write(&self.phys, run_pfn, run_off!(inject_irq), 0);
         }
         let vm = self.vm_mut(slot)?;
-        let (root, vmid, protected) = (vm.s2.root_pa(), vm.s2.vmid(), vm.protected);
+        let (root, vmid, protected, mte) = (vm.s2.root_pa(), vm.s2.vmid(), vm.protected, vm.mte);
         let c = &mut vm.vcpus[i];
         c.started = true;
         c.pending = Pending::None;
@@ -351,6 +354,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             ctx,
             vttbr: root | (u64::from(vmid) << 48),
             protected,
+            mte,
             kick: 0,
         }))
     }

@@ -129,7 +129,7 @@ el2_vectors:
     .balign 0x80
     b       el2_unexpected
     .balign 0x80
-    b       el2_unexpected
+    b       el2_serror
     // Lower EL, AArch64: synchronous.
     .balign 0x80
     stp     x5, x6, [sp, #-16]!
@@ -201,6 +201,21 @@ el1_sync_slow:
     ldp     x28, x29, [sp, #224]
     ldr     x30, [sp, #240]
     add     sp, sp, #256
+    eret
+
+// An SError at EL2. EL2 runs with SErrors masked except in the window a
+// guest exit opens (guest.rs, __serror_window): record it for this CPU and
+// go on there.
+.global el2_serror
+el2_serror:
+    stp     x0, x1, [sp, #-16]!
+    mrs     x0, tpidr_el2
+    adrp    x1, GUEST_SERROR
+    add     x1, x1, :lo12:GUEST_SERROR
+    add     x1, x1, x0, lsl #3
+    mov     x0, #1
+    str     x0, [x1]
+    ldp     x0, x1, [sp], #16
     eret
 
 .global el2_unexpected

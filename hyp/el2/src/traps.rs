@@ -80,7 +80,11 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
     // The guest stays loaded while EL2 handles its traps; only an exit to
     // the host switches back.
     let mut loaded = guest::Loaded::new();
-    if !guest::load(&mut loaded, run.vttbr, vcpu, &mut run.ctx, slice_end) {
+    let kind = guest::VmKind {
+        protected: run.protected,
+        mte: run.mte,
+    };
+    if !guest::load(&mut loaded, run.vttbr, vcpu, kind, &mut run.ctx, slice_end) {
         let mut core = CORE.lock();
         let reason = core.as_mut()?.vcpu_run_end(&mut run, ExitReason::Fatal);
         return Some(HostResult::ok(reason, 0, 0).regs);

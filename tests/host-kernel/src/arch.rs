@@ -275,10 +275,28 @@ pub fn smccc_call(conduit: Conduit, regs: [u64; 7]) -> [u64; 5] {
     [x[0], x[1], x[2], x[3], x[4]]
 }
 
-/// A host call (ABI.md 1): `hvc #0` with x0..x6, results in x0..x4, every
-/// register the ABI keeps checked by [`smccc_call`].
+/// A host call (ABI.md 1): `hvc #0` with x0..x6; x0..x4 as they are after
+/// the call (x4 and, for an unknown ID, x1..x3 keep the caller's values),
+/// every register the ABI keeps checked by [`smccc_call`].
 pub fn hvc_host_call(regs: [u64; 7]) -> [u64; 5] {
     smccc_call(Conduit::Hvc, regs)
+}
+
+/// A host call's answer as ABI.md 1 states it: x0..x3, x4 for the calls
+/// that name an x4 output and 0 for the others, and `[-1, 0, 0, 0, 0]` for
+/// an unknown ID. The registers the call keeps are checked on the way.
+pub fn host_call_answer(regs: [u64; 7]) -> [u64; 5] {
+    let mut r = hvc_host_call(regs);
+    if r[0] == u64::MAX {
+        return [u64::MAX, 0, 0, 0, 0];
+    }
+    let id = regs[0];
+    if id != u64::from(host_interface::HostCallId::HypFeatures.id())
+        && id != u64::from(host_interface::HostCallId::PageQuery.id())
+    {
+        r[4] = 0;
+    }
+    r
 }
 
 /// PSCI SYSTEM_OFF.
