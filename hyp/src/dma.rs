@@ -14,7 +14,7 @@
 //! a second table update whenever the host's ownership changes.
 //!
 //! The core keeps it in step in one place: the host stage-2 writers
-//! (`host_map`, `host_unmap`, and the guest's MEM_SHARE/MEM_UNSHARE) call
+//! (`host_map` and `host_unmap`, which MEM_SHARE/MEM_UNSHARE use too) call
 //! [`Hypervisor::dma_follow`]. Taking a page away invalidates the IOMMU's
 //! TLB for it and waits for completion ([`DmaInvalidate::sync`]) before the
 //! call returns.

@@ -457,7 +457,13 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// (pagetables writes nothing on NoMem) and the call reports -ENOMEM.
     /// Every mapping the host holds lets its devices reach the page too
     /// (the DMA view follows, RULES.md S1).
-    fn host_map(&mut self, pfn: u64, nr: u64, leaf: Leaf, blocks: bool) -> Result<(), Errno> {
+    pub(crate) fn host_map(
+        &mut self,
+        pfn: u64,
+        nr: u64,
+        leaf: Leaf,
+        blocks: bool,
+    ) -> Result<(), Errno> {
         self.host
             .map(pa(pfn), pa(pfn), nr, leaf, blocks, &mut self.mnt)
             .map_err(|_| Errno::ENOMEM)?;
@@ -468,7 +474,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// Unannotated pages are the host's; any other annotation takes them
     /// from its devices as well, with the IOMMU's TLB invalidated before
     /// this returns.
-    fn host_unmap(&mut self, pfn: u64, nr: u64, a: HostAnnotation) -> Result<(), Errno> {
+    pub(crate) fn host_unmap(&mut self, pfn: u64, nr: u64, a: HostAnnotation) -> Result<(), Errno> {
         self.host
             .set_invalid(pa(pfn), nr, a.encode(), &mut self.mnt)
             .map_err(|_| Errno::ENOMEM)?;
@@ -807,6 +813,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         self.check_host_pool(self.host_tables(pfn, nr, true))?;
         for p in pfn..pfn + nr {
             phys::zero_page(&self.phys, pa(p));
+            self.mnt.zero_tags(pa(p), PAGE);
             self.mnt.dcache_clean_inval_poc(pa(p), PAGE);
         }
         self.mnt.dsb();

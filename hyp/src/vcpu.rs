@@ -836,10 +836,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             memtype: pagetables::MemType::NormalWb,
             state: PageState::SharedBorrowed,
         };
-        self.host
-            .map(pa, pa, 1, host_leaf, false, &mut self.mnt)
+        self.host_map(pa >> 12, 1, host_leaf, false)
             .map_err(|_| ())?;
-        self.dma_follow(pa >> 12, 1, true);
         let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
         let shared = pagetables::Leaf {
             state: PageState::SharedOwned,
@@ -861,10 +859,15 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         if self.host.tables_needed(pa, 1, false) > self.host.pool_len() {
             return Err(());
         }
-        self.host
-            .set_invalid(pa, 1, HostAnnotation::Guest(slot).encode(), &mut self.mnt)
+        self.host_unmap(pa >> 12, 1, HostAnnotation::Guest(slot))
             .map_err(|_| ())?;
-        self.dma_follow(pa >> 12, 1, false);
+        if !self.cpu.fwb {
+            // Lines the host dirtied while the page was shared must not be
+            // written back later over what the guest writes, perhaps with a
+            // non-cacheable stage 1: the host's mapping is gone (above, with
+            // its TLB invalidation), so clean them out now.
+            self.mnt.dcache_clean_inval_poc(pa, crate::phys::PAGE);
+        }
         let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
         let owned = pagetables::Leaf {
             state: PageState::Owned,

@@ -111,10 +111,13 @@ pub enum Mode {
     AbiFuzz,
     /// Device DMA through the SMMU, and the withheld bus masters.
     Dma,
+    /// A hostile host and hostile guests reaching for each other's CPU
+    /// state; protected vCPU start; SMCs; the largest VM.
+    Isolation,
 }
 
 /// Pack `files` into the initrd format the test host reads:
-/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz|abifuzz|dma]`, then
+/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz|abifuzz|isolation|dma]`, then
 /// `=== FILE <path>`
 /// and the text of each file.
 fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String> {
@@ -129,6 +132,7 @@ fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String>
             Mode::GuestFuzz => " guestfuzz",
             Mode::AbiFuzz => " abifuzz",
             Mode::Dma => " dma",
+            Mode::Isolation => " isolation",
         }
     );
     for f in files {
@@ -303,6 +307,12 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
     for model in crate::test_all::CPU_MODELS {
         let step = format!("guest fuzz (real image, {model})");
         mode_step(&images, model, Mode::GuestFuzz, &step, total)?;
+    }
+    // A hostile host and hostile guests against each other's CPU state,
+    // on every model and on neoverse-n2 (FWB, DIC, MTE, SVE).
+    for model in crate::test_all::CPU_MODELS.iter().chain(&["neoverse-n2"]) {
+        let step = format!("isolation (real image, {model})");
+        mode_step(&images, model, Mode::Isolation, &step, total)?;
     }
     // Guests on both CPUs at once fuzz the guest ABI from inside.
     mode_step(

@@ -1,7 +1,7 @@
 //! The scenario blob the runner hands over as the initrd (UTF-8 text):
 //!
 //! ```text
-//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz|irq|guestfuzz|abifuzz|dma]
+//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz|irq|guestfuzz|abifuzz|isolation|dma]
 //! === FILE <path>
 //! <the file's text, up to the next `=== FILE ` line or the end>
 //! === FILE <path>
@@ -46,6 +46,10 @@ pub enum Mode {
     /// Device DMA through the SMMU against every kind of page, and the
     /// withheld bus masters (`crate::dma`); the files, if any, are ignored.
     Dma,
+    /// Attacks on CPU state, vCPU start, SMCCC registers and the
+    /// hypervisor's resources (`crate::isolation`); the files, if any, are
+    /// ignored.
+    Isolation,
 }
 
 /// A parsed blob: borrowed from its text.
@@ -87,6 +91,7 @@ pub fn parse(text: &str) -> Result<Blob<'_>, String> {
         Some("guestfuzz") => Mode::GuestFuzz,
         Some("abifuzz") => Mode::AbiFuzz,
         Some("dma") => Mode::Dma,
+        Some("isolation") => Mode::Isolation,
         Some(other) => {
             return Err(alloc::format!(
                 "mode `{other}` is not supported by this test host"

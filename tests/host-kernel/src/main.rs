@@ -41,6 +41,7 @@ mod guest_demo;
 mod guest_fuzz;
 mod guest_irq;
 mod guest_smp;
+mod isolation;
 mod machine;
 mod mmu;
 mod ram;
@@ -202,6 +203,7 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
         blob::Mode::GuestFuzz => run_guest_fuzz(&blob, facts, &free),
         blob::Mode::AbiFuzz => run_abi_fuzz(&blob, facts, &free),
         blob::Mode::Dma => run_dma(&blob, &free),
+        blob::Mode::Isolation => run_isolation(&blob, &free),
         blob::Mode::Scenarios | blob::Mode::Trace | blob::Mode::Demo => {}
     }
     let mut m = machine::HostMachine::new(&free, &manifest, pa_bits);
@@ -270,6 +272,21 @@ fn run_guest_fuzz(blob: &blob::Blob, facts: &DtFacts, free: &[(u64, u64)]) -> ! 
     );
     let cpu1 = facts.cpus.get(1);
     let total = guest_fuzz::run(&mut pool, seed, cpu1, facts.psci_hvc);
+    println!("{}", scenario::summary_line(&total));
+    println!("TESTHOST DONE {}", u8::from(total.failed > 0));
+    power_off()
+}
+
+/// `isolation` mode: attacks on CPU state, vCPU start, SMCCC registers
+/// and the hypervisor's resources ([`isolation`]), the tally, power off.
+fn run_isolation(blob: &blob::Blob, free: &[(u64, u64)]) -> ! {
+    let mut pool = ram::RamPool::new(free);
+    println!(
+        "testhost: isolation (cpu {}); {} free RAM pages",
+        blob.cpu,
+        pool.pages()
+    );
+    let total = isolation::run(&mut pool);
     println!("{}", scenario::summary_line(&total));
     println!("TESTHOST DONE {}", u8::from(total.failed > 0));
     power_off()

@@ -1566,10 +1566,17 @@ fn reclaim() {
         assert_eq!(t.word(d + 1), 0xdead_0001, "refused RECLAIM scrubbed");
 
         // Success: scrubbed (zeroed, cleaned to PoC) and the host's again.
-        let before = t.m.hyp_mut().maintenance().dcache_bytes;
+        let before = *t.m.hyp_mut().maintenance();
         t.ok0(Id::Reclaim, &[d, 3]);
-        let cleaned = t.m.hyp_mut().maintenance().dcache_bytes - before;
+        let after = *t.m.hyp_mut().maintenance();
+        let cleaned = after.dcache_bytes - before.dcache_bytes;
         assert!(cleaned >= 3 * 4096, "[{model}] cleaned {cleaned} bytes");
+        // Tags are contents too (RULES.md S3): every page's are zeroed.
+        assert_eq!(
+            after.tag_bytes - before.tag_bytes,
+            3 * 4096,
+            "[{model}] tags"
+        );
         t.expect_q(d, 3, HOST_RAM);
         for k in 0..3 {
             assert_eq!(t.hread((d + k) << 12), Some(0), "scrubbed");
@@ -2210,8 +2217,18 @@ fn guest_calls() {
             );
             t.expect_q(g + 1, 1, BORROWED_RAM);
 
-            // MEM_UNSHARE: back to guest OWNED, the host loses access.
+            // MEM_UNSHARE: back to guest OWNED, the host loses access;
+            // without FWB the page is cleaned to PoC so that the host's
+            // dirty lines cannot land later over the guest's data.
+            let before = t.m.hyp_mut().maintenance().dcache_bytes;
             assert_eq!(t.gcall(h, greg(MEM_UNSHARE, &[ipa]))[0], 0);
+            let cleaned = t.m.hyp_mut().maintenance().dcache_bytes - before;
+            let fwb = model != "cortex-a57";
+            assert_eq!(
+                cleaned,
+                if fwb { 0 } else { 4096 },
+                "[{model}] MEM_UNSHARE clean"
+            );
             t.expect_q(g, 1, GUEST_RAM);
             assert_eq!(t.mapped(h, 0x800).1.state, PageState::Owned);
             assert_eq!(t.hread(g << 12), None);
