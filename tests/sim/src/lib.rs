@@ -9,6 +9,7 @@
 //! It implements [`scenario::Machine`], so scenario files run here with the
 //! interpreter the real test host uses.
 
+pub mod fuzzing;
 pub mod guest;
 pub mod maint;
 pub mod mem;
@@ -165,8 +166,9 @@ impl SimMachine {
     }
 
     /// Make sure the host's stage-2 lets it make `access` at `pa`, faulting
-    /// it in through the core as the hardware would.
-    fn host_access(&mut self, pa: u64, access: Access) -> Result<(), Abort> {
+    /// it in through the core as the hardware would. `Err` is the abort the
+    /// host would take.
+    pub fn host_touch(&mut self, pa: u64, access: Access) -> Result<(), Abort> {
         for _ in 0..2 {
             if let Entry::Mapped { pa: out, leaf, .. } = self.hv.host_stage2().lookup(pa & !0xfff) {
                 let ok = match access {
@@ -260,12 +262,12 @@ impl Machine for SimMachine {
     }
 
     fn host_read(&mut self, pa: u64) -> Result<u64, Abort> {
-        self.host_access(pa, Access::Read)?;
+        self.host_touch(pa, Access::Read)?;
         Ok(self.mem_read(pa))
     }
 
     fn host_write(&mut self, pa: u64, value: u64) -> Result<(), Abort> {
-        self.host_access(pa, Access::Write)?;
+        self.host_touch(pa, Access::Write)?;
         self.mem_write(pa, value);
         Ok(())
     }
@@ -274,7 +276,7 @@ impl Machine for SimMachine {
         let word = u64::from_ne_bytes([byte; 8]);
         let mut a = pa & !7;
         while a < pa + len {
-            self.host_access(a, Access::Write)?;
+            self.host_touch(a, Access::Write)?;
             self.mem_write(a, word);
             a += 8;
         }
