@@ -97,6 +97,21 @@ impl SimMachine {
 
     /// A fresh board with explicit CPU features.
     pub fn with_features(cpu: CpuFeatures) -> Result<Self, String> {
+        Self::build(cpu, None)
+    }
+
+    /// A fresh board of model `model` whose host stage-2 pool is the worst
+    /// case the core reserves for tracked memory plus `spare` pages (for
+    /// faults on other MMIO), rather than the whole HYP region. Writing
+    /// the pool's free list touches every pool page, which dominates the
+    /// cost of a fresh board: the fuzz targets build one per input.
+    pub fn with_spare_pool(model: &str, spare: u64) -> Result<Self, String> {
+        let cpu = platform::qemu_cpu(model, true)
+            .ok_or_else(|| format!("unknown CPU model {model:?}"))?;
+        Self::build(cpu, Some(spare))
+    }
+
+    fn build(cpu: CpuFeatures, spare: Option<u64>) -> Result<Self, String> {
         let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
         let platform = Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], cpu.pa_bits)
             .map_err(|e| format!("platform description: {e:?}"))?;
@@ -110,8 +125,15 @@ impl SimMachine {
         // The first pages stand for the EL2 image; the rest feed the host
         // stage-2's table pool.
         let image = 256;
-        let mut pool = (hyp_region.base_pfn + image..hyp_region.base_pfn + hyp_region.nr_pages)
-            .map(|p| p << 12);
+        let mut end = hyp_region.base_pfn + hyp_region.nr_pages;
+        if let Some(spare) = spare {
+            // The core's reservation (hyp's worst_case_tables) plus the
+            // root, which needs at most 16 concatenated pages.
+            let l3 = platform.tracked_pages().div_ceil(512);
+            let needed = l3 + l3.div_ceil(512) + 8 + 16;
+            end = end.min(hyp_region.base_pfn + image + needed + spare);
+        }
+        let mut pool = (hyp_region.base_pfn + image..end).map(|p| p << 12);
         let ram = region_cursor(&platform, MemClass::Ram, None, 0);
         let coherent = region_cursor(&platform, MemClass::Coherent, None, 0);
         let mmio_dev = region_cursor(&platform, MemClass::Mmio, Some(false), 0);

@@ -34,7 +34,11 @@ fn write_all(out: &std::path::Path) -> Result<usize, String> {
     let mut seeds = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        let name = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let name = f
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         seeds.extend(corpus::from_scenario(&name, &text)?);
     }
     for (name, text) in corpus::MANIFEST_SEEDS {

@@ -8,7 +8,7 @@ use scenario::{Abort, GuestOp, GuestOutcome, Machine, PageKind};
 
 use super::host_calls::{self, Op};
 use super::input::Output;
-use super::{decode, MODELS};
+use super::{decode, FUZZ_SPARE_POOL, MODELS};
 use crate::SimMachine;
 
 /// A [`SimMachine`] that records what a scenario does to it.
@@ -26,7 +26,7 @@ impl Recorder {
     /// Records on a fresh board of CPU model `model`.
     pub fn new(model: &str) -> Result<Self, String> {
         Ok(Self {
-            m: SimMachine::new(model)?,
+            m: SimMachine::with_spare_pool(model, FUZZ_SPARE_POOL)?,
             ops: Vec::new(),
             guest_ops: Vec::new(),
             protected: Vec::new(),
@@ -136,7 +136,11 @@ pub fn from_scenario(name: &str, text: &str) -> Result<Vec<Seed>, String> {
         seeds.push(("decode", format!("{name}-{model}"), out.bytes));
         if guest_seen.is_empty() && !rec.guest_ops.is_empty() {
             guest_seen = rec.guest_ops.clone();
-            seeds.push(("guest_exits", name.to_string(), guest_seed(index, &guest_seen)));
+            seeds.push((
+                "guest_exits",
+                name.to_string(),
+                guest_seed(index, &guest_seen),
+            ));
         }
     }
     Ok(seeds)

@@ -11,11 +11,11 @@
 //! - 2: a run page (up to 4096 bytes, zero-padded), read as the hypervisor
 //!   reads it, field by field, and as one [`RunPage`].
 
-use host_interface::{
-    Errno, ExitReason, GuestCallId, HostCall, HostCallId,
-    IrqRequest, Prot, RunPage, MAX_INJECT_INTID, PAGE_SIZE,
-};
 use host_interface::prot::{decode_device_prot, encode_device_prot};
+use host_interface::{
+    Errno, ExitReason, GuestCallId, HostCall, HostCallId, IrqRequest, Prot, RunPage,
+    MAX_INJECT_INTID, PAGE_SIZE,
+};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::input::{Input, Output};
@@ -73,7 +73,9 @@ fn host_call(inp: &mut Input<'_>) -> Result<(), String> {
     }
     let back = call.encode();
     if back != regs {
-        return Err(format!("{regs:x?} decoded as {call:?}, which encodes as {back:x?}"));
+        return Err(format!(
+            "{regs:x?} decoded as {call:?}, which encodes as {back:x?}"
+        ));
     }
     Ok(())
 }
@@ -86,14 +88,17 @@ fn words(inp: &mut Input<'_>) -> Result<(), String> {
             return Err(format!("guest call {x0:#x} decoded as {call:?}"));
         }
         if GuestCallId::from_name(call.name()) != Some(call) {
-            return Err(format!("{call:?}: its name {} does not name it", call.name()));
+            return Err(format!(
+                "{call:?}: its name {} does not name it",
+                call.name()
+            ));
         }
     }
     match IrqRequest::decode(irq) {
-        IrqRequest::Inject(intid) => {
-            if intid > MAX_INJECT_INTID || IrqRequest::encode(intid) != Some(irq) {
-                return Err(format!("inject_irq {irq:#x} decoded as INTID {intid}"));
-            }
+        IrqRequest::Inject(intid)
+            if intid > MAX_INJECT_INTID || IrqRequest::encode(intid) != Some(irq) =>
+        {
+            return Err(format!("inject_irq {irq:#x} decoded as INTID {intid}"));
         }
         IrqRequest::None if irq != 0 => return Err(format!("inject_irq {irq:#x} read as none")),
         _ => {}
@@ -101,7 +106,9 @@ fn words(inp: &mut Input<'_>) -> Result<(), String> {
     let intid = (irq & 0x3ff) as u32;
     if let Some(v) = IrqRequest::encode(intid) {
         if IrqRequest::decode(v) != IrqRequest::Inject(intid) {
-            return Err(format!("INTID {intid} encodes as {v:#x}, which does not decode"));
+            return Err(format!(
+                "INTID {intid} encodes as {v:#x}, which does not decode"
+            ));
         }
     }
     if let Some((prot, memtype)) = decode_device_prot(x5) {
@@ -145,7 +152,10 @@ pub fn run_page(bytes: &[u8]) -> Result<(), String> {
     let inject = core::mem::offset_of!(RunPage, inject_irq);
     let read = hyp::phys::run_read(&phys, 0x4_0000, inject);
     if read != rp.inject_irq {
-        return Err(format!("inject_irq read {read:#x}, page holds {:#x}", rp.inject_irq));
+        return Err(format!(
+            "inject_irq read {read:#x}, page holds {:#x}",
+            rp.inject_irq
+        ));
     }
     let _ = IrqRequest::decode(read);
     let _ = ExitReason::from_u64(rp.exit_reason);

@@ -23,10 +23,10 @@ use hyp::{GuestView, Trap, VcpuContext, VcpuExecutor};
 use pagetables::PhysMem;
 use scenario::{GuestOp, Machine, PageKind};
 
-use super::host_calls::{guest_call_regs, Picker};
+use super::host_calls::{guest_call_regs, scope_of, Op, Picker};
 use super::input::Input;
-use super::oracle::invariants;
-use super::MODELS;
+use super::oracle::{invariants, invariants_in, Scope};
+use super::{FUZZ_SPARE_POOL, MODELS};
 use crate::SimMachine;
 
 /// Traps in one run's script.
@@ -76,7 +76,11 @@ fn read_trap(inp: &mut Input<'_>, pick: &Picker) -> (Trap, [u64; 7]) {
             let b = inp.u8();
             let size = [1u8, 2, 4, 8, 0, 3, 16, 8][usize::from(b & 7)];
             let reg = inp.u8() % 33;
-            let esr = if b & 0x80 != 0 { inp.u64() } else { 0x9200_0046 };
+            let esr = if b & 0x80 != 0 {
+                inp.u64()
+            } else {
+                0x9200_0046
+            };
             regs[usize::from(reg % 7)] = inp.u64();
             Trap::DataAbort {
                 ipa,
@@ -119,7 +123,10 @@ fn setup(m: &mut SimMachine) -> Result<Vec<(u64, Vec<u64>)>, String> {
             }
         };
         let pool = m.alloc(PageKind::Ram, 64)?;
-        let h = ok(m.call(HostCallId::VmCreate, &[flags, pool, 64]), "VM_CREATE")?[2];
+        let h = ok(
+            m.call(HostCallId::VmCreate, &[flags, pool, 64]),
+            "VM_CREATE",
+        )?[2];
         let ram = m.alloc(PageKind::Ram, RAM_PAGES)?;
         let give = if flags == 1 {
             HostCallId::GuestDonate
@@ -150,19 +157,22 @@ fn setup(m: &mut SimMachine) -> Result<Vec<(u64, Vec<u64>)>, String> {
 pub fn run(data: &[u8]) -> Result<(), String> {
     let mut inp = Input::new(data);
     let model = MODELS[usize::from(inp.u8() % 4)];
-    let mut m = SimMachine::new(model)?;
+    let mut m = SimMachine::with_spare_pool(model, FUZZ_SPARE_POOL)?;
     let vms = setup(&mut m)?;
     let mut pick = Picker::new(&m);
     pick.handles = vms.iter().map(|v| v.0).collect();
     invariants(m.hyp()).map_err(|e| format!("{model}, after setup: {e}"))?;
+    let mut scope = Scope::new(m.hyp());
     for i in 0..MAX_OPS {
         if inp.is_empty() {
             break;
         }
-        let what = step(&mut m, &mut inp, &pick, &vms).map_err(|e| format!("{model}, op {i}: {e}"))?;
-        invariants(m.hyp()).map_err(|e| format!("{model}, after op {i} ({what}): {e}"))?;
+        let what = step(&mut m, &mut inp, &pick, &vms, &mut scope)
+            .map_err(|e| format!("{model}, op {i}: {e}"))?;
+        invariants_in(m.hyp(), &scope)
+            .map_err(|e| format!("{model}, after op {i} ({what}): {e}"))?;
     }
-    Ok(())
+    invariants(m.hyp()).map_err(|e| format!("{model}, at the end: {e}"))
 }
 
 fn field(m: &SimMachine, run: u64, off: usize) -> u64 {
@@ -174,6 +184,7 @@ fn step(
     inp: &mut Input<'_>,
     pick: &Picker,
     vms: &[(u64, Vec<u64>)],
+    scope: &mut Scope,
 ) -> Result<String, String> {
     let op = inp.u8();
     let which = usize::from(inp.u8());
@@ -190,7 +201,15 @@ fn step(
                 next: 0,
                 last_hvc: None,
             };
-            let regs = [u64::from(HostCallId::VcpuRun.id()), *vm, vcpu as u64, 0, 0, 0, 0];
+            let regs = [
+                u64::from(HostCallId::VcpuRun.id()),
+                *vm,
+                vcpu as u64,
+                0,
+                0,
+                0,
+                0,
+            ];
             let r = m.hyp_mut().host_call(&regs, &mut script).regs;
             if r[0] != 0 || r[1] != 0 {
                 return Ok(what);
@@ -202,7 +221,9 @@ fn step(
                 .ok_or_else(|| format!("{what}: unknown exit reason {:#x}", r[2]))?;
             let page = field(m, run, core::mem::offset_of!(RunPage, exit_reason));
             if page != r[2] {
-                return Err(format!("{what}: exit {reason:?} in x2, {page:#x} in the run page"));
+                return Err(format!(
+                    "{what}: exit {reason:?} in x2, {page:#x} in the run page"
+                ));
             }
             if reason == ExitReason::Hvc {
                 if let Some(x0) = script.last_hvc.filter(|&x0| is_host_call_range(x0)) {
@@ -234,6 +255,7 @@ fn step(
         }
         2 => {
             let regs = pick.call(inp);
+            scope_of(scope, &Op::Call(regs));
             let r = m.host_call(regs);
             Ok(format!("host call {regs:x?} -> {r:x?}"))
         }

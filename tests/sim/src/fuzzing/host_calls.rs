@@ -21,8 +21,8 @@ use platform::MemClass;
 use scenario::{GuestOp, Machine, PageKind};
 
 use super::input::{Input, Output};
-use super::oracle::{invariants, scrubbed, Snapshot};
-use super::MODELS;
+use super::oracle::{invariants, invariants_in, scrubbed, Scope, Snapshot};
+use super::{FUZZ_SPARE_POOL, MODELS};
 use crate::SimMachine;
 
 /// Ops per input beyond which the rest is ignored (bounds one execution).
@@ -292,7 +292,11 @@ impl Op {
                 }
                 Op::Call(regs)
             }
-            opcode::FILL => Op::Fill(pick.addr(inp, false), inp.u64() % (4 * PAGE_SIZE + 1), inp.u8()),
+            opcode::FILL => Op::Fill(
+                pick.addr(inp, false),
+                inp.u64() % (4 * PAGE_SIZE + 1),
+                inp.u8(),
+            ),
             _ => Op::Alloc(KINDS[usize::from(inp.u8() % 4)], inp.u64()),
         }
     }
@@ -414,18 +418,36 @@ pub fn guest_call_regs(inp: &mut Input<'_>, pick: &Picker) -> [u64; 7] {
 pub fn run(data: &[u8]) -> Result<(), String> {
     let mut inp = Input::new(data);
     let model = MODELS[usize::from(inp.u8() % 4)];
-    let mut m = SimMachine::new(model)?;
+    let mut m = SimMachine::with_spare_pool(model, FUZZ_SPARE_POOL)?;
     let mut pick = Picker::new(&m);
+    let mut scope = Scope::new(m.hyp());
     invariants(m.hyp()).map_err(|e| format!("{model}, before any op: {e}"))?;
     for i in 0..MAX_OPS {
         if inp.is_empty() {
             break;
         }
         let op = Op::read(&mut inp, &pick);
-        step(&mut m, &mut pick, op).map_err(|e| format!("{model}, op {i} {op:x?}: {e}"))?;
-        invariants(m.hyp()).map_err(|e| format!("{model}, after op {i} {op:x?}: {e}"))?;
+        scope_of(&mut scope, &op);
+        step(&mut m, &mut pick, &scope, op).map_err(|e| format!("{model}, op {i} {op:x?}: {e}"))?;
+        invariants_in(m.hyp(), &scope)
+            .map_err(|e| format!("{model}, after op {i} {op:x?}: {e}"))?;
     }
-    Ok(())
+    invariants(m.hyp()).map_err(|e| format!("{model}, at the end: {e}"))
+}
+
+/// Adds the host pages `op` names to `scope`.
+pub fn scope_of(scope: &mut Scope, op: &Op) {
+    match *op {
+        Op::Call(regs) => {
+            // Any register may be a pfn; the page count is the next one.
+            for k in 1..6 {
+                scope.add(regs[k], regs[k + 1]);
+            }
+        }
+        Op::Read(a) | Op::Write(a, _) | Op::Exec(a) => scope.add(a / PAGE_SIZE, 1),
+        Op::Fill(a, len, _) => scope.add(a / PAGE_SIZE, len.div_ceil(PAGE_SIZE) + 1),
+        _ => {}
+    }
 }
 
 /// The tracked pfns a call's registers name, and the pages after them.
@@ -455,25 +477,21 @@ fn failed(r: &[u64; 5]) -> Result<bool, String> {
 }
 
 /// Carries out one op and checks what is specific to it.
-pub fn step(m: &mut SimMachine, pick: &mut Picker, op: Op) -> Result<(), String> {
+pub fn step(m: &mut SimMachine, pick: &mut Picker, scope: &Scope, op: Op) -> Result<(), String> {
     match op {
         Op::Call(regs) => {
             let pfns = touched(m, &regs);
-            let before = Snapshot::take(m.hyp(), &pfns);
+            let before = Snapshot::take(m.hyp(), scope, &pfns);
             let r = m.host_call(regs);
             if failed(&r)? {
-                let after = Snapshot::take(m.hyp(), &pfns);
+                let after = Snapshot::take(m.hyp(), scope, &pfns);
                 before
                     .unchanged(&after)
                     .map_err(|e| format!("failed ({r:x?}) but changed state: {e}"))?;
                 return Ok(());
             }
             match HostCallId::from_id(regs[0]) {
-                Some(HostCallId::VmCreate) => {
-                    if pick.handles.len() < 16 {
-                        pick.handles.push(r[2]);
-                    }
-                }
+                Some(HostCallId::VmCreate) if pick.handles.len() < 16 => pick.handles.push(r[2]),
                 Some(HostCallId::Reclaim) => scrubbed(m.phys(), regs[1], regs[2])?,
                 _ => {}
             }

@@ -25,6 +25,11 @@ pub mod platform;
 /// FWB, DIC, IDC and MTE on and off.
 pub const MODELS: [&str; 4] = ["cortex-a57", "cortex-a710", "neoverse-v1", "max"];
 
+/// Host-pool pages beyond the core's reservation on the fuzz targets'
+/// boards ([`crate::SimMachine::with_spare_pool`]): far more than an input's
+/// faults on untracked MMIO can take.
+pub const FUZZ_SPARE_POOL: u64 = 128;
+
 /// Every fuzz target by name, for `cargo xtask fuzz` and the corpus tests.
 pub const TARGETS: [(&str, Target); 5] = [
     ("host_calls", host_calls::run),

@@ -17,6 +17,68 @@ pub fn invariants(hv: &SimHyp) -> Result<(), String> {
     hyp::invariants::check(hv, &tracked_ranges(hv.platform()))
 }
 
+/// I1–I4 over the tracked pages in `scope` and every guest stage-2.
+pub fn invariants_in(hv: &SimHyp, scope: &Scope) -> Result<(), String> {
+    hyp::invariants::check(hv, &scope.ranges)
+}
+
+/// The host pages an input has named so far, as 2 MiB-aligned windows
+/// clipped to tracked memory. Walking all of tracked memory after every
+/// step costs milliseconds once the host has faulted blocks in (the
+/// checker looks at each page); pages no argument named cannot have
+/// changed, so the targets check these after every step and everything
+/// at the end.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    tracked: Vec<(u64, u64)>,
+    /// Sorted, disjoint (first pfn, count).
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// Pages per 2 MiB window.
+const WINDOW: u64 = 512;
+
+impl Scope {
+    /// The first window of each tracked region (where the simulator sets
+    /// pages aside for scenarios and guest images).
+    pub fn new(hv: &SimHyp) -> Scope {
+        let tracked = tracked_ranges(hv.platform());
+        let mut s = Scope {
+            tracked: tracked.clone(),
+            ranges: Vec::new(),
+        };
+        for (start, _) in tracked {
+            s.add(start, 2 * WINDOW);
+        }
+        s
+    }
+
+    /// Adds the windows holding `[pfn, pfn + nr)` (`nr` capped at 1024).
+    pub fn add(&mut self, pfn: u64, nr: u64) {
+        let first = pfn & !(WINDOW - 1);
+        let Some(end) = pfn.checked_add(nr.clamp(1, 2 * WINDOW)) else {
+            return;
+        };
+        let end = end.div_ceil(WINDOW).saturating_mul(WINDOW);
+        let mut ranges = self.ranges.clone();
+        for &(s, n) in &self.tracked {
+            let (lo, hi) = (first.max(s), end.min(s + n));
+            if lo < hi {
+                ranges.push((lo, hi - lo));
+            }
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (s, n) in ranges {
+            match merged.last_mut() {
+                Some((ls, ln)) if s <= *ls + *ln => *ln = (*ln).max(s + n - *ls),
+                _ => merged.push((s, n)),
+            }
+        }
+        self.ranges = merged;
+    }
+}
+
 /// One run of identical translation: `count` pages from `ipa`, mapped to
 /// consecutive output pages with one leaf, or invalid with one annotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +134,12 @@ fn push(runs: &mut Vec<Run>, ipa: u64, count: u64, e: Entry) {
                     pa: p0,
                     leaf: l0,
                 },
-                Run::Mapped { ipa, count, pa, leaf },
+                Run::Mapped {
+                    ipa,
+                    count,
+                    pa,
+                    leaf,
+                },
             ) if *i0 + *c0 * PAGE_SIZE == ipa && *p0 + *c0 * PAGE_SIZE == pa && *l0 == leaf => {
                 *c0 += count;
                 return;
@@ -110,9 +177,10 @@ fn translation<P: PhysMem>(s2: &pagetables::Stage2<P>, ranges: &[(u64, u64)]) ->
 }
 
 impl Snapshot {
-    /// The state now; `pfns` are the pages whose metadata to include.
-    pub fn take(hv: &SimHyp, pfns: &[u64]) -> Snapshot {
-        let host = translation(hv.host_stage2(), &tracked_ranges(hv.platform()));
+    /// The state now: the host's translation of the pages in `scope`,
+    /// every VM's whole, and the metadata of `pfns`.
+    pub fn take(hv: &SimHyp, scope: &Scope, pfns: &[u64]) -> Snapshot {
+        let host = translation(hv.host_stage2(), &scope.ranges);
         let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
         let vms = hv
             .vms()
@@ -164,7 +232,11 @@ impl Snapshot {
                 ));
             }
             if a.4 != b.4 {
-                return Err(format!("VM {}'s stage-2 changed: {}", a.0, diff(&a.4, &b.4)));
+                return Err(format!(
+                    "VM {}'s stage-2 changed: {}",
+                    a.0,
+                    diff(&a.4, &b.4)
+                ));
             }
         }
         if self.host != after.host {
@@ -178,8 +250,16 @@ impl Snapshot {
 }
 
 fn diff(a: &[Run], b: &[Run]) -> String {
-    let at = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
-    format!("first difference at run {at}: {:?} -> {:?}", a.get(at), b.get(at))
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    format!(
+        "first difference at run {at}: {:?} -> {:?}",
+        a.get(at),
+        b.get(at)
+    )
 }
 
 /// I5 after RECLAIM: each of the `nr` pages from `pfn` reads as zeros.

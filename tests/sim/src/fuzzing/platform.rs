@@ -54,7 +54,9 @@ pub fn manifest(data: &[u8]) -> Result<(), String> {
             for e in m.entries() {
                 let end = e.base.checked_add(e.size);
                 if end.is_none_or(|end| end > 1u64 << pa_bits) {
-                    return Err(format!("pa_bits {pa_bits}: entry {e:?} leaves the PA space"));
+                    return Err(format!(
+                        "pa_bits {pa_bits}: entry {e:?} leaves the PA space"
+                    ));
                 }
             }
         }
@@ -81,7 +83,10 @@ fn consistent(p: &Platform) -> Result<(), String> {
             .ok_or_else(|| format!("region {r:?} leaves the PA space"))?;
         for pfn in [r.base_pfn, end - 1] {
             if p.classify(pfn).0 != r.class {
-                return Err(format!("page {pfn:#x} of {r:?} classified {:?}", p.classify(pfn)));
+                return Err(format!(
+                    "page {pfn:#x} of {r:?} classified {:?}",
+                    p.classify(pfn)
+                ));
             }
         }
         if p.range_class(r.base_pfn, r.nr_pages).map(|c| c.0) != Ok(r.class) {
@@ -95,7 +100,10 @@ fn consistent(p: &Platform) -> Result<(), String> {
         }
     }
     if dense != p.tracked_pages() {
-        return Err(format!("{dense} tracked pages counted, {} reported", p.tracked_pages()));
+        return Err(format!(
+            "{dense} tracked pages counted, {} reported",
+            p.tracked_pages()
+        ));
     }
     Ok(())
 }
