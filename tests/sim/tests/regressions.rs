@@ -52,3 +52,77 @@ fn every_target_has_seeds() {
         assert!(target(name).is_some());
     }
 }
+
+// The oracles themselves: each must be able to fail.
+
+use host_interface::HostCallId;
+use scenario::Machine;
+use sim::fuzzing::oracle::{scrubbed, Scope, Snapshot};
+use sim::SimMachine;
+
+#[test]
+fn snapshot_sees_a_state_change_and_nothing_else() {
+    let mut m = SimMachine::with_spare_pool("max", 128).unwrap();
+    let ram = m.hyp().platform().host_ram().next().unwrap().0 >> 12;
+    let mut scope = Scope::new(m.hyp());
+    scope.add(ram, 4);
+    let before = Snapshot::take(m.hyp(), &scope, &[ram]);
+    // A failing call (nr = 0 is -EINVAL) leaves everything as it was.
+    let r = m.call(HostCallId::ShareHyp, &[ram, 0]);
+    assert_ne!(r[1], 0);
+    assert_eq!(
+        before.unchanged(&Snapshot::take(m.hyp(), &scope, &[ram])),
+        Ok(())
+    );
+    // A successful one changes the host's stage-2 (here first its pool:
+    // the page's 2 MiB block is split into tables).
+    let r = m.call(HostCallId::ShareHyp, &[ram, 1]);
+    assert_eq!(&r[..2], &[0, 0]);
+    let e = before
+        .unchanged(&Snapshot::take(m.hyp(), &scope, &[ram]))
+        .unwrap_err();
+    assert!(e.starts_with("host pool 6"), "{e}");
+    // A VM's creation changes the host pool's view and the VM list.
+    let snap = Snapshot::take(m.hyp(), &scope, &[]);
+    let r = m.call(HostCallId::VmCreate, &[0, ram + 8, 4]);
+    assert_eq!(&r[..2], &[0, 0]);
+    assert!(snap
+        .unchanged(&Snapshot::take(m.hyp(), &scope, &[]))
+        .is_err());
+}
+
+#[test]
+fn scrub_check_sees_a_dirty_page() {
+    let m = SimMachine::with_spare_pool("max", 128).unwrap();
+    let ram = m.hyp().platform().host_ram().next().unwrap().0;
+    assert_eq!(scrubbed(m.phys(), ram >> 12, 2), Ok(()));
+    hyp::phys::write_u64(m.phys(), ram + 4096 + 4088, 1);
+    let e = scrubbed(m.phys(), ram >> 12, 2).unwrap_err();
+    assert!(e.contains("word 511"), "{e}");
+}
+
+#[test]
+fn scope_is_windows_of_tracked_memory() {
+    let mut m = SimMachine::with_spare_pool("max", 128).unwrap();
+    let tracked = sim::tracked_ranges(m.hyp().platform());
+    let ram = m.hyp().platform().host_ram().next().unwrap().0 >> 12;
+    let mut scope = Scope::new(m.hyp());
+    let initial = scope.ranges.clone();
+    for &(s, _) in &tracked {
+        assert!(initial.iter().any(|&(a, n)| a <= s && s < a + n));
+    }
+    // A HYP page or a pfn beyond the PA space adds nothing.
+    scope.add(m.hyp_pfn(), 1);
+    scope.add(u64::MAX - 3, 8);
+    assert_eq!(scope.ranges, initial);
+    // A RAM page far in adds its 2 MiB window, merged and sorted.
+    let far = ram + 0x8000 + 5;
+    scope.add(far, 1);
+    scope.add(far + 1, 1);
+    assert!(
+        scope.ranges.contains(&(far - 5, 512)),
+        "{:x?}",
+        scope.ranges
+    );
+    assert_eq!(scope.ranges.len(), initial.len() + 1);
+}
