@@ -1,4 +1,4 @@
-//! Command-line parsing (hand-rolled: five commands, three flags).
+//! Command-line parsing (hand-rolled: six commands, three flags).
 
 use std::path::PathBuf;
 
@@ -22,6 +22,8 @@ pub enum Command {
         target: Option<String>,
         seconds: u64,
     },
+    /// cargo-mutants, with these arguments passed on.
+    Mutants(Vec<String>),
 }
 
 /// Parses the arguments after `cargo xtask`. An `Err` is a usage error.
@@ -61,6 +63,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             Ok(Command::Bench)
         }
         "fuzz" => parse_fuzz(rest),
+        "mutants" => Ok(Command::Mutants(rest.to_vec())),
         other => Err(format!("unknown command `{other}`")),
     }
 }
@@ -234,6 +237,10 @@ mod tests {
         assert!(parse(&args("fuzz --time 0")).is_err());
         assert!(parse(&args("fuzz a b")).is_err());
         assert!(parse(&args("fuzz --time=3 --time 4")).is_err());
+        assert_eq!(
+            parse(&args("mutants --file hyp/src/vcpu.rs")),
+            Ok(Command::Mutants(args("--file hyp/src/vcpu.rs")))
+        );
         assert!(parse(&args("--bogus")).is_err());
     }
 }

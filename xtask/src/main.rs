@@ -6,7 +6,8 @@
 //! - `test`: everything CI checks, stopping at the first failing step;
 //! - `run [--cpu MODEL]`: the main demo;
 //! - `bench`: the benchmarks;
-//! - `fuzz [TARGET] [--time SECONDS]`: coverage-guided fuzzing of the core.
+//! - `fuzz [TARGET] [--time SECONDS]`: coverage-guided fuzzing of the core;
+//! - `mutants [ARGS...]`: mutation testing of the core.
 //!
 //! Std only, so that `cargo xtask` builds fast on a fresh machine. What runs
 //! on the simulator and what runs on the real EL2 image in QEMU is decided
@@ -17,6 +18,7 @@ mod deps;
 mod elf;
 mod fuzz;
 mod image;
+mod mutants;
 mod process;
 mod qemu;
 mod test_all;
@@ -78,6 +80,13 @@ Commands:
         failure, saved under fuzz/artifacts. Prints executions, exec/s and
         coverage per target. Exit status 0 only if nothing failed.
 
+  mutants [ARGS...]
+        Mutation testing with cargo-mutants (installed if missing) of hyp,
+        pagetables and host-interface, each mutant judged by cargo test
+        --workspace --release, one at a time. ARGS go to cargo-mutants,
+        e.g. --file hyp/src/vcpu.rs or --shard 0/8. Results in
+        mutants.out/.
+
 Options:
   -h, --help    Print this text.
 
@@ -98,6 +107,7 @@ fn main() -> ExitCode {
         Ok(Command::Run { cpu }) => image::run_demo(&cpu),
         Ok(Command::Bench) => bench(),
         Ok(Command::Fuzz { target, seconds }) => fuzz::run(target.as_deref(), seconds),
+        Ok(Command::Mutants(args)) => mutants::run(&args),
         Err(message) => {
             eprintln!("xtask: {message}\n");
             eprint!("{USAGE}");
