@@ -266,3 +266,94 @@ fn untracked_mmio_faults_stop_at_the_budget() {
     assert_eq!(m.hyp_mut().host_fault(ram * PAGE, Access::Write), Ok(()));
     ok(m.call(HostCallId::ShareHyp, &[ram + 1, 1]));
 }
+
+fn vm_of(m: &SimMachine, h: u64) -> &hyp::Vm<SimPhys> {
+    m.hyp().vms().find(|(_, v)| v.handle() == h).expect("VM").1
+}
+
+/// VM_CREATE places a root of two concatenated tables (40-bit PA) on the
+/// first 8 KiB-aligned pair of the donated pages; the rest is the pool.
+#[test]
+fn vm_create_root_fits_exactly_at_the_end_of_the_range() {
+    let mut m = board("cortex-a710");
+    assert_eq!(
+        pagetables::stage2_root_geometry(40, m.hyp().cpu().pa_bits).root_pages,
+        2
+    );
+    let mut pfn = m.alloc(PageKind::Ram, 8).unwrap();
+    if pfn % 2 == 0 {
+        pfn += 1;
+    }
+    // Odd start, 2 pages: no aligned pair inside; nothing changes.
+    let r = m.call(HostCallId::VmCreate, &[0, pfn, 2]);
+    assert_eq!(r[..2], [0, host_interface::Errno::ENOMEM.to_x1()]);
+    assert_eq!(m.hyp().vms().count(), 0);
+    // Odd start, 3 pages: the pair is the last two; one pool page.
+    let r = m.call(HostCallId::VmCreate, &[0, pfn, 3]);
+    ok(r);
+    let vm = vm_of(&m, r[2]);
+    assert_eq!(vm.stage2().root_pa(), (pfn + 1) * PAGE);
+    assert_eq!(vm.stage2().pool_len(), 1);
+    // One-page roots (max: 48-bit PA): two pages, one of them the pool.
+    let mut m = board("max");
+    let pfn = m.alloc(PageKind::Ram, 3).unwrap();
+    let r = m.call(HostCallId::VmCreate, &[0, pfn, 1]);
+    assert_eq!(r[..2], [0, host_interface::Errno::ENOMEM.to_x1()]);
+    let r = m.call(HostCallId::VmCreate, &[0, pfn + 1, 2]);
+    ok(r);
+    let vm = vm_of(&m, r[2]);
+    assert_eq!(vm.stage2().root_pa(), (pfn + 1) * PAGE);
+    assert_eq!(vm.stage2().pool_len(), 1);
+}
+
+/// The host's own entry for a page it shares: executable only for
+/// cacheable memory that is not MMIO and that the host owns (not a page a
+/// guest shared back with MEM_SHARE).
+#[test]
+fn host_entries_of_shared_pages_have_exact_permissions() {
+    let mut m = board("max");
+    let pool = m.alloc(PageKind::Ram, 16).unwrap();
+    let r = m.call(HostCallId::VmCreate, &[0, pool, 16]);
+    ok(r);
+    let h = r[2];
+    let host_leaf = |m: &SimMachine, pfn: u64| match m.hyp().host_stage2().lookup(pfn * PAGE) {
+        Entry::Mapped { leaf, .. } => leaf,
+        e => panic!("pfn {pfn:#x}: {e:?}"),
+    };
+    let ram = m.alloc(PageKind::Ram, 1).unwrap();
+    ok(m.call(HostCallId::GuestShare, &[h, ram, 0x10, 1, 3]));
+    let l = host_leaf(&m, ram);
+    assert_eq!((l.perms.r, l.perms.w, l.perms.x), (true, true, true));
+    assert_eq!(l.state, pagetables::PageState::SharedOwned);
+    assert_eq!(l.memtype, pagetables::MemType::NormalWb);
+    let coh = m.alloc(PageKind::Coherent, 1).unwrap();
+    ok(m.call(HostCallId::GuestMapDevice, &[h, coh, 0x11, 1, 3 | 0x200]));
+    let l = host_leaf(&m, coh);
+    assert_eq!(
+        (l.perms.w, l.perms.x, l.memtype),
+        (true, true, pagetables::MemType::NormalWb)
+    );
+    let mmio = m.alloc(PageKind::MmioUc, 1).unwrap();
+    ok(m.call(HostCallId::GuestMapDevice, &[h, mmio, 0x12, 1, 3 | 0x100]));
+    let l = host_leaf(&m, mmio);
+    assert_eq!(
+        (l.perms.w, l.perms.x, l.memtype),
+        (true, false, pagetables::MemType::NormalNc)
+    );
+    // Unmapped: back to the host, not faulted in; a fault maps it Device.
+    ok(m.call(HostCallId::GuestUnmapDevice, &[h, 0x12, 1]));
+    assert_eq!(
+        m.hyp().host_stage2().lookup(mmio * PAGE),
+        Entry::Invalid { annotation: 0 }
+    );
+    assert_eq!(m.hyp_mut().host_fault(mmio * PAGE, Access::Read), Ok(()));
+    let l = host_leaf(&m, mmio);
+    assert_eq!(
+        (l.perms.x, l.memtype, l.state),
+        (
+            false,
+            pagetables::MemType::Device,
+            pagetables::PageState::Owned
+        )
+    );
+}
