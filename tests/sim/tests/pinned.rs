@@ -357,3 +357,115 @@ fn host_entries_of_shared_pages_have_exact_permissions() {
         )
     );
 }
+
+/// A guest that writes one value to ICC_SGI1R_EL1, then records whether
+/// SGI `watch` is queued for it, and leaves.
+struct SendSgi {
+    value: Option<u64>,
+    watch: u32,
+    saw: Option<bool>,
+}
+
+impl hyp::VcpuExecutor<SimPhys> for SendSgi {
+    fn enter(
+        &mut self,
+        _: u64,
+        _: u64,
+        _: hyp::GuestView<'_, SimPhys>,
+        ctx: &mut hyp::VcpuContext,
+    ) -> hyp::Trap {
+        if let Some(value) = self.value.take() {
+            return hyp::Trap::Sgi { value };
+        }
+        self.saw = Some(ctx.gic.is_queued(self.watch));
+        hyp::Trap::Irq
+    }
+}
+
+/// A VM with `n` vCPUs whose guest image is in place; returns its handle
+/// and the run pages.
+fn vm_with_vcpus(m: &mut SimMachine, n: u64) -> (u64, Vec<u64>) {
+    let pool = m.alloc(PageKind::Ram, 16).unwrap();
+    let r = m.call(HostCallId::VmCreate, &[0, pool, 16]);
+    ok(r);
+    let h = r[2];
+    let img = m.alloc(PageKind::Ram, 1).unwrap();
+    ok(m.call(
+        HostCallId::GuestShare,
+        &[h, img, sim::GUEST_BASE_IPA / PAGE, 1, 7],
+    ));
+    let mut runs = Vec::new();
+    for _ in 0..n {
+        let run = m.alloc(PageKind::Ram, 1).unwrap();
+        ok(m.call(HostCallId::ShareHyp, &[run, 1]));
+        ok(m.call(HostCallId::VcpuCreate, &[h, run]));
+        hyp::phys::write_u64(m.phys(), run * PAGE, sim::GUEST_BASE_IPA);
+        runs.push(run);
+    }
+    (h, runs)
+}
+
+/// Runs vCPU `vcpu` with `exec`; returns the exit reason and `kick_vcpus`.
+fn run_with(m: &mut SimMachine, h: u64, vcpu: u64, run: u64, exec: &mut SendSgi) -> (u64, u64) {
+    let regs = [u64::from(HostCallId::VcpuRun.id()), h, vcpu, 0, 0, 0, 0];
+    let r = m.hyp_mut().host_call(&regs, exec).regs;
+    assert_eq!(&r[..2], &[0, 0], "VCPU_RUN: {r:x?}");
+    let kick = core::mem::offset_of!(host_interface::RunPage, kick_vcpus) as u64;
+    (r[2], hyp::phys::read_u64(m.phys(), run * PAGE + kick))
+}
+
+/// ICC_SGI1R_EL1: INTID in bits 27:24, target list in 15:0 for vCPUs
+/// RS * 16 + n (RS in 47:44), IRM (bit 40) for all others; an affinity
+/// above Aff0 names no vCPU of ours.
+#[test]
+fn guest_sgis_reach_exactly_the_vcpus_named() {
+    let interrupted = host_interface::ExitReason::Interrupted as u64;
+    let cases: [(u64, u64, Option<u64>); 7] = [
+        // (value, kick_vcpus, vCPU that must see SGI 5 next run)
+        ((5 << 24) | 0b10, 0b10, Some(1)),
+        ((5 << 24) | 0b100, 0b100, Some(2)),
+        ((5 << 24) | 0b110, 0b110, Some(2)),
+        ((5 << 24) | (1 << 40), 0b110, Some(1)),
+        ((5 << 24) | (1 << 44) | 0b10, 0, None),
+        ((5 << 24) | (1 << 16) | 0b10, 0, None),
+        ((5 << 24) | (1 << 32) | 0b10, 0, None),
+    ];
+    for (value, want_kick, target) in cases {
+        let mut m = board("max");
+        let (h, runs) = vm_with_vcpus(&mut m, 3);
+        let mut send = SendSgi {
+            value: Some(value),
+            watch: 5,
+            saw: None,
+        };
+        let (reason, kick) = run_with(&mut m, h, 0, runs[0], &mut send);
+        assert_eq!(kick, want_kick, "value {value:#x}");
+        assert_eq!(reason, interrupted, "value {value:#x}");
+        // The sender did not get its own SGI.
+        assert_eq!(send.saw, if want_kick == 0 { Some(false) } else { None });
+        for t in 1..3u64 {
+            let mut look = SendSgi {
+                value: None,
+                watch: 5,
+                saw: None,
+            };
+            run_with(&mut m, h, t, runs[t as usize], &mut look);
+            let sent = want_kick & (1 << t) != 0;
+            assert_eq!(look.saw, Some(sent), "value {value:#x}, vCPU {t}");
+            if target == Some(t) {
+                assert!(sent);
+            }
+        }
+    }
+    // To itself (list bit 0 from vCPU 0): queued at once, the run goes on.
+    let mut m = board("max");
+    let (h, runs) = vm_with_vcpus(&mut m, 2);
+    let mut send = SendSgi {
+        value: Some((9 << 24) | 1),
+        watch: 9,
+        saw: None,
+    };
+    let (reason, kick) = run_with(&mut m, h, 0, runs[0], &mut send);
+    assert_eq!((reason, kick), (interrupted, 0));
+    assert_eq!(send.saw, Some(true));
+}
