@@ -64,14 +64,13 @@ use sim::SimMachine;
 fn snapshot_sees_a_state_change_and_nothing_else() {
     let mut m = SimMachine::with_spare_pool("max", 128).unwrap();
     let ram = m.hyp().platform().host_ram().next().unwrap().0 >> 12;
-    let mut scope = Scope::new(m.hyp());
-    scope.add(ram, 4);
-    let before = Snapshot::take(m.hyp(), &scope, &[ram]);
+    let frames = [ram, ram + 1, 0x10];
+    let before = Snapshot::take(m.hyp_mut(), &frames);
     // A failing call (nr = 0 is -EINVAL) leaves everything as it was.
     let r = m.call(HostCallId::ShareHyp, &[ram, 0]);
     assert_ne!(r[1], 0);
     assert_eq!(
-        before.unchanged(&Snapshot::take(m.hyp(), &scope, &[ram])),
+        before.unchanged(&Snapshot::take(m.hyp_mut(), &frames)),
         Ok(())
     );
     // A successful one changes the host's stage-2 (here first its pool:
@@ -79,16 +78,14 @@ fn snapshot_sees_a_state_change_and_nothing_else() {
     let r = m.call(HostCallId::ShareHyp, &[ram, 1]);
     assert_eq!(&r[..2], &[0, 0]);
     let e = before
-        .unchanged(&Snapshot::take(m.hyp(), &scope, &[ram]))
+        .unchanged(&Snapshot::take(m.hyp_mut(), &frames))
         .unwrap_err();
     assert!(e.starts_with("host pool 6"), "{e}");
     // A VM's creation changes the host pool's view and the VM list.
-    let snap = Snapshot::take(m.hyp(), &scope, &[]);
+    let snap = Snapshot::take(m.hyp_mut(), &[]);
     let r = m.call(HostCallId::VmCreate, &[0, ram + 8, 4]);
     assert_eq!(&r[..2], &[0, 0]);
-    assert!(snap
-        .unchanged(&Snapshot::take(m.hyp(), &scope, &[]))
-        .is_err());
+    assert!(snap.unchanged(&Snapshot::take(m.hyp_mut(), &[])).is_err());
 }
 
 #[test]

@@ -2,15 +2,16 @@
 //!
 //! - I1–I4: [`hyp::invariants::check`], which walks the real stage-2
 //!   tables (the walker the model-based test uses too).
-//! - "A failed call changed nothing": a [`Snapshot`] of everything the
-//!   host can observe through the tables and the pools, taken before each
-//!   call and compared after a call that failed.
+//! - "A failed call changed nothing": a [`Snapshot`] of the frames the
+//!   call named (the host's and every VM's entries, the page metadata),
+//!   the pools and the maintenance issued, taken before each call and
+//!   compared after a call that failed.
 //! - I5: [`scrubbed`], after every successful RECLAIM.
 
 use host_interface::PAGE_SIZE;
-use pagetables::{Entry, Leaf, PhysMem};
+use pagetables::{Entry, PhysMem};
 
-use crate::{tracked_ranges, SimHyp};
+use crate::{tracked_ranges, CountingMaintenance, SimHyp};
 
 /// I1–I4 over every tracked page and every guest stage-2.
 pub fn invariants(hv: &SimHyp) -> Result<(), String> {
@@ -79,134 +80,76 @@ impl Scope {
     }
 }
 
-/// One run of identical translation: `count` pages from `ipa`, mapped to
-/// consecutive output pages with one leaf, or invalid with one annotation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Run {
-    Mapped {
-        ipa: u64,
-        count: u64,
-        pa: u64,
-        leaf: Leaf,
-    },
-    Invalid {
-        ipa: u64,
-        count: u64,
-        annotation: u16,
-    },
-}
-
-/// The observable state of the core: every translation of the host's
-/// tracked memory and of every VM (normalised, so that how many
-/// descriptors express it does not matter), the pools, the per-page
-/// metadata of the pages a call named, and the VMs that exist.
+/// What a host call can change that the host or a test can observe,
+/// around the frames the call named: a failed call must leave all of it as
+/// it was. Walking every table before and after each call would cost more
+/// than the call (a VM's 40-bit IPA space alone is a thousand descriptors
+/// at the top level), so this looks up the named frames, and counts what
+/// any other write would have needed: table pages from a pool, TLB or
+/// cache maintenance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
-    host: Vec<Run>,
     host_pool: usize,
     host_tables: usize,
-    /// (handle, protected, pool pages, table pages, translation).
-    vms: Vec<(u64, bool, usize, usize, Vec<Run>)>,
-    /// (pfn, share count, pinned) of the pages asked about.
-    meta: Vec<(u64, u16, bool)>,
+    maintenance: CountingMaintenance,
+    /// (handle, protected, pool pages, table pages).
+    vms: Vec<(u64, bool, usize, usize)>,
+    /// (frame, the host's entry, share count, pinned).
+    host: Vec<(u64, Entry, u16, bool)>,
+    /// (handle, frame, the VM's entry).
+    guest: Vec<(u64, u64, Entry)>,
 }
 
-fn push(runs: &mut Vec<Run>, ipa: u64, count: u64, e: Entry) {
-    let next = match e {
-        Entry::Mapped { pa, leaf, .. } => Run::Mapped {
-            ipa,
-            count,
-            pa,
-            leaf,
-        },
-        Entry::Invalid { annotation } => Run::Invalid {
-            ipa,
-            count,
-            annotation,
-        },
-    };
-    if let Some(last) = runs.last_mut() {
-        match (last, next) {
-            (
-                Run::Mapped {
-                    ipa: i0,
-                    count: c0,
-                    pa: p0,
-                    leaf: l0,
-                },
-                Run::Mapped {
-                    ipa,
-                    count,
-                    pa,
-                    leaf,
-                },
-            ) if *i0 + *c0 * PAGE_SIZE == ipa && *p0 + *c0 * PAGE_SIZE == pa && *l0 == leaf => {
-                *c0 += count;
-                return;
+/// The frames a call's registers name: each register x1..x6 taken as a
+/// first frame, with the next register as a count (at most 16 frames).
+pub fn named_frames(regs: &[u64; 7]) -> Vec<u64> {
+    let mut frames = Vec::new();
+    for k in 1..7 {
+        let n = regs.get(k + 1).copied().unwrap_or(1).clamp(1, 16);
+        for i in 0..n {
+            let f = regs[k].wrapping_add(i);
+            if !frames.contains(&f) {
+                frames.push(f);
             }
-            (
-                Run::Invalid {
-                    ipa: i0,
-                    count: c0,
-                    annotation: a0,
-                },
-                Run::Invalid {
-                    ipa,
-                    count,
-                    annotation,
-                },
-            ) if *i0 + *c0 * PAGE_SIZE == ipa && *a0 == annotation => {
-                *c0 += count;
-                return;
-            }
-            _ => {}
         }
     }
-    runs.push(next);
-}
-
-fn translation<P: PhysMem>(s2: &pagetables::Stage2<P>, ranges: &[(u64, u64)]) -> Vec<Run> {
-    let mut runs = Vec::new();
-    for &(start, n) in ranges {
-        let _ = s2.walk(start * PAGE_SIZE, n, &mut |ipa, cnt, e| {
-            push(&mut runs, ipa, cnt, e);
-            true
-        });
-    }
-    runs
+    frames
 }
 
 impl Snapshot {
-    /// The state now: the host's translation of the pages in `scope`,
-    /// every VM's whole, and the metadata of `pfns`.
-    pub fn take(hv: &SimHyp, scope: &Scope, pfns: &[u64]) -> Snapshot {
-        let host = translation(hv.host_stage2(), &scope.ranges);
+    /// The state now, around `frames`.
+    pub fn take(hv: &mut SimHyp, frames: &[u64]) -> Snapshot {
+        let maintenance = *hv.maintenance();
+        let pa_pages = hv.platform().pa_pages();
         let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
-        let vms = hv
-            .vms()
-            .map(|(_, vm)| {
-                (
-                    vm.handle(),
-                    vm.protected(),
-                    vm.stage2().pool_len(),
-                    vm.stage2().table_pages(),
-                    translation(vm.stage2(), &[(0, ipa_pages)]),
-                )
-            })
-            .collect();
-        let meta = pfns
+        let host = frames
             .iter()
-            .map(|&p| {
-                let (count, pinned) = hv.page_meta(p);
-                (p, count, pinned)
+            .filter(|&&f| f < pa_pages)
+            .map(|&f| {
+                let (count, pinned) = hv.page_meta(f);
+                (f, hv.host_stage2().lookup(f * PAGE_SIZE), count, pinned)
             })
             .collect();
+        let mut vms = Vec::new();
+        let mut guest = Vec::new();
+        for (_, vm) in hv.vms() {
+            vms.push((
+                vm.handle(),
+                vm.protected(),
+                vm.stage2().pool_len(),
+                vm.stage2().table_pages(),
+            ));
+            for &f in frames.iter().filter(|&&f| f < ipa_pages) {
+                guest.push((vm.handle(), f, vm.stage2().lookup(f * PAGE_SIZE)));
+            }
+        }
         Snapshot {
-            host,
             host_pool: hv.host_stage2().pool_len(),
             host_tables: hv.host_stage2().table_pages(),
+            maintenance,
             vms,
-            meta,
+            host,
+            guest,
         }
     }
 
@@ -218,48 +161,27 @@ impl Snapshot {
                 self.host_pool, after.host_pool, self.host_tables, after.host_tables
             ));
         }
-        if self.meta != after.meta {
-            return Err(format!("page metadata {:?} -> {:?}", self.meta, after.meta));
-        }
-        if self.vms.len() != after.vms.len() {
-            return Err(format!("{} VMs -> {}", self.vms.len(), after.vms.len()));
-        }
-        for (a, b) in self.vms.iter().zip(&after.vms) {
-            if a.0 != b.0 || a.1 != b.1 || a.2 != b.2 || a.3 != b.3 {
-                return Err(format!(
-                    "VM {} (pool {}, tables {}) -> VM {} (pool {}, tables {})",
-                    a.0, a.2, a.3, b.0, b.2, b.3
-                ));
-            }
-            if a.4 != b.4 {
-                return Err(format!(
-                    "VM {}'s stage-2 changed: {}",
-                    a.0,
-                    diff(&a.4, &b.4)
-                ));
-            }
-        }
-        if self.host != after.host {
+        if self.maintenance != after.maintenance {
             return Err(format!(
-                "the host's stage-2 changed: {}",
-                diff(&self.host, &after.host)
+                "maintenance {:?} -> {:?}",
+                self.maintenance, after.maintenance
             ));
+        }
+        if self.vms != after.vms {
+            return Err(format!("VMs {:?} -> {:?}", self.vms, after.vms));
+        }
+        for (a, b) in self.host.iter().zip(&after.host) {
+            if a != b {
+                return Err(format!("the host's frame {:#x}: {a:?} -> {b:?}", a.0));
+            }
+        }
+        for (a, b) in self.guest.iter().zip(&after.guest) {
+            if a != b {
+                return Err(format!("VM {} frame {:#x}: {a:?} -> {b:?}", a.0, a.1));
+            }
         }
         Ok(())
     }
-}
-
-fn diff(a: &[Run], b: &[Run]) -> String {
-    let at = a
-        .iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(b.len()));
-    format!(
-        "first difference at run {at}: {:?} -> {:?}",
-        a.get(at),
-        b.get(at)
-    )
 }
 
 /// I5 after RECLAIM: each of the `nr` pages from `pfn` reads as zeros.
