@@ -281,7 +281,7 @@ fn vm_create_root_fits_exactly_at_the_end_of_the_range() {
         2
     );
     let mut pfn = m.alloc(PageKind::Ram, 8).unwrap();
-    if pfn % 2 == 0 {
+    if pfn.is_multiple_of(2) {
         pfn += 1;
     }
     // Odd start, 2 pages: no aligned pair inside; nothing changes.
