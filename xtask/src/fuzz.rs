@@ -58,7 +58,7 @@ pub fn fuzz(targets: &[&str], seconds: u64) -> Result<(), String> {
     ensure_cargo_fuzz()?;
     let dir = workspace_root().join("fuzz");
     let mut build = cargo_fuzz(&dir);
-    build.args(["build", "-s", "none", "-O"]);
+    build.args(["build", "-s", "none", "-O", "-a"]);
     println!("==> fuzz build: {}", process::describe(&build));
     if !process::succeeded(&mut build) {
         return Err("building the fuzz targets failed".into());
@@ -83,7 +83,7 @@ fn run_target(dir: &Path, target: &str, seconds: u64) -> Result<(), String> {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
     let mut cmd = cargo_fuzz(dir);
-    cmd.args(["run", "-s", "none", "-O", target])
+    cmd.args(["run", "-s", "none", "-O", "-a", target])
         .arg(&work)
         .arg(dir.join("corpus").join(target))
         .arg("--")
