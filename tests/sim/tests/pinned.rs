@@ -469,3 +469,32 @@ fn guest_sgis_reach_exactly_the_vcpus_named() {
     assert_eq!((reason, kick), (interrupted, 0));
     assert_eq!(send.saw, Some(true));
 }
+
+/// The untracked budget is exactly the pool beyond the boot reservation:
+/// faults on undeclared MMIO may spend all of it, to the last page, and
+/// not one page more.
+#[test]
+fn untracked_mmio_faults_spend_exactly_the_budget() {
+    let mut m = SimMachine::with_spare_pool("max", 5).unwrap();
+    let l3 = m.hyp().platform().tracked_pages().div_ceil(512);
+    let reserved = l3 + l3.div_ceil(512) + 8;
+    let budget = m.hyp().host_stage2().pool_len() as u64 - reserved;
+    assert!(budget >= 5, "budget {budget}");
+    // One 1 GiB of undeclared MMIO: the first fault there needs the upper
+    // tables, each later one (another 2 MiB) exactly one last-level table.
+    let base = (1u64 << m.hyp().cpu().pa_bits) - (1 << 30);
+    let mut spent = 0;
+    for k in 0..budget + 4 {
+        let before = m.hyp().host_stage2().pool_len() as u64;
+        if m.hyp_mut()
+            .host_fault(base + k * (2 << 20), Access::Read)
+            .is_err()
+        {
+            assert_eq!(m.hyp().host_stage2().pool_len() as u64, before);
+            break;
+        }
+        spent += before - m.hyp().host_stage2().pool_len() as u64;
+    }
+    assert_eq!(spent, budget);
+    assert_eq!(m.hyp().host_stage2().pool_len() as u64, reserved);
+}
