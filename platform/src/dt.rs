@@ -431,7 +431,8 @@ fn ppis(value: &[u8]) -> Option<Vec<u32>> {
         .chunks_exact(12)
         .map(|c| {
             let (kind, n) = (be32(c, 0)?, be32(c, 4)?);
-            (kind == 1 && n < 16).then_some(16 + n)
+            // `then`, not `then_some`: `16 + n` only once `n` is known small.
+            (kind == 1 && n < 16).then(|| 16 + n)
         })
         .collect()
 }

@@ -1148,3 +1148,22 @@ fn withheld_ranges() {
         Err(PlatformError::Overlap { .. })
     ));
 }
+
+/// Found by the `device_tree` fuzz target: a timer PPI number near
+/// `u32::MAX` made the PPI decoder compute `16 + n` before checking `n`,
+/// an overflow (a panic wherever overflow checks are on). It is not a PPI:
+/// the tree has no usable timer.
+#[test]
+fn timer_ppi_number_near_u32_max_is_refused() {
+    let mut blob = qemu_virt_fdt(RAM_BASE, RAM_SIZE);
+    let timers: Vec<u8> = [1u32, 13, 4, 1, 14, 4]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect();
+    let at = blob
+        .windows(timers.len())
+        .position(|w| w == timers.as_slice())
+        .expect("the timer's interrupts");
+    blob[at + 4..at + 8].copy_from_slice(&0xFFFF_FFF5u32.to_be_bytes());
+    assert_eq!(gic_facts(&blob), Err(PlatformError::NoGic));
+}

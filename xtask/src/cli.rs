@@ -1,4 +1,4 @@
-//! Command-line parsing (hand-rolled: four commands, two flags).
+//! Command-line parsing (hand-rolled: six commands, three flags).
 
 use std::path::PathBuf;
 
@@ -18,6 +18,12 @@ pub enum Command {
         cpu: String,
     },
     Bench,
+    Fuzz {
+        target: Option<String>,
+        seconds: u64,
+    },
+    /// cargo-mutants, with these arguments passed on.
+    Mutants(Vec<String>),
 }
 
 /// Parses the arguments after `cargo xtask`. An `Err` is a usage error.
@@ -56,8 +62,45 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             no_args("bench", rest)?;
             Ok(Command::Bench)
         }
+        "fuzz" => parse_fuzz(rest),
+        "mutants" => Ok(Command::Mutants(rest.to_vec())),
         other => Err(format!("unknown command `{other}`")),
     }
+}
+
+/// `fuzz [TARGET] [--time SECONDS]`.
+fn parse_fuzz(rest: &[String]) -> Result<Command, String> {
+    let mut target = None;
+    let mut seconds = None;
+    let mut args = rest.iter();
+    while let Some(arg) = args.next() {
+        let time = if arg == "--time" {
+            Some(args.next().ok_or("`--time` needs SECONDS")?.as_str())
+        } else {
+            arg.strip_prefix("--time=")
+        };
+        match time {
+            Some(t) => {
+                let s: u64 = t
+                    .parse()
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| format!("`--time` needs a number of seconds, not `{t}`"))?;
+                if seconds.replace(s).is_some() {
+                    return Err("`--time` given twice".into());
+                }
+            }
+            None if arg.starts_with('-') => return Err(format!("unknown option `{arg}`")),
+            None if target.is_some() => {
+                return Err(format!("`fuzz` takes one TARGET, not `{arg}`"))
+            }
+            None => target = Some(arg.clone()),
+        }
+    }
+    Ok(Command::Fuzz {
+        target,
+        seconds: seconds.unwrap_or(crate::fuzz::DEFAULT_SECONDS),
+    })
 }
 
 fn no_args(command: &str, rest: &[String]) -> Result<(), String> {
@@ -176,6 +219,28 @@ mod tests {
         assert!(parse(&args("test x")).is_err());
         assert_eq!(parse(&args("bench")), Ok(Command::Bench));
         assert!(parse(&args("bogus")).is_err());
+        assert_eq!(
+            parse(&args("fuzz")),
+            Ok(Command::Fuzz {
+                target: None,
+                seconds: crate::fuzz::DEFAULT_SECONDS
+            })
+        );
+        assert_eq!(
+            parse(&args("fuzz decode --time 5")),
+            Ok(Command::Fuzz {
+                target: Some("decode".into()),
+                seconds: 5
+            })
+        );
+        assert!(parse(&args("fuzz --time")).is_err());
+        assert!(parse(&args("fuzz --time 0")).is_err());
+        assert!(parse(&args("fuzz a b")).is_err());
+        assert!(parse(&args("fuzz --time=3 --time 4")).is_err());
+        assert_eq!(
+            parse(&args("mutants --file hyp/src/vcpu.rs")),
+            Ok(Command::Mutants(args("--file hyp/src/vcpu.rs")))
+        );
         assert!(parse(&args("--bogus")).is_err());
     }
 }

@@ -5,7 +5,9 @@
 //! - `scenario FILE... [--cpu MODEL] [--sim]`: run scenario files;
 //! - `test`: everything CI checks, stopping at the first failing step;
 //! - `run [--cpu MODEL]`: the main demo;
-//! - `bench`: the benchmarks.
+//! - `bench`: the benchmarks;
+//! - `fuzz [TARGET] [--time SECONDS]`: coverage-guided fuzzing of the core;
+//! - `mutants [ARGS...]`: mutation testing of the core.
 //!
 //! Std only, so that `cargo xtask` builds fast on a fresh machine. What runs
 //! on the simulator and what runs on the real EL2 image in QEMU is decided
@@ -14,7 +16,9 @@
 mod cli;
 mod deps;
 mod elf;
+mod fuzz;
 mod image;
+mod mutants;
 mod process;
 mod qemu;
 mod test_all;
@@ -46,7 +50,8 @@ Commands:
         Everything CI checks, each step under a `==> STEP` header:
         rustup targets and QEMU, cargo fmt --check and clippy -D warnings
         (workspace and the bare-metal crates), cargo test --workspace
-        --release, every scenario file on the simulator and then on the real
+        --release, every fuzz target for 30 s from its corpus, every
+        scenario file on the simulator and then on the real
         image in QEMU for cortex-a57, cortex-a710, neoverse-v1 and max (the
         real image must give the simulator's counts), a two-CPU fuzz of
         the real image, then on the same four models interrupts into guests
@@ -65,6 +70,22 @@ Commands:
         Per-page costs of the core on this machine (next to a bare
         aarch64-paging map+unmap), metadata per GiB, then instructions per
         call on the real image under QEMU -icount shift=0.
+
+  fuzz [TARGET] [--time SECONDS]
+        Coverage-guided fuzzing with cargo-fuzz (libFuzzer, stable Rust,
+        installed if missing) of TARGET, or of every target in turn:
+        host_calls, guest_exits, decode, device_tree, manifest (see
+        tests/sim/src/fuzzing). Each runs SECONDS (default 60) from its
+        seed corpus in fuzz/corpus and stops at the first crash or oracle
+        failure, saved under fuzz/artifacts. Prints executions, exec/s and
+        coverage per target. Exit status 0 only if nothing failed.
+
+  mutants [ARGS...]
+        Mutation testing with cargo-mutants (installed if missing) of hyp,
+        pagetables and host-interface, each mutant judged by cargo test
+        --workspace --release, one at a time. ARGS go to cargo-mutants,
+        e.g. --file hyp/src/vcpu.rs or --shard 0/8. Results in
+        mutants.out/.
 
 Options:
   -h, --help    Print this text.
@@ -85,6 +106,8 @@ fn main() -> ExitCode {
         Ok(Command::Test) => test_all::run(),
         Ok(Command::Run { cpu }) => image::run_demo(&cpu),
         Ok(Command::Bench) => bench(),
+        Ok(Command::Fuzz { target, seconds }) => fuzz::run(target.as_deref(), seconds),
+        Ok(Command::Mutants(args)) => mutants::run(&args),
         Err(message) => {
             eprintln!("xtask: {message}\n");
             eprint!("{USAGE}");

@@ -9,6 +9,7 @@
 //! It implements [`scenario::Machine`], so scenario files run here with the
 //! interpreter the real test host uses.
 
+pub mod fuzzing;
 pub mod guest;
 pub mod maint;
 pub mod mem;
@@ -102,6 +103,21 @@ impl SimMachine {
 
     /// A fresh board with explicit CPU features.
     pub fn with_features(cpu: CpuFeatures) -> Result<Self, String> {
+        Self::build(cpu, None)
+    }
+
+    /// A fresh board of model `model` whose host stage-2 pool is the worst
+    /// case the core reserves for tracked memory plus `spare` pages (for
+    /// faults on other MMIO), rather than the whole HYP region. Writing
+    /// the pool's free list touches every pool page, which dominates the
+    /// cost of a fresh board: the fuzz targets build one per input.
+    pub fn with_spare_pool(model: &str, spare: u64) -> Result<Self, String> {
+        let cpu = platform::qemu_cpu(model, true)
+            .ok_or_else(|| format!("unknown CPU model {model:?}"))?;
+        Self::build(cpu, Some(spare))
+    }
+
+    fn build(cpu: CpuFeatures, spare: Option<u64>) -> Result<Self, String> {
         let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
         let platform = Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], cpu.pa_bits)
             .map_err(|e| format!("platform description: {e:?}"))?;
@@ -120,7 +136,15 @@ impl SimMachine {
         let dma_pages = hyp::DmaView::<SimPhys>::pages_needed(&platform, DMA_IPA_BITS);
         let hyp_end = hyp_region.base_pfn + hyp_region.nr_pages;
         let dma_base = (hyp_end - dma_pages) & !15;
-        let mut pool = (hyp_region.base_pfn + image..dma_base).map(|p| p << 12);
+        let mut end = dma_base;
+        if let Some(spare) = spare {
+            // The core's reservation (hyp's worst_case_tables) plus the
+            // root, which needs at most 16 concatenated pages.
+            let l3 = platform.tracked_pages().div_ceil(512);
+            let needed = l3 + l3.div_ceil(512) + 8 + 16;
+            end = end.min(hyp_region.base_pfn + image + needed + spare);
+        }
+        let mut pool = (hyp_region.base_pfn + image..end).map(|p| p << 12);
         let ram = region_cursor(&platform, MemClass::Ram, None, 0);
         let coherent = region_cursor(&platform, MemClass::Coherent, None, 0);
         let mmio_dev = region_cursor(&platform, MemClass::Mmio, Some(false), 0);
@@ -211,8 +235,9 @@ impl SimMachine {
     }
 
     /// Make sure the host's stage-2 lets it make `access` at `pa`, faulting
-    /// it in through the core as the hardware would.
-    fn host_access(&mut self, pa: u64, access: Access) -> Result<(), Abort> {
+    /// it in through the core as the hardware would. `Err` is the abort the
+    /// host would take.
+    pub fn host_touch(&mut self, pa: u64, access: Access) -> Result<(), Abort> {
         for _ in 0..2 {
             if let Entry::Mapped { pa: out, leaf, .. } = self.hv.host_stage2().lookup(pa & !0xfff) {
                 let ok = match access {
@@ -307,12 +332,12 @@ impl Machine for SimMachine {
     }
 
     fn host_read(&mut self, pa: u64) -> Result<u64, Abort> {
-        self.host_access(pa, Access::Read)?;
+        self.host_touch(pa, Access::Read)?;
         Ok(self.mem_read(pa))
     }
 
     fn host_write(&mut self, pa: u64, value: u64) -> Result<(), Abort> {
-        self.host_access(pa, Access::Write)?;
+        self.host_touch(pa, Access::Write)?;
         self.mem_write(pa, value);
         Ok(())
     }
@@ -338,7 +363,7 @@ impl Machine for SimMachine {
         let word = u64::from_ne_bytes([byte; 8]);
         let mut a = pa & !7;
         while a < pa + len {
-            self.host_access(a, Access::Write)?;
+            self.host_touch(a, Access::Write)?;
             self.mem_write(a, word);
             a += 8;
         }
