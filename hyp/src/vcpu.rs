@@ -373,9 +373,23 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// (an executor that keeps the guest's registers loaded across traps
     /// saves them first). The vCPU counts as running until then.
     pub fn vcpu_run_step(&mut self, run: &mut Run, trap: Trap) -> Option<ExitReason> {
+        // A guest CPU_ON names a vCPU the host must now run: as for an SGI,
+        // the run ends INTERRUPTED with it in `kick_vcpus`.
+        let cpu_on = match (trap, run.ctx.x[0]) {
+            (Trap::Hvc, 0xC400_0003) => Self::vcpu_of_mpidr(run.ctx.x[1]),
+            (Trap::Hvc, 0x8400_0003) => Self::vcpu_of_mpidr(run.ctx.x[1] & 0xffff_ffff),
+            _ => None,
+        };
         let next = match trap {
             Trap::Sgi { value } => self.send_sgi(run, value),
             _ => self.handle_trap(run.slot, run.index, run.run_pfn, trap, &mut run.ctx),
+        };
+        let next = match (next, cpu_on) {
+            (Next::Continue, Some(t)) if run.ctx.x[0] == psci::SUCCESS && t < 64 => {
+                run.kick |= 1 << t;
+                Next::Exit(ExitReason::Interrupted)
+            }
+            (next, _) => next,
         };
         match next {
             Next::Continue => {
