@@ -18,6 +18,10 @@ pub enum Command {
         cpu: String,
     },
     Bench,
+    Linux {
+        cpu: String,
+        smp: u32,
+    },
 }
 
 /// Parses the arguments after `cargo xtask`. An `Err` is a usage error.
@@ -56,8 +60,41 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             no_args("bench", rest)?;
             Ok(Command::Bench)
         }
+        "linux" => {
+            let (smp, rest) = take_smp(rest)?;
+            let opts = Options::parse(&rest, false)?;
+            if let Some(extra) = opts.positional.first() {
+                return Err(format!("`linux` takes no argument `{extra}`"));
+            }
+            Ok(Command::Linux { cpu: opts.cpu, smp })
+        }
         other => Err(format!("unknown command `{other}`")),
     }
+}
+
+/// `--smp N` (1..=8, default 2), taken out of `args`.
+fn take_smp(args: &[String]) -> Result<(u32, Vec<String>), String> {
+    let mut smp = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let value = if arg == "--smp" {
+            it.next().ok_or("`--smp` needs a number")?.clone()
+        } else if let Some(v) = arg.strip_prefix("--smp=") {
+            v.to_owned()
+        } else {
+            rest.push(arg.clone());
+            continue;
+        };
+        if smp.is_some() {
+            return Err("`--smp` given twice".into());
+        }
+        match value.parse::<u32>() {
+            Ok(n) if (1..=8).contains(&n) => smp = Some(n),
+            _ => return Err(format!("`--smp` needs a number from 1 to 8, not `{value}`")),
+        }
+    }
+    Ok((smp.unwrap_or(2), rest))
 }
 
 fn no_args(command: &str, rest: &[String]) -> Result<(), String> {
@@ -176,6 +213,23 @@ mod tests {
         assert!(parse(&args("test x")).is_err());
         assert_eq!(parse(&args("bench")), Ok(Command::Bench));
         assert!(parse(&args("bogus")).is_err());
+        assert_eq!(
+            parse(&args("linux --cpu cortex-a57 --smp 4")),
+            Ok(Command::Linux {
+                cpu: "cortex-a57".into(),
+                smp: 4
+            })
+        );
+        assert_eq!(
+            parse(&args("linux")),
+            Ok(Command::Linux {
+                cpu: "max".into(),
+                smp: 2
+            })
+        );
+        assert!(parse(&args("linux --smp 0")).is_err());
+        assert!(parse(&args("linux --smp")).is_err());
+        assert!(parse(&args("linux --smp 2 --smp=3")).is_err());
         assert!(parse(&args("--bogus")).is_err());
     }
 }

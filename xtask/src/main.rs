@@ -5,7 +5,9 @@
 //! - `scenario FILE... [--cpu MODEL] [--sim]`: run scenario files;
 //! - `test`: everything CI checks, stopping at the first failing step;
 //! - `run [--cpu MODEL]`: the main demo;
-//! - `bench`: the benchmarks.
+//! - `bench`: the benchmarks;
+//! - `linux [--cpu MODEL] [--smp N]`: Debian's kernel as the host, running
+//!   the host driver's tests.
 //!
 //! Std only, so that `cargo xtask` builds fast on a fresh machine. What runs
 //! on the simulator and what runs on the real EL2 image in QEMU is decided
@@ -15,6 +17,7 @@ mod cli;
 mod deps;
 mod elf;
 mod image;
+mod linux;
 mod process;
 mod qemu;
 mod test_all;
@@ -66,6 +69,14 @@ Commands:
         aarch64-paging map+unmap), metadata per GiB, then instructions per
         call on the real image under QEMU -icount shift=0.
 
+  linux [--cpu MODEL] [--smp N]
+        Boots Debian's arm64 Linux kernel (fetched with apt-get download
+        and cached under target/linux) as the host on the hypervisor, with
+        N CPUs (default 2), to an initramfs that loads the host driver
+        (driver/) and runs its tests (tests/driver-test). The console is
+        shown; exit status 0 only if the tests passed and the console shows
+        no oops, warning or SError.
+
 Options:
   -h, --help    Print this text.
 
@@ -85,6 +96,7 @@ fn main() -> ExitCode {
         Ok(Command::Test) => test_all::run(),
         Ok(Command::Run { cpu }) => image::run_demo(&cpu),
         Ok(Command::Bench) => bench(),
+        Ok(Command::Linux { cpu, smp }) => linux::run(&cpu, smp),
         Err(message) => {
             eprintln!("xtask: {message}\n");
             eprint!("{USAGE}");
