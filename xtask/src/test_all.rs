@@ -6,10 +6,22 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use crate::process::{self, Counts};
-use crate::{deps, image, workspace_root};
+use crate::{deps, image, linux, workspace_root};
 
 /// The CPU models every scenario file runs on.
 pub const CPU_MODELS: [&str; 4] = ["cortex-a57", "cortex-a710", "neoverse-v1", "max"];
+
+/// Debian's kernel as the host: every model, with 2 and with 4 CPUs.
+const LINUX_CONFIGS: [(&str, u32); 8] = [
+    ("cortex-a57", 2),
+    ("cortex-a57", 4),
+    ("cortex-a710", 2),
+    ("cortex-a710", 4),
+    ("neoverse-v1", 2),
+    ("neoverse-v1", 4),
+    ("max", 2),
+    ("max", 4),
+];
 
 /// The bare-metal crates and their targets.
 const BARE_METAL: [(&str, &str); 2] = [
@@ -120,7 +132,8 @@ fn steps(total: &mut Counts) -> Result<(), String> {
         }
     }
 
-    image::real_image_tests(&files, total)
+    image::real_image_tests(&files, total)?;
+    linux::tests(&LINUX_CONFIGS, total)
 }
 
 fn header(name: &str) {
