@@ -289,7 +289,7 @@ struct CpioEntry<'a> {
 /// A newc cpio archive of `entries`, as the kernel unpacks an initramfs.
 fn cpio_newc(entries: &[CpioEntry]) -> Vec<u8> {
     fn pad4(out: &mut Vec<u8>) {
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }
