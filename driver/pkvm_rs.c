@@ -36,6 +36,7 @@
 #define HC(n)			(0xC6000100UL + (n))
 #define HC_HYP_VERSION		HC(0x00)
 #define HC_HYP_FEATURES		HC(0x01)
+#define HC_PAGE_QUERY		HC(0x02)
 #define HC_SHARE_HYP		HC(0x10)
 #define HC_UNSHARE_HYP		HC(0x11)
 #define HC_VM_CREATE		HC(0x20)
@@ -47,6 +48,9 @@
 #define HC_GUEST_SHARE		HC(0x30)
 #define HC_GUEST_UNSHARE	HC(0x31)
 #define HC_GUEST_DONATE		HC(0x32)
+
+/* PAGE_QUERY host state: the host may touch a page a guest shared. */
+#define HOST_SHARED_BORROWED	2
 
 /* Pages per call at most (ABI.md: nr is 1..=512). */
 #define HC_MAX_PAGES		512
@@ -657,6 +661,58 @@ static long vm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 	}
 }
 
+/*
+ * A VMM's view of a protected guest's memory: a page the guest shared with
+ * MEM_SHARE maps; any other page is SIGBUS. The mapping holds the VM file,
+ * so no page is reclaimed under it. Should the guest unshare a page later,
+ * the VMM's next access takes the abort the hypervisor injects: SIGBUS too.
+ */
+static vm_fault_t vm_mem_fault(struct vm_fault *vmf)
+{
+	struct vm *vm = vmf->vma->vm_file->private_data;
+	struct arm_smccc_1_2_regs args = { .a0 = HC_PAGE_QUERY }, out;
+	vm_fault_t ret = VM_FAULT_SIGBUS;
+	struct page *p;
+
+	/*
+	 * No vm->lock here: SET_MEMORY holds it across copy_from_user(),
+	 * which may fault under mmap_lock. The xarray is safe to read, and a
+	 * page leaves it early only when its donation failed, when the host
+	 * still owns it and PAGE_QUERY says so.
+	 */
+	p = xa_load(&vm->donated, vmf->pgoff);
+	if (p) {
+		args.a1 = page_to_pfn(p);
+		arm_smccc_1_2_hvc(&args, &out);
+		if (out.a0 == 0 && out.a1 == 0 && out.a3 == HOST_SHARED_BORROWED)
+			ret = vmf_insert_pfn(vmf->vma, vmf->address,
+					     page_to_pfn(p));
+	}
+	return ret;
+}
+
+static const struct vm_operations_struct vm_mem_ops = {
+	.fault = vm_mem_fault,
+};
+
+static int vm_file_mmap(struct file *f, struct vm_area_struct *vma)
+{
+	struct vm *vm = f->private_data;
+
+	/* A normal VM's memory is the VMM's own already. */
+	if (!vm->protected)
+		return -ENODEV;
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+	vm_flags_set(vma, VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP);
+#else
+	vma->vm_flags |= VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_DONTDUMP;
+#endif
+	vma->vm_ops = &vm_mem_ops;
+	return 0;
+}
+
 static int vm_release(struct inode *inode, struct file *f)
 {
 	vm_teardown(f->private_data);
@@ -666,6 +722,7 @@ static int vm_release(struct inode *inode, struct file *f)
 static const struct file_operations vm_fops = {
 	.owner = THIS_MODULE,
 	.unlocked_ioctl = vm_ioctl,
+	.mmap = vm_file_mmap,
 	.release = vm_release,
 	.llseek = noop_llseek,
 };

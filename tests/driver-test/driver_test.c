@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -103,11 +104,45 @@ __asm__(
 	"	hvc	#0\n"
 	"	b	.\n"
 	"guest_wait_end:\n"
+	/* Writes 0xBEEF to its data page (x0), MEM_SHAREs it, reports the
+	 * result with the forwarded call, MEM_UNSHAREs it, reports again,
+	 * SYSTEM_OFF. */
+	".global guest_share, guest_share_end\n"
+	"guest_share:\n"
+	"	mov	x19, x0\n"
+	"	movz	x1, #0xBEEF\n"
+	"	str	x1, [x19]\n"
+	"	mov	x1, x19\n"
+	"	mov	x2, xzr\n"
+	"	mov	x3, xzr\n"
+	"	movz	x0, #0x0003\n"
+	"	movk	x0, #0xC600, lsl #16\n" /* MEM_SHARE */
+	"	hvc	#0\n"
+	"	mov	x1, x0\n"
+	"	movz	x0, #0x0F42\n"
+	"	movk	x0, #0xC600, lsl #16\n"
+	"	hvc	#0\n"
+	"	mov	x1, x19\n"
+	"	mov	x2, xzr\n"
+	"	mov	x3, xzr\n"
+	"	movz	x0, #0x0004\n"
+	"	movk	x0, #0xC600, lsl #16\n" /* MEM_UNSHARE */
+	"	hvc	#0\n"
+	"	mov	x1, x0\n"
+	"	movz	x0, #0x0F42\n"
+	"	movk	x0, #0xC600, lsl #16\n"
+	"	hvc	#0\n"
+	"	movz	x0, #0x0008\n"
+	"	movk	x0, #0x8400, lsl #16\n"
+	"	hvc	#0\n"
+	"	b	.\n"
+	"guest_share_end:\n"
 	".popsection\n");
 
 extern const char guest_main[], guest_main_end[];
 extern const char guest_spin[], guest_spin_end[];
 extern const char guest_wait[], guest_wait_end[];
+extern const char guest_share[], guest_share_end[];
 
 static int passed, failed;
 static int dev = -1;
@@ -457,6 +492,98 @@ out:
 	munmap(mem, GUEST_PAGES * PAGE);
 }
 
+static sigjmp_buf on_bus;
+
+static void bus_handler(int sig)
+{
+	siglongjmp(on_bus, sig);
+}
+
+/* Reads the word at p; 1 with *value set, or 0 after a SIGBUS. */
+static int try_read(volatile uint64_t *p, uint64_t *value)
+{
+	struct sigaction sa = { .sa_handler = bus_handler }, old;
+	int ok = 0;
+
+	sigaction(SIGBUS, &sa, &old);
+	if (sigsetjmp(on_bus, 1) == 0) {
+		*value = *p;
+		ok = 1;
+	}
+	sigaction(SIGBUS, &old, NULL);
+	return ok;
+}
+
+/* A protected guest's shared page is visible through mmap of the VM file;
+ * its other pages, and the page once unshared, are SIGBUS. */
+static void test_protected_share(void)
+{
+	char *mem = guest_memory(guest_share, guest_share_end);
+	uint64_t data_ipa = GUEST_BASE + DATA_PAGE * PAGE, value = 0;
+	volatile uint64_t *shared = MAP_FAILED, *code = MAP_FAILED;
+	struct vcpu v;
+	void *p;
+	int vm, normal;
+
+	normal = create_vm(0);
+	p = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, normal, 0);
+	expect_errno(p == MAP_FAILED ? -1 : 0, ENODEV, "mmap of a normal VM");
+	close(normal);
+
+	vm = create_vm(PKVM_RS_VM_PROTECTED);
+	if (vm < 0 || set_memory(vm, mem, PAGE)) {
+		check(0, "share VM", "errno %d", errno);
+		return;
+	}
+	v = create_vcpu(vm, GUEST_BASE, data_ipa);
+	if (v.fd < 0 || v.run == MAP_FAILED) {
+		check(0, "share vCPU", "errno %d", errno);
+		goto out;
+	}
+	p = mmap(NULL, PAGE, PROT_READ, MAP_PRIVATE, vm, data_ipa);
+	expect_errno(p == MAP_FAILED ? -1 : 0, EINVAL, "private mmap of a VM");
+	shared = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, vm, data_ipa);
+	code = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, vm, GUEST_BASE);
+	if (shared == MAP_FAILED || code == MAP_FAILED) {
+		check(0, "mmap of a protected VM", "errno %d", errno);
+		goto out;
+	}
+	check(!try_read(shared, &value), "unshared page is SIGBUS before the guest runs",
+	      "read %#llx", (unsigned long long)value);
+	check(ioctl(v.fd, PKVM_RS_RUN, 0) == 0 &&
+	      v.run->exit_reason == PKVM_RS_EXIT_HVC && v.run->hvc_args[1] == 0,
+	      "guest MEM_SHARE", "exit %llu result %#llx",
+	      (unsigned long long)v.run->exit_reason,
+	      (unsigned long long)v.run->hvc_args[1]);
+	check(try_read(shared, &value) && value == 0xBEEF,
+	      "shared page readable by the VMM", "read %#llx",
+	      (unsigned long long)value);
+	check(!try_read(code, &value), "private page is SIGBUS", "read %#llx",
+	      (unsigned long long)value);
+	check(ioctl(v.fd, PKVM_RS_RUN, 0) == 0 &&
+	      v.run->exit_reason == PKVM_RS_EXIT_HVC && v.run->hvc_args[1] == 0,
+	      "guest MEM_UNSHARE", "exit %llu result %#llx",
+	      (unsigned long long)v.run->exit_reason,
+	      (unsigned long long)v.run->hvc_args[1]);
+	check(!try_read(shared, &value), "unshared page is SIGBUS again",
+	      "read %#llx", (unsigned long long)value);
+	check(ioctl(v.fd, PKVM_RS_RUN, 0) == 0 &&
+	      v.run->exit_reason == PKVM_RS_EXIT_SYSTEM_EVENT,
+	      "share guest powers off", "exit %llu",
+	      (unsigned long long)v.run->exit_reason);
+out:
+	if (shared != MAP_FAILED)
+		munmap((void *)shared, PAGE);
+	if (code != MAP_FAILED)
+		munmap((void *)code, PAGE);
+	if (v.run != MAP_FAILED)
+		munmap(v.run, PAGE);
+	close(v.fd);
+	close(vm);
+	expect_nothing_held("shared VM: every page back");
+	munmap(mem, GUEST_PAGES * PAGE);
+}
+
 struct runner {
 	struct vcpu v;
 	const char *why;
@@ -726,6 +853,7 @@ static void all_tests(void)
 	test_device();
 	test_normal_vm();
 	test_protected_vm();
+	test_protected_share();
 	test_two_vcpus_two_vms();
 	test_kick_and_signal();
 	test_sigkill("SIGKILL of a VMM whose guest spins", guest_spin,
