@@ -875,15 +875,18 @@ int main(void)
 	if (dev >= 0) {
 		/* Twice: the first round and more kills warm the kernel up
 		 * (free memory settles after about 150 VMs); the second round
-		 * must then leave free memory where it found it. A round
-		 * creates about 50 VMs: losing even one pool chunk (64 KiB)
-		 * each would show as 3 MiB. */
+		 * (about 130 VMs) must then leave free memory where it found
+		 * it, give or take 3 MiB of the kernel's own noise (per-CPU
+		 * lists, slabs; up to 1.5 MiB seen with 4 CPUs). Losing one
+		 * pool chunk (64 KiB) per VM would show as over 8 MiB. The
+		 * driver's own count, checked after every VM, is exact. */
 		all_tests();
 		test_random_kills(80);
 		free_before = mem_free_kib();
 		all_tests();
+		test_random_kills(80);
 		free_after = mem_free_kib();
-		check(free_before > 0 && free_after > free_before - 1024,
+		check(free_before > 0 && free_after > free_before - 3072,
 		      "free memory returns", "MemFree %ld KiB before, %ld after",
 		      free_before, free_after);
 		printf("driver-test: MemFree %ld KiB after the first round, %ld KiB after the second\n",

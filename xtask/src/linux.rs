@@ -22,16 +22,37 @@ use crate::process::{self, Counts};
 use crate::qemu::{mte_supported, QemuRun};
 use crate::{deps, image, workspace_root};
 
+/// Where a kernel's packages come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The machine's own apt configuration (bookworm and its security
+    /// updates), with the arm64 architecture added.
+    Machine,
+    /// A private apt configuration under `target/linux/apt-trixie` (its
+    /// own sources, lists and cache): trixie and trixie-backports. Nothing
+    /// of the machine's apt changes.
+    Trixie,
+}
+
 /// One Debian kernel build: the packages that make it, pinned to one
 /// version of the archive.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
-    /// The ABI name in package names: `linux-image-<abi>-arm64`.
+    /// The ABI name in package names: `linux-headers-<abi>-arm64`.
     pub abi: &'static str,
     /// The Debian package version of the image, headers and kbuild.
     pub version: &'static str,
-    /// The `linux-kbuild-<series>` package with the amd64 build tools.
+    /// The `linux-kbuild-<kbuild>` package with the amd64 build tools.
     pub kbuild: &'static str,
+    /// The package holding the Image: `<binary>-<abi>-arm64`.
+    pub binary: &'static str,
+    /// The Image inside the unpacked packages.
+    pub image_path: &'static str,
+    /// Where the packages come from.
+    pub source: Source,
+    /// Variables given to kbuild on its command line (they override what
+    /// the headers' configuration says).
+    pub make_overrides: &'static [&'static str],
     /// What a step calls it.
     pub name: &'static str,
 }
@@ -41,8 +62,39 @@ pub const BOOKWORM: Kernel = Kernel {
     abi: "6.1.0-57",
     version: "6.1.192-3",
     kbuild: "6.1",
+    binary: "linux-image",
+    image_path: "boot/vmlinuz-6.1.0-57-arm64",
+    source: Source::Machine,
+    make_overrides: &[],
     name: "Debian 6.1",
 };
+
+/// Trixie-backports' 7.3. Its kbuild tools need trixie's C library, which
+/// is unpacked beside them ([`wrap_kbuild_tools`]). Its headers name
+/// `gcc-14`, which bookworm has no cross compiler of: bookworm's gcc-12
+/// builds the module, without the one flag gcc-12 lacks
+/// (`-fmin-function-alignment`; kbuild then uses `-falign-functions` of
+/// the same value) and without BTF (no pahole here).
+pub const TRIXIE: Kernel = Kernel {
+    abi: "7.3.4+deb13",
+    version: "7.3.4-1~bpo13+1",
+    kbuild: "7.3.4+deb13",
+    binary: "linux-binary",
+    image_path: "usr/lib/modules/7.3.4+deb13-arm64/vmlinuz",
+    source: Source::Trixie,
+    make_overrides: &[
+        "CC=aarch64-linux-gnu-gcc-12",
+        "CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT=",
+        "CONFIG_DEBUG_INFO_BTF_MODULES=",
+    ],
+    name: "Debian 7.3",
+};
+
+/// The private apt configuration of [`Source::Trixie`].
+const TRIXIE_SOURCES: &str = "\
+deb [arch=amd64,arm64] http://deb.debian.org/debian trixie main
+deb [arch=amd64,arm64] http://deb.debian.org/debian trixie-backports main
+";
 
 /// Where the host kernel is loaded (the manifest's `host-image`).
 const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
@@ -77,13 +129,18 @@ fn packages(k: &Kernel) -> Vec<(String, Option<&'static str>, String)> {
         let prefix = format!("{name}_{}_", k.version);
         (format!("{name}:{arch}"), Some(k.version), prefix)
     };
-    vec![
-        pinned(format!("linux-image-{}-arm64", k.abi), "arm64"),
+    let mut list = vec![
+        pinned(format!("{}-{}-arm64", k.binary, k.abi), "arm64"),
         pinned(format!("linux-headers-{}-arm64", k.abi), "arm64"),
         pinned(format!("linux-headers-{}-common", k.abi), "all"),
         pinned(format!("linux-kbuild-{}", k.kbuild), "amd64"),
         (format!("{BUSYBOX}:arm64"), None, format!("{BUSYBOX}_")),
-    ]
+    ];
+    if k.source == Source::Trixie {
+        // The C library trixie's kbuild tools were linked against.
+        list.push(("libc6:amd64".into(), None, "libc6_".into()));
+    }
+    list
 }
 
 /// The cached .deb whose name starts with `prefix`, if any.
@@ -123,18 +180,41 @@ fn ensure_arm64_arch(updated: &mut bool) -> Result<(), String> {
         .any(|l| l.trim() == "arm64")
     {
         run_checked(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
-        apt_update(updated)?;
+        apt_update(Source::Machine, updated)?;
     }
     Ok(())
 }
 
-fn apt_update(updated: &mut bool) -> Result<(), String> {
+/// `apt-get` for `source`: the machine's, or the private one of
+/// [`Source::Trixie`] (written here on first use).
+fn apt_get(source: Source) -> Result<Command, String> {
+    let mut cmd = Command::new("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    if source == Source::Trixie {
+        let dir = linux_dir().join("apt-trixie");
+        for sub in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let list = dir.join("sources.list");
+        fs::write(&list, TRIXIE_SOURCES).map_err(|e| format!("{}: {e}", list.display()))?;
+        let opt = |name: &str, value: &Path| format!("{name}={}", value.display());
+        cmd.arg("-o")
+            .arg(opt("Dir::Etc::SourceList", &list))
+            .arg("-o")
+            .arg(opt("Dir::Etc::SourceParts", &dir.join("none")))
+            .arg("-o")
+            .arg(opt("Dir::State::Lists", &dir.join("lists")))
+            .arg("-o")
+            .arg(opt("Dir::Cache", &dir.join("cache")))
+            .args(["-o", "APT::Architectures::=amd64"])
+            .args(["-o", "APT::Architectures::=arm64"]);
+    }
+    Ok(cmd)
+}
+
+fn apt_update(source: Source, updated: &mut bool) -> Result<(), String> {
     if !*updated {
-        run_checked(
-            Command::new("apt-get")
-                .args(["update", "-q"])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        run_checked(apt_get(source)?.args(["update", "-q"]))?;
         *updated = true;
     }
     Ok(())
@@ -143,7 +223,10 @@ fn apt_update(updated: &mut bool) -> Result<(), String> {
 /// Downloads what is not cached yet, unpacks everything into
 /// `target/linux/<abi>/root` (once), and returns that directory.
 fn fetch_and_unpack(k: &Kernel) -> Result<PathBuf, String> {
-    let debs = linux_dir().join("debs");
+    let debs = linux_dir().join(match k.source {
+        Source::Machine => "debs",
+        Source::Trixie => "debs-trixie",
+    });
     fs::create_dir_all(&debs).map_err(|e| format!("{}: {e}", debs.display()))?;
     let mut updated = false;
     let mut files = Vec::new();
@@ -152,16 +235,20 @@ fn fetch_and_unpack(k: &Kernel) -> Result<PathBuf, String> {
             files.push(f);
             continue;
         }
-        ensure_arm64_arch(&mut updated)?;
+        if k.source == Source::Machine {
+            ensure_arm64_arch(&mut updated)?;
+        } else {
+            apt_update(k.source, &mut updated)?;
+        }
         let spec = match version {
             Some(v) => format!("{name}={v}"),
             None => name.clone(),
         };
-        let mut download = Command::new("apt-get");
+        let mut download = apt_get(k.source)?;
         download.arg("download").arg(&spec).current_dir(&debs);
         if run_checked(&mut download).is_err() {
             // An old package list may not know the version yet.
-            apt_update(&mut updated)?;
+            apt_update(k.source, &mut updated)?;
             run_checked(&mut download)?;
         }
         files.push(
@@ -179,6 +266,9 @@ fn fetch_and_unpack(k: &Kernel) -> Result<PathBuf, String> {
             run_checked(Command::new("dpkg-deb").arg("-x").arg(f).arg(&root))?;
         }
         fix_headers(k, &root)?;
+        if k.source == Source::Trixie {
+            wrap_kbuild_tools(k, &root)?;
+        }
         fs::write(&stamp, want).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
     Ok(root)
@@ -201,6 +291,51 @@ fn fix_headers(k: &Kernel, root: &Path) -> Result<(), String> {
     fs::write(&makefile, fixed).map_err(|e| format!("{}: {e}", makefile.display()))
 }
 
+/// Trixie's kbuild tools (fixdep, modpost, ...) need a newer C library
+/// than bookworm's: each becomes `<tool>.bin` behind a shell script that
+/// runs it with trixie's dynamic loader and library, unpacked in `root`.
+fn wrap_kbuild_tools(k: &Kernel, root: &Path) -> Result<(), String> {
+    let libdir = root.join("usr/lib/x86_64-linux-gnu");
+    let loader = libdir.join("ld-linux-x86-64.so.2");
+    let kbuild = root
+        .join("usr/lib")
+        .join(format!("linux-kbuild-{}", k.kbuild));
+    let mut dirs = vec![kbuild];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            let meta = fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+            if meta.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let exec = meta.is_file() && meta.permissions().mode() & 0o111 != 0;
+            let elf = exec
+                && fs::read(&path)
+                    .map(|d| d.starts_with(b"\x7fELF"))
+                    .unwrap_or(false);
+            if !elf {
+                continue;
+            }
+            let mut real = path.clone().into_os_string();
+            real.push(".bin");
+            let real = PathBuf::from(real);
+            fs::rename(&path, &real).map_err(|e| format!("{}: {e}", path.display()))?;
+            let script = format!(
+                "#!/bin/sh\nexec '{}' --library-path '{}' --argv0 \"$0\" '{}' \"$@\"\n",
+                loader.display(),
+                libdir.display(),
+                real.display()
+            );
+            fs::write(&path, script).map_err(|e| format!("{}: {e}", path.display()))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes sure the aarch64 cross compiler (an amd64 package) is installed.
 fn ensure_cross_compiler() -> Result<(), String> {
     let gcc = format!("{CROSS}gcc");
@@ -209,7 +344,7 @@ fn ensure_cross_compiler() -> Result<(), String> {
     }
     println!("xtask: {gcc} is missing; installing {CROSS_PACKAGE} (amd64)");
     let mut updated = false;
-    apt_update(&mut updated)?;
+    apt_update(Source::Machine, &mut updated)?;
     run_checked(
         Command::new("apt-get")
             .args([
@@ -255,7 +390,9 @@ fn build_module(k: &Kernel, root: &Path) -> Result<PathBuf, String> {
     make.args(["-n", "10", "make", "-s", "-C"])
         .arg(&headers)
         .arg(format!("M={}", build.display()))
-        .args(["ARCH=arm64", &format!("CROSS_COMPILE={CROSS}"), "modules"]);
+        .args(["ARCH=arm64", &format!("CROSS_COMPILE={CROSS}")])
+        .args(k.make_overrides)
+        .arg("modules");
     run_checked(&mut make).map_err(|e| format!("building the driver: {e}"))?;
     Ok(build.join("pkvm_rs.ko"))
 }
@@ -431,7 +568,7 @@ pub fn prepare(k: &Kernel) -> Result<Prepared, String> {
     Ok(Prepared {
         kernel: *k,
         hyp: images.hyp,
-        image: root.join("boot").join(format!("vmlinuz-{}-arm64", k.abi)),
+        image: root.join(k.image_path),
         initramfs,
     })
 }
@@ -506,14 +643,19 @@ pub fn boot(p: &Prepared, cpu: &str, smp: u32, echo: bool) -> Result<Boot, Strin
 
 /// The Linux steps of `cargo xtask test`: the kernel on each CPU model and
 /// CPU count; the driver test's counts are added to `total`.
-pub fn tests(configs: &[(&str, u32)], total: &mut Counts) -> Result<(), String> {
-    let k = &BOOKWORM;
-    println!("==> build: Linux host ({}), driver and driver test", k.name);
-    let p = prepare(k).map_err(|e| format!("Linux host ({}): {e}", k.name))?;
-    for &(cpu, smp) in configs {
+pub fn tests(configs: &[(&Kernel, &str, u32)], total: &mut Counts) -> Result<(), String> {
+    let mut prepared: Option<Prepared> = None;
+    for &(k, cpu, smp) in configs {
+        if prepared.as_ref().is_none_or(|p| p.kernel.abi != k.abi) {
+            println!("==> build: Linux host ({}), driver and driver test", k.name);
+            prepared = Some(prepare(k).map_err(|e| format!("Linux host ({}): {e}", k.name))?);
+        }
+        let Some(p) = prepared.as_ref() else {
+            continue;
+        };
         let step = format!("Linux host ({}, real image, {cpu}, {smp} CPUs)", k.name);
         println!("==> {step}");
-        let b = boot(&p, cpu, smp, false).map_err(|e| format!("{step}: {e}"))?;
+        let b = boot(p, cpu, smp, false).map_err(|e| format!("{step}: {e}"))?;
         report(&b);
         if let Some(c) = b.counts {
             *total += c;
@@ -526,11 +668,13 @@ pub fn tests(configs: &[(&str, u32)], total: &mut Counts) -> Result<(), String> 
     Ok(())
 }
 
-/// The driver test's own lines and the boot time.
+/// The driver test's summary and failures, and the boot time.
 fn report(b: &Boot) {
     for l in b.text.lines() {
         let l = l.trim_end();
         if l.starts_with("driver-test")
+            || l.starts_with("FAIL ")
+            || l.starts_with("  ")
             || l.starts_with("LINUXHOST")
             || l.contains("pkvm_rs")
             || BAD_MARKERS.iter().any(|m| l.contains(m))
@@ -541,10 +685,18 @@ fn report(b: &Boot) {
     println!("boot took {:.1}s", b.took.as_secs_f64());
 }
 
-/// `cargo xtask linux [--cpu MODEL] [--smp N]`: one boot, console echoed.
-pub fn run(cpu: &str, smp: u32) -> ExitCode {
+/// The kernel `--kernel SERIES` names: `6.1` or `7.3`.
+pub fn kernel(series: &str) -> Option<&'static Kernel> {
+    [&BOOKWORM, &TRIXIE]
+        .into_iter()
+        .find(|k| k.name.strip_prefix("Debian ") == Some(series))
+}
+
+/// `cargo xtask linux [--cpu MODEL] [--smp N] [--kernel SERIES]`: one
+/// boot, console echoed.
+pub fn run(cpu: &str, smp: u32, k: &Kernel) -> ExitCode {
     deps::ensure_qemu();
-    let p = match prepare(&BOOKWORM) {
+    let p = match prepare(k) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("xtask: {e}");

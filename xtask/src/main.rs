@@ -6,7 +6,7 @@
 //! - `test`: everything CI checks, stopping at the first failing step;
 //! - `run [--cpu MODEL]`: the main demo;
 //! - `bench`: the benchmarks;
-//! - `linux [--cpu MODEL] [--smp N]`: Debian's kernel as the host, running
+//! - `linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]`: Debian's kernel as the host, running
 //!   the host driver's tests.
 //!
 //! Std only, so that `cargo xtask` builds fast on a fresh machine. What runs
@@ -69,10 +69,11 @@ Commands:
         aarch64-paging map+unmap), metadata per GiB, then instructions per
         call on the real image under QEMU -icount shift=0.
 
-  linux [--cpu MODEL] [--smp N]
-        Boots Debian's arm64 Linux kernel (fetched with apt-get download
-        and cached under target/linux) as the host on the hypervisor, with
-        N CPUs (default 2), to an initramfs that loads the host driver
+  linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]
+        Boots Debian's arm64 Linux kernel (bookworm's 6.1 by default, or
+        trixie-backports' 7.3; fetched with apt-get download and cached
+        under target/linux) as the host on the hypervisor, with N CPUs
+        (default 2), to an initramfs that loads the host driver
         (driver/) and runs its tests (tests/driver-test). The console is
         shown; exit status 0 only if the tests passed and the console shows
         no oops, warning or SError.
@@ -96,7 +97,13 @@ fn main() -> ExitCode {
         Ok(Command::Test) => test_all::run(),
         Ok(Command::Run { cpu }) => image::run_demo(&cpu),
         Ok(Command::Bench) => bench(),
-        Ok(Command::Linux { cpu, smp }) => linux::run(&cpu, smp),
+        Ok(Command::Linux { cpu, smp, kernel }) => match linux::kernel(&kernel) {
+            Some(k) => linux::run(&cpu, smp, k),
+            None => {
+                eprintln!("xtask: no kernel {kernel}");
+                ExitCode::from(2)
+            }
+        },
         Err(message) => {
             eprintln!("xtask: {message}\n");
             eprint!("{USAGE}");

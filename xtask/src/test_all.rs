@@ -11,16 +11,18 @@ use crate::{deps, image, linux, workspace_root};
 /// The CPU models every scenario file runs on.
 pub const CPU_MODELS: [&str; 4] = ["cortex-a57", "cortex-a710", "neoverse-v1", "max"];
 
-/// Debian's kernel as the host: every model, with 2 and with 4 CPUs.
-const LINUX_CONFIGS: [(&str, u32); 8] = [
-    ("cortex-a57", 2),
-    ("cortex-a57", 4),
-    ("cortex-a710", 2),
-    ("cortex-a710", 4),
-    ("neoverse-v1", 2),
-    ("neoverse-v1", 4),
-    ("max", 2),
-    ("max", 4),
+/// Debian's kernels as the host: bookworm's 6.1 on every model with 2 and
+/// with 4 CPUs, trixie-backports' 7.3 on max.
+const LINUX_CONFIGS: [(&linux::Kernel, &str, u32); 9] = [
+    (&linux::BOOKWORM, "cortex-a57", 2),
+    (&linux::BOOKWORM, "cortex-a57", 4),
+    (&linux::BOOKWORM, "cortex-a710", 2),
+    (&linux::BOOKWORM, "cortex-a710", 4),
+    (&linux::BOOKWORM, "neoverse-v1", 2),
+    (&linux::BOOKWORM, "neoverse-v1", 4),
+    (&linux::BOOKWORM, "max", 2),
+    (&linux::BOOKWORM, "max", 4),
+    (&linux::TRIXIE, "max", 4),
 ];
 
 /// The bare-metal crates and their targets.
