@@ -74,7 +74,9 @@ pub const BOOKWORM: Kernel = Kernel {
 /// `gcc-14`, which bookworm has no cross compiler of: bookworm's gcc-12
 /// builds the module, without the one flag gcc-12 lacks
 /// (`-fmin-function-alignment`; kbuild then uses `-falign-functions` of
-/// the same value) and without BTF (no pahole here).
+/// the same value), without BTF (no pahole here) and without ftrace patch
+/// sites (their call-ops layout needs gcc-14's alignment; see
+/// `driver/Kbuild`).
 pub const TRIXIE: Kernel = Kernel {
     abi: "7.3.4+deb13",
     version: "7.3.4-1~bpo13+1",
@@ -86,6 +88,7 @@ pub const TRIXIE: Kernel = Kernel {
         "CC=aarch64-linux-gnu-gcc-12",
         "CONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT=",
         "CONFIG_DEBUG_INFO_BTF_MODULES=",
+        "PKVM_RS_NO_FTRACE=1",
     ],
     name: "Debian 7.3",
 };
@@ -274,8 +277,9 @@ fn fetch_and_unpack(k: &Kernel) -> Result<PathBuf, String> {
     Ok(root)
 }
 
-/// The arm64 headers' Makefile includes the common headers' by their
-/// installed path, `/usr/src/...`: point it into the unpacked tree. (The
+/// The arm64 headers' Makefile names the common headers (and, from 6.x on,
+/// its own output directory) by their installed paths, `/usr/src/...`:
+/// point them into the unpacked tree (once, right after unpacking). (The
 /// `scripts` and `tools` links are relative and already land in the
 /// unpacked kbuild.)
 fn fix_headers(k: &Kernel, root: &Path) -> Result<(), String> {
@@ -284,10 +288,7 @@ fn fix_headers(k: &Kernel, root: &Path) -> Result<(), String> {
         .join(format!("linux-headers-{}-arm64", k.abi))
         .join("Makefile");
     let text = fs::read_to_string(&makefile).map_err(|e| format!("{}: {e}", makefile.display()))?;
-    let fixed = text.replace(
-        "include /usr/src/",
-        &format!("include {}/usr/src/", root.display()),
-    );
+    let fixed = text.replace("/usr/src/", &format!("{}/usr/src/", root.display()));
     fs::write(&makefile, fixed).map_err(|e| format!("{}: {e}", makefile.display()))
 }
 
@@ -498,7 +499,14 @@ poweroff -f
 /// Writes the initramfs for one kernel; returns its path.
 fn initramfs(k: &Kernel, root: &Path, module: &Path, test: &Path) -> Result<PathBuf, String> {
     let read = |p: &Path| fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let busybox = read(&root.join("bin/busybox"))?;
+    // bookworm's package has /bin/busybox, trixie's (merged /usr)
+    // /usr/bin/busybox.
+    let busybox = ["bin/busybox", "usr/bin/busybox"]
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.is_file())
+        .ok_or("no busybox in the unpacked busybox-static")?;
+    let busybox = read(&busybox)?;
     let module = read(module)?;
     let test = read(test)?;
     let dir = |name| CpioEntry {
