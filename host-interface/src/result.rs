@@ -61,6 +61,29 @@ impl HostResult {
         }
     }
 
+    /// How many of x0..x4 the call `function_id` writes back to the caller
+    /// (ABI.md, top): x0 only for an unknown ID; x0..x4 for the calls whose
+    /// row names an x4 output (HYP_FEATURES, PAGE_QUERY); x0..x3 for every
+    /// other call. Registers beyond these keep the caller's values (SMCCC).
+    pub fn written(&self, function_id: u64) -> usize {
+        if self.is_not_supported() {
+            1
+        } else if function_id == u64::from(crate::HostCallId::HypFeatures.id())
+            || function_id == u64::from(crate::HostCallId::PageQuery.id())
+        {
+            5
+        } else {
+            4
+        }
+    }
+
+    /// Write the result into the caller's registers `x` (x0, x1, ...),
+    /// only those [`Self::written`] names.
+    pub fn write_back(&self, function_id: u64, x: &mut [u64]) {
+        let n = self.written(function_id).min(x.len());
+        x[..n].copy_from_slice(&self.regs[..n]);
+    }
+
     /// The outputs x2..x4.
     pub const fn outputs(&self) -> [u64; 3] {
         let [_, _, x2, x3, x4] = self.regs;

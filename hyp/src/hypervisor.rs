@@ -449,13 +449,19 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// Write host stage-2 entries. The caller counted the tables beforehand,
     /// so a failure here is a bookkeeping bug: the state stays consistent
     /// (pagetables writes nothing on NoMem) and the call reports -ENOMEM.
-    fn host_map(&mut self, pfn: u64, nr: u64, leaf: Leaf, blocks: bool) -> Result<(), Errno> {
+    pub(crate) fn host_map(
+        &mut self,
+        pfn: u64,
+        nr: u64,
+        leaf: Leaf,
+        blocks: bool,
+    ) -> Result<(), Errno> {
         self.host
             .map(pa(pfn), pa(pfn), nr, leaf, blocks, &mut self.mnt)
             .map_err(|_| Errno::ENOMEM)
     }
 
-    fn host_unmap(&mut self, pfn: u64, nr: u64, a: HostAnnotation) -> Result<(), Errno> {
+    pub(crate) fn host_unmap(&mut self, pfn: u64, nr: u64, a: HostAnnotation) -> Result<(), Errno> {
         self.host
             .set_invalid(pa(pfn), nr, a.encode(), &mut self.mnt)
             .map_err(|_| Errno::ENOMEM)
@@ -705,61 +711,62 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         // The vCPU's saved state lives in a page of the VM's own pool.
         let ctx_page = vm.s2.pool_take().ok_or(Errno::ENOMEM)?;
         let index = vm.vcpus.len() as u64;
-        vm.vcpus.push(Vcpu::new(run_pfn, ctx_page, index));
+        let powered = !vm.protected || index == 0;
+        vm.vcpus.push(Vcpu::new(run_pfn, ctx_page, powered));
         self.meta.set_pinned(idx, true);
         Ok(index)
     }
 
     fn vm_destroy(&mut self, handle: u64) -> Result<(), Errno> {
         let slot = self.vm_slot(handle)?;
-        let vm = self.vm(slot)?;
-        if vm.vcpus.iter().any(|c| c.running) {
+        if self.vm(slot)?.vcpus.iter().any(|c| c.running) {
             return Err(Errno::EBUSY);
         }
-        // Collect the guest's mappings first, then release them.
-        let mut maps: Vec<(u64, u64, PageState)> = Vec::new();
-        let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
-        let _ = vm.s2.walk(0, ipa_pages, &mut |_, n, e| {
-            if let Entry::Mapped { pa, leaf, .. } = e {
-                maps.push((pa >> 12, n, leaf.state));
-            }
-            true
-        });
         let Some(vm) = self.vms.get_mut(slot).and_then(Option::take) else {
             return Err(Errno::ENOENT);
         };
-        // Guest memory (and pages it shared back) must be scrubbed before the
-        // host sees it again; device registers go back untouched; borrowed
-        // pages go back to the host when their last borrower is gone.
-        let mut reclaimable: Vec<u64> = Vec::new();
-        let mut to_host: Vec<u64> = Vec::new();
-        for (pfn, n, state) in maps {
+        // No vCPU of the VM runs (checked above, under the core's lock), and
+        // none can start: its TLB entries go before its pages do.
+        self.mnt.tlbi_vmid((slot + 1) as u16);
+        // The guest's mappings are released as the walk meets them, in runs
+        // of consecutive pages, so a VM of any size is torn down with a
+        // fixed amount of memory (RULES.md S5):
+        // - guest memory (and pages it shared back) must be scrubbed before
+        //   the host sees it again: reclaimable;
+        // - device registers go back untouched;
+        // - borrowed pages go back when their last borrower is gone.
+        let mut reclaimable = HostRun::new(HostAnnotation::Reclaimable);
+        let mut to_host = HostRun::new(HostAnnotation::None);
+        let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
+        let _ = vm.s2.walk(0, ipa_pages, &mut |_, n, e| {
+            let Entry::Mapped { pa, leaf, .. } = e else {
+                return true;
+            };
+            let pfn = pa >> 12;
             let (class, _) = self.platform.classify(pfn);
-            match state {
-                PageState::Owned | PageState::SharedOwned if class == MemClass::Mmio => {
-                    to_host.extend(pfn..pfn + n);
-                }
-                PageState::Owned | PageState::SharedOwned => reclaimable.extend(pfn..pfn + n),
-                PageState::SharedBorrowed => {
-                    for p in pfn..pfn + n {
+            for p in pfn..pfn + n {
+                match leaf.state {
+                    PageState::Owned | PageState::SharedOwned if class == MemClass::Mmio => {
+                        to_host.push(self, p);
+                    }
+                    PageState::Owned | PageState::SharedOwned => reclaimable.push(self, p),
+                    PageState::SharedBorrowed => {
                         if self.meta.share_dec(self.platform.tracked_index(p)) == 0 {
-                            to_host.push(p);
+                            to_host.push(self, p);
                         }
                     }
                 }
             }
-        }
+            true
+        });
         for c in &vm.vcpus {
             self.meta
                 .set_pinned(self.platform.tracked_index(c.run_pfn), false);
-            reclaimable.push(c.ctx_page >> 12);
+            reclaimable.push(self, c.ctx_page >> 12);
         }
-        vm.s2.destroy(&mut |p| reclaimable.push(p >> 12));
-        self.mnt.tlbi_vmid((slot + 1) as u16);
-        // The host pool covers tracked memory at page granularity (reserved
-        // at boot), so these updates cannot run short.
-        self.host_unmap_runs(&mut to_host, HostAnnotation::None);
-        self.host_unmap_runs(&mut reclaimable, HostAnnotation::Reclaimable);
+        vm.s2.destroy(&mut |p| reclaimable.push(self, p >> 12));
+        to_host.flush(self);
+        reclaimable.flush(self);
         Ok(())
     }
 
@@ -790,6 +797,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         self.check_host_pool(self.host_tables(pfn, nr, true))?;
         for p in pfn..pfn + nr {
             phys::zero_page(&self.phys, pa(p));
+            self.mnt.zero_tags(pa(p), PAGE);
             self.mnt.dcache_clean_inval_poc(pa(p), PAGE);
         }
         self.mnt.dsb();
@@ -1084,6 +1092,44 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
 
     fn guest_unmap_device(&mut self, handle: u64, gfn: u64, nr: u64) -> Result<(), Errno> {
         self.guest_unborrow(handle, gfn, nr, true)
+    }
+}
+
+/// Pages released to one host annotation, gathered into runs of
+/// consecutive pfns: each run is one host stage-2 update, written when the
+/// next page does not extend it. Fixed size, whatever the number of pages.
+struct HostRun {
+    annotation: HostAnnotation,
+    start: u64,
+    len: u64,
+}
+
+impl HostRun {
+    fn new(annotation: HostAnnotation) -> Self {
+        Self {
+            annotation,
+            start: 0,
+            len: 0,
+        }
+    }
+
+    fn push<P: PhysMem, M: Maintenance>(&mut self, hv: &mut Hypervisor<P, M>, pfn: u64) {
+        if self.len != 0 && pfn == self.start + self.len {
+            self.len += 1;
+            return;
+        }
+        self.flush(hv);
+        self.start = pfn;
+        self.len = 1;
+    }
+
+    /// Write the pending run. The host pool covers tracked memory at page
+    /// granularity (reserved at boot), so these updates cannot run short.
+    fn flush<P: PhysMem, M: Maintenance>(&mut self, hv: &mut Hypervisor<P, M>) {
+        if self.len != 0 {
+            let _ = hv.host_unmap(self.start, self.len, self.annotation);
+            self.len = 0;
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 extern crate alloc;
 
 mod hypervisor;
+pub mod idregs;
 pub mod invariants;
 mod meta;
 mod owner;

@@ -21,7 +21,7 @@ use crate::phys::{run_read, run_write};
 use crate::vgic::VgicContext;
 
 /// Number of words of [`VcpuContext::sys`].
-pub const SYS_WORDS: usize = 32;
+pub const SYS_WORDS: usize = 48;
 /// Number of words of [`VcpuContext::fp`]: V0..V31 (two words each), FPSR, FPCR.
 pub const FP_WORDS: usize = 66;
 
@@ -176,14 +176,16 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    pub(crate) fn new(run_pfn: u64, ctx_page: u64, _index: u64) -> Self {
+    /// A new vCPU. `powered` is false for a protected VM's secondaries
+    /// (ABI.md, VCPU_CREATE): only the guest's own CPU_ON starts them.
+    pub(crate) fn new(run_pfn: u64, ctx_page: u64, powered: bool) -> Self {
         Self {
             run_pfn,
             ctx_page,
             ctx: VcpuContext::default(),
             started: false,
             running: false,
-            powered: true,
+            powered,
             pending: Pending::None,
             sgis: 0,
         }
@@ -201,6 +203,9 @@ pub struct Run {
     pub vttbr: u64,
     /// Whether the VM is protected.
     pub protected: bool,
+    /// Whether the VM was created with MTE (allocation tags and the MTE
+    /// registers are its to use; otherwise they trap).
+    pub mte: bool,
     /// Other vCPUs this run sent SGIs to, for the run page at the exit.
     kick: u64,
 }
@@ -296,6 +301,19 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         }
         let mut ctx = c.ctx;
         if !c.started {
+            // Only a vCPU that is powered and has never run takes its entry
+            // from the host: a protected VM's secondary waits, powered off,
+            // for the guest's CPU_ON, and once a vCPU has run the host never
+            // sets its registers again (RULES.md S4).
+            if !c.powered {
+                run_write(
+                    &self.phys,
+                    run_pfn,
+                    run_off!(exit_reason),
+                    ExitReason::Wfi as u64,
+                );
+                return Ok(Err(ExitReason::Wfi as u64));
+            }
             let entry = run_read(&self.phys, run_pfn, run_off!(entry));
             let x0 = run_read(&self.phys, run_pfn, run_off!(x0));
             if vm.protected && !Self::guest_owns(&vm.s2, entry) {
@@ -313,7 +331,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             run_write(&self.phys, run_pfn, run_off!(inject_irq), 0);
         }
         let vm = self.vm_mut(slot)?;
-        let (root, vmid, protected) = (vm.s2.root_pa(), vm.s2.vmid(), vm.protected);
+        let (root, vmid, protected, mte) = (vm.s2.root_pa(), vm.s2.vmid(), vm.protected, vm.mte);
         let c = &mut vm.vcpus[i];
         c.started = true;
         c.pending = Pending::None;
@@ -336,6 +354,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             ctx,
             vttbr: root | (u64::from(vmid) << 48),
             protected,
+            mte,
             kick: 0,
         }))
     }
@@ -817,8 +836,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             memtype: pagetables::MemType::NormalWb,
             state: PageState::SharedBorrowed,
         };
-        self.host
-            .map(pa, pa, 1, host_leaf, false, &mut self.mnt)
+        self.host_map(pa >> 12, 1, host_leaf, false)
             .map_err(|_| ())?;
         let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
         let shared = pagetables::Leaf {
@@ -841,9 +859,15 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         if self.host.tables_needed(pa, 1, false) > self.host.pool_len() {
             return Err(());
         }
-        self.host
-            .set_invalid(pa, 1, HostAnnotation::Guest(slot).encode(), &mut self.mnt)
+        self.host_unmap(pa >> 12, 1, HostAnnotation::Guest(slot))
             .map_err(|_| ())?;
+        if !self.cpu.fwb {
+            // Lines the host dirtied while the page was shared must not be
+            // written back later over what the guest writes, perhaps with a
+            // non-cacheable stage 1: the host's mapping is gone (above, with
+            // its TLB invalidation), so clean them out now.
+            self.mnt.dcache_clean_inval_poc(pa, crate::phys::PAGE);
+        }
         let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
         let owned = pagetables::Leaf {
             state: PageState::Owned,

@@ -83,6 +83,10 @@ pub trait Maintenance {
     fn dcache_clean_inval_poc(&mut self, pa: u64, len: u64);
     /// Invalidate the instruction cache to PoU (whole I-cache is fine).
     fn icache_inval_pou(&mut self);
+    /// Zero the MTE allocation tags of \[pa, pa+len) (whole pages), where
+    /// the hardware stores tags; nothing elsewhere. RECLAIM calls it: tags
+    /// are part of a page's contents (RULES.md S3).
+    fn zero_tags(&mut self, _pa: u64, _len: u64) {}
 }
 
 /// Memory type of a stage-2 leaf, as the core chooses it.

@@ -240,6 +240,9 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
     let run = files;
     for model in crate::test_all::CPU_MODELS {
         let step = format!("scenarios (real image, {model})");
+        if !crate::test_all::selected(&step) {
+            continue;
+        }
         println!("==> {step}");
         let real = run_real(&images, model, run, Mode::Scenarios, false)
             .map_err(|e| format!("{step}: {e}"))?;
@@ -300,6 +303,9 @@ fn mode_step(
     step: &str,
     total: &mut Counts,
 ) -> Result<(), String> {
+    if !crate::test_all::selected(step) {
+        return Ok(());
+    }
     println!("==> {step}");
     let r = run_real(images, model, &[], mode, false).map_err(|e| format!("{step}: {e}"))?;
     for l in r.lines.iter().filter(|l| !is_boot_chatter(l)) {

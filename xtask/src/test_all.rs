@@ -123,6 +123,9 @@ fn steps(total: &mut Counts) -> Result<(), String> {
     } else {
         for model in CPU_MODELS {
             let name = format!("scenarios (sim, {model})");
+            if !selected(&name) {
+                continue;
+            }
             header(&name);
             let mut cmd = process::sim_command(model);
             cmd.args(&files).current_dir(root);
@@ -141,6 +144,21 @@ fn steps(total: &mut Counts) -> Result<(), String> {
     linux::tests(&LINUX_CONFIGS, total)
 }
 
+/// Whether step `name` runs: always, unless the developer's `XTASK_ONLY`
+/// (comma-separated parts of step names) leaves it out, which is said.
+pub fn selected(name: &str) -> bool {
+    let Ok(only) = std::env::var("XTASK_ONLY") else {
+        return true;
+    };
+    let run = only
+        .split(',')
+        .any(|part| !part.is_empty() && name.contains(part));
+    if !run {
+        println!("==> {name}: skipped (XTASK_ONLY)");
+    }
+    run
+}
+
 fn header(name: &str) {
     println!("==> {name}");
 }
@@ -148,6 +166,9 @@ fn header(name: &str) {
 /// Prints the step's header and command, runs it, and names the step if it
 /// failed.
 fn step(name: &str, mut cmd: Command) -> Result<(), String> {
+    if !selected(name) {
+        return Ok(());
+    }
     println!("==> {name}: {}", process::describe(&cmd));
     if process::succeeded(&mut cmd) {
         Ok(())

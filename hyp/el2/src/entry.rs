@@ -8,7 +8,7 @@
 //!   EL2 tables ([`BOOT_PARAMS`]), call `rust_secondary_main`.
 //! - `el2_vectors`: a synchronous exception from EL1 first goes through a
 //!   fast path that answers host HVCs outside the host-call range with
-//!   NOT_SUPPORTED without leaving the vector; everything else saves x0..x30
+//!   NOT_SUPPORTED (x0 only) without leaving the vector; everything else saves x0..x30
 //!   in a [`Frame`] on the CPU's EL2 stack and calls `handle_lower_sync`.
 
 use core::arch::global_asm;
@@ -129,7 +129,7 @@ el2_vectors:
     .balign 0x80
     b       el2_unexpected
     .balign 0x80
-    b       el2_unexpected
+    b       el2_serror
     // Lower EL, AArch64: synchronous.
     .balign 0x80
     stp     x5, x6, [sp, #-16]!
@@ -142,11 +142,7 @@ el2_vectors:
     sub     x5, x0, x5
     cmp     x5, #0x40           // host-call table range: full dispatch
     b.lo    4f
-    mov     x0, #-1             // NOT_SUPPORTED, nothing else runs
-    mov     x1, xzr
-    mov     x2, xzr
-    mov     x3, xzr
-    mov     x4, xzr
+    mov     x0, #-1             // NOT_SUPPORTED: x0 only changes (SMCCC)
     ldp     x5, x6, [sp], #16
     eret
 4:  ldp     x5, x6, [sp], #16
@@ -205,6 +201,21 @@ el1_sync_slow:
     ldp     x28, x29, [sp, #224]
     ldr     x30, [sp, #240]
     add     sp, sp, #256
+    eret
+
+// An SError at EL2. EL2 runs with SErrors masked except in the window a
+// guest exit opens (guest.rs, __serror_window): record it for this CPU and
+// go on there.
+.global el2_serror
+el2_serror:
+    stp     x0, x1, [sp, #-16]!
+    mrs     x0, tpidr_el2
+    adrp    x1, GUEST_SERROR
+    add     x1, x1, :lo12:GUEST_SERROR
+    add     x1, x1, x0, lsl #3
+    mov     x0, #1
+    str     x0, [x1]
+    ldp     x0, x1, [sp], #16
     eret
 
 .global el2_unexpected

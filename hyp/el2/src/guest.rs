@@ -11,11 +11,18 @@
 //! core. [`unload`] puts everything back the other way.
 
 use core::arch::{asm, global_asm};
+use core::sync::atomic::AtomicU64;
 
 use hyp::{Trap, VcpuContext};
 
+use crate::entry::MAX_CPUS;
 use crate::sysreg::ec;
 use crate::{gic, sysreg, HOST_REGS};
+
+/// Per CPU: an SError reached EL2 during [`__serror_window`] (set by the
+/// vector `el2_serror`).
+#[no_mangle]
+pub static GUEST_SERROR: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// EL1 registers switched with the vCPU, in `VcpuContext::sys` order.
 /// (PSTATE is word 0; word 31 says the context has been initialised.)
@@ -49,27 +56,65 @@ macro_rules! el1_regs {
         $m!(23, "cntv_ctl_el0");
         $m!(24, "cntv_cval_el0");
         $m!(25, "mdscr_el1");
+        $m!(26, "csselr_el1");
     };
 }
 
-/// Read the switched EL1 registers into `s`.
-fn save_el1(s: &mut [u64; hyp::SYS_WORDS]) {
+/// The MTE registers (with MTE2), switched only for VMs created with MTE:
+/// other VMs trap them (HCR_EL2.ATA clear).
+macro_rules! mte_regs {
+    ($m:ident) => {
+        $m!(27, "S3_0_C1_C0_6"); // GCR_EL1
+        $m!(28, "S3_0_C1_C0_5"); // RGSR_EL1
+        $m!(29, "S3_0_C5_C6_0"); // TFSR_EL1
+        $m!(30, "S3_0_C5_C6_1"); // TFSRE0_EL1
+    };
+}
+
+/// The pointer-authentication keys, switched for every world where the CPU
+/// has them.
+macro_rules! pauth_regs {
+    ($m:ident) => {
+        $m!(32, "S3_0_C2_C1_0"); // APIAKeyLo_EL1
+        $m!(33, "S3_0_C2_C1_1"); // APIAKeyHi_EL1
+        $m!(34, "S3_0_C2_C1_2"); // APIBKeyLo_EL1
+        $m!(35, "S3_0_C2_C1_3"); // APIBKeyHi_EL1
+        $m!(36, "S3_0_C2_C2_0"); // APDAKeyLo_EL1
+        $m!(37, "S3_0_C2_C2_1"); // APDAKeyHi_EL1
+        $m!(38, "S3_0_C2_C2_2"); // APDBKeyLo_EL1
+        $m!(39, "S3_0_C2_C2_3"); // APDBKeyHi_EL1
+        $m!(40, "S3_0_C2_C3_0"); // APGAKeyLo_EL1
+        $m!(41, "S3_0_C2_C3_1"); // APGAKeyHi_EL1
+    };
+}
+
+/// Read the switched EL1 registers into `s`: the base set, the PAC keys
+/// where the CPU has them, the MTE registers when `mte`.
+fn save_el1(s: &mut [u64; hyp::SYS_WORDS], pauth: bool, mte: bool) {
     macro_rules! save {
         ($i:expr, $r:literal) => {
-            // SAFETY: reading an EL1 register from EL2 has no side effects.
+            // SAFETY: reading an EL1 register from EL2 has no side effects;
+            // optional ones are read only where the CPU has them.
             unsafe { asm!(concat!("mrs {}, ", $r), out(reg) s[$i], options(nomem, nostack, preserves_flags)) };
         };
     }
     el1_regs!(save);
+    if pauth {
+        pauth_regs!(save);
+    }
+    if mte {
+        mte_regs!(save);
+    }
 }
 
-/// Load the switched EL1 registers from `s`.
+/// Load the switched EL1 registers from `s` (the same sets as
+/// [`save_el1`]).
 ///
 /// # Safety
 ///
 /// EL1 must not run between this and the next `eret` with registers it does
 /// not own: the caller enters the context these registers belong to.
-unsafe fn load_el1(s: &[u64; hyp::SYS_WORDS]) {
+unsafe fn load_el1(s: &[u64; hyp::SYS_WORDS], pauth: bool, mte: bool) {
     macro_rules! load {
         ($i:expr, $r:literal) => {
             // SAFETY: the caller enters the owner of these values before EL1
@@ -78,6 +123,12 @@ unsafe fn load_el1(s: &[u64; hyp::SYS_WORDS]) {
         };
     }
     el1_regs!(load);
+    if pauth {
+        pauth_regs!(load);
+    }
+    if mte {
+        mte_regs!(load);
+    }
 }
 
 global_asm!(
@@ -185,7 +236,7 @@ guest_vectors:
     .balign 0x80
     b       el2_unexpected
     .balign 0x80
-    b       el2_unexpected
+    b       el2_serror
     // Lower EL, AArch64: sync, IRQ, FIQ, SError.
     .balign 0x80
     stp     x0, x1, [sp, #-16]!
@@ -240,6 +291,23 @@ __guest_exit:
     ldp     x19, x20, [sp, #80]
     ldp     x29, x30, [sp], #112
     ret
+
+// __serror_window(): unmask SError for a moment after a guest exit, so an
+// SError the guest caused is taken here (el2_serror records it) and not
+// later by the host. Returns 1 if one was taken, else 0.
+.global __serror_window
+__serror_window:
+    mrs     x1, tpidr_el2
+    adrp    x2, GUEST_SERROR
+    add     x2, x2, :lo12:GUEST_SERROR
+    str     xzr, [x2, x1, lsl #3]
+    dsb     sy
+    isb
+    msr     daifclr, #4
+    isb
+    msr     daifset, #4
+    ldr     x0, [x2, x1, lsl #3]
+    ret
 "#
 );
 
@@ -247,6 +315,7 @@ extern "C" {
     fn __fp_save(buf: *mut u64);
     fn __fp_load(buf: *const u64);
     fn __guest_run(gprs: *mut u64) -> u64;
+    fn __serror_window() -> u64;
     fn guest_vectors();
 }
 
@@ -258,6 +327,18 @@ struct HostEl1 {
     mdcr: u64,
     elr: u64,
     spsr: u64,
+    /// PMCNTENSET_EL0: the host's counters, stopped while a protected
+    /// guest runs.
+    pmcnten: u64,
+}
+
+/// What the loaded vCPU's VM has, for the switch and the trap decoding.
+#[derive(Clone, Copy, Default)]
+pub struct VmKind {
+    /// A protected VM: the host's PMU stops counting while it runs.
+    pub protected: bool,
+    /// Created with MTE: tags and the MTE registers are the guest's.
+    pub mte: bool,
 }
 
 /// A vCPU loaded on this CPU: the host state to put back when it leaves.
@@ -265,6 +346,9 @@ struct HostEl1 {
 pub struct Loaded {
     host: HostEl1,
     gic: gic::HostGic,
+    kind: VmKind,
+    /// The MTE registers are switched (MTE2 and an MTE VM).
+    mte: bool,
 }
 
 impl Loaded {
@@ -278,24 +362,66 @@ impl Loaded {
                 mdcr: 0,
                 elr: 0,
                 spsr: 0,
+                pmcnten: 0,
             },
             gic: gic::HostGic::NONE,
+            kind: VmKind {
+                protected: false,
+                mte: false,
+            },
+            mte: false,
         }
     }
 }
 
-/// Save the host's EL1 state and load the vCPU's (EL1 registers, FP/SIMD,
-/// the virtual CPU interface, the preemption deadline `slice_end` or the
-/// host's timer deadline, whichever is first). Until [`unload`], EL2 may
-/// run the guest again and again with [`enter`] and handle its traps in
-/// between; `ctx` then holds only its general registers and pc. `false`
-/// (nothing loaded) before the host's EL2 settings exist.
-pub fn load(l: &mut Loaded, vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_end: u64) -> bool {
+/// HCR_EL2 for a guest: VM, SWIO, FMO, IMO, AMO, TWI, TID3 (ID registers
+/// are emulated), TSC, RW, TLOR and TERR (LORegions and RAS error records
+/// trap), APK/API (the keys are switched), FWB as the host, ATA only for an
+/// MTE VM. EnSCXT stays clear, so SCXTNUM_ELx trap.
+fn guest_hcr(host_hcr: u64, mte: bool) -> u64 {
+    (host_hcr & ((1 << 46) | (1 << 40) | (1 << 41)))
+        | (u64::from(mte) << 56)
+        | (1 << 0)
+        | (1 << 1)
+        | (1 << 3)
+        | (1 << 4)
+        | (1 << 5)
+        | (1 << 13)
+        | (1 << 18)
+        | (1 << 19)
+        | (1 << 31)
+        | (1 << 35)
+        | (1 << 36)
+}
+
+/// CPTR_EL2 for a guest: FP/SIMD its own (switched), SVE (TZ), SME (TSM)
+/// and the activity monitors (TAM) trapped: their state is not switched.
+const CPTR_GUEST: u64 = 0x22ff | (1 << 8) | (1 << 12) | (1 << 30);
+
+/// Save the host's EL1 state and load the vCPU's (EL1 registers, PAC keys,
+/// MTE registers for an MTE VM, FP/SIMD, the virtual CPU interface, the
+/// preemption deadline `slice_end` or the host's timer deadline, whichever
+/// is first). Until [`unload`], EL2 may run the guest again and again with
+/// [`enter`] and handle its traps in between; `ctx` then holds only its
+/// general registers and pc. `false` (nothing loaded) before the host's EL2
+/// settings exist.
+pub fn load(
+    l: &mut Loaded,
+    vttbr: u64,
+    vcpu: u64,
+    kind: VmKind,
+    ctx: &mut VcpuContext,
+    slice_end: u64,
+) -> bool {
     let Some(host) = HOST_REGS.get() else {
         return false;
     };
+    let f = host.features;
+    l.kind = kind;
+    l.mte = f.mte2 && kind.mte;
     if ctx.sys[SYS_INIT] == 0 {
-        // First entry: EL1h, interrupts masked, MMU and caches off.
+        // First entry: EL1h, interrupts masked, MMU and caches off; keys,
+        // tags and every other register zero.
         ctx.sys = [0; hyp::SYS_WORDS];
         ctx.sys[SYS_SPSR] = 0x3c5;
         ctx.sys[1] = 0x30d0_0800;
@@ -308,26 +434,24 @@ pub fn load(l: &mut Loaded, vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_
     // after the guest has used ELR_EL2/SPSR_EL2.
     saved.elr = sysreg::elr_el2();
     saved.spsr = sysreg::spsr_el2();
-    save_el1(&mut saved.sys);
-    // VM, SWIO, FMO, IMO, AMO, TWI, TSC, RW, APK/API, FWB as the host.
-    let hcr = (host.hcr & ((1 << 46) | (1 << 40) | (1 << 41) | (1 << 56)))
-        | (1 << 0)
-        | (1 << 1)
-        | (1 << 3)
-        | (1 << 4)
-        | (1 << 5)
-        | (1 << 13)
-        | (1 << 19)
-        | (1 << 31);
+    save_el1(&mut saved.sys, f.pauth, l.mte);
+    let hcr = guest_hcr(host.hcr, l.mte);
     // SAFETY: the world switch in. Every EL1 register the guest can change
-    // is saved above and restored by `unload`; the guest will run under its
-    // own stage-2 (its VMID and tables) with physical interrupts, WFI and
-    // SMC trapped to EL2, and come back through `guest_vectors` to
-    // `__guest_run`'s caller. FP state is swapped with the host's.
+    // is saved above and restored by `unload`, or trapped by the HCR_EL2,
+    // CPTR_EL2, MDCR_EL2, HCRX_EL2 and fine-grained trap values set here;
+    // the guest will run under its own stage-2 (its VMID and tables) with
+    // physical interrupts, WFI and SMC trapped to EL2, and come back through
+    // `guest_vectors` to `__guest_run`'s caller. FP state is swapped with
+    // the host's.
     l.gic = unsafe {
+        if kind.protected && f.pmu {
+            // The host's counters do not count a protected guest.
+            saved.pmcnten = sysreg::pmcntenset_el0();
+            sysreg::set_pmcntenclr_el0(saved.pmcnten);
+        }
         __fp_save(saved.fp.as_mut_ptr());
         __fp_load(ctx.fp.as_ptr());
-        load_el1(&ctx.sys);
+        load_el1(&ctx.sys, f.pauth, l.mte);
         sysreg::set_cntvoff_el2(0);
         // The guest reads the counter but may not program the physical
         // timer (the host's): EL1PCEN clear traps it.
@@ -335,6 +459,14 @@ pub fn load(l: &mut Loaded, vttbr: u64, vcpu: u64, ctx: &mut VcpuContext, slice_
         // PMU and debug registers are the host's and not switched: trap the
         // guest's accesses to them (TPMCR, TPM, TDA, TDOSA, TDRA).
         sysreg::set_mdcr_el2(saved.mdcr | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11));
+        sysreg::set_cptr_el2(CPTR_GUEST);
+        if f.hcx && f.hcrx_guest() != f.hcrx_host() {
+            sysreg::set_hcrx_el2(f.hcrx_guest());
+        }
+        if f.fgt && f.fgt_guest() != f.fgt_host() {
+            sysreg::set_hfgrtr_el2(f.fgt_guest());
+            sysreg::set_hfgwtr_el2(f.fgt_guest());
+        }
         sysreg::set_vmpidr_el2(vcpu & 0xff);
         sysreg::set_vttbr_el2(vttbr);
         sysreg::set_hcr_el2(hcr);
@@ -350,7 +482,7 @@ pub fn enter(l: &mut Loaded, ctx: &mut VcpuContext) -> Trap {
     let mut irq = Trap::Irq;
     // SAFETY: the guest's state is loaded (`load`); its general registers
     // and exception return state come from `ctx` and go back there.
-    let kind = unsafe {
+    let (kind, serror) = unsafe {
         sysreg::set_elr_el2(ctx.pc);
         sysreg::set_spsr_el2(ctx.sys[SYS_SPSR]);
         sysreg::isb();
@@ -360,8 +492,14 @@ pub fn enter(l: &mut Loaded, ctx: &mut VcpuContext) -> Trap {
         }
         ctx.pc = sysreg::elr_el2();
         ctx.sys[SYS_SPSR] = sysreg::spsr_el2();
-        kind
+        // An SError the guest caused may still be pending: open a window
+        // for it here, at EL2, where it is the guest's, before anything of
+        // the host's is loaded back (ELR/SPSR are saved above).
+        (kind, __serror_window() != 0)
     };
+    if serror {
+        return Trap::Fatal;
+    }
     match kind {
         0 => decode_sync(l, ctx),
         1 => irq,
@@ -378,6 +516,7 @@ pub fn resync(l: &mut Loaded, ctx: &mut VcpuContext) {
 /// Save the guest's state into `ctx` and put the host's back.
 pub fn unload(l: &mut Loaded, ctx: &mut VcpuContext) {
     let Some(host) = HOST_REGS.get() else { return };
+    let f = host.features;
     let saved = &l.host;
     // SAFETY: the world switch out: the guest's EL1, FP/SIMD and GIC state
     // go to `ctx`, the host's (read by `load`) come back, and EL2 is set
@@ -385,24 +524,70 @@ pub fn unload(l: &mut Loaded, ctx: &mut VcpuContext) {
     unsafe {
         let init = ctx.sys[SYS_INIT];
         let spsr = ctx.sys[SYS_SPSR];
-        save_el1(&mut ctx.sys);
+        save_el1(&mut ctx.sys, f.pauth, l.mte);
         ctx.sys[SYS_INIT] = init;
         ctx.sys[SYS_SPSR] = spsr;
         gic::exit(ctx, &l.gic);
         __fp_save(ctx.fp.as_mut_ptr());
         __fp_load(saved.fp.as_ptr());
-        load_el1(&saved.sys);
+        load_el1(&saved.sys, f.pauth, l.mte);
         sysreg::set_cntvoff_el2(saved.cntvoff);
         sysreg::set_cnthctl_el2(3);
         sysreg::set_mdcr_el2(saved.mdcr);
+        sysreg::set_cptr_el2(host.cptr);
+        if f.hcx && f.hcrx_guest() != f.hcrx_host() {
+            sysreg::set_hcrx_el2(f.hcrx_host());
+        }
+        if f.fgt && f.fgt_guest() != f.fgt_host() {
+            sysreg::set_hfgrtr_el2(f.fgt_host());
+            sysreg::set_hfgwtr_el2(f.fgt_host());
+        }
         sysreg::set_vmpidr_el2(sysreg::mpidr_el1());
         sysreg::set_vbar_el2(crate::entry::el2_vectors as *const () as u64);
         sysreg::set_vttbr_el2(host.vttbr);
         sysreg::set_hcr_el2(host.hcr);
         sysreg::isb();
+        if l.kind.protected && f.pmu {
+            sysreg::set_pmcntenset_el0(saved.pmcnten);
+        }
         sysreg::set_elr_el2(saved.elr);
         sysreg::set_spsr_el2(saved.spsr);
     }
+}
+
+/// Emulate a read of the ID register `S3_0_C0_<crm>_<op2>` (trapped by
+/// HCR_EL2.TID3): the hardware's value as the VM may see it.
+fn id_register(crm: u64, op2: u64, mte: bool) -> u64 {
+    macro_rules! read_id {
+        ($($crm:literal, $op2:literal;)*) => {
+            match (crm, op2) {
+                $(($crm, $op2) => {
+                    let v: u64;
+                    // SAFETY: reading the ID space has no side effects;
+                    // unallocated encodings read as zero.
+                    unsafe {
+                        asm!(
+                            concat!("mrs {}, S3_0_C0_C", $crm, "_", $op2),
+                            out(reg) v,
+                            options(nomem, nostack, preserves_flags)
+                        )
+                    };
+                    v
+                })*
+                _ => 0,
+            }
+        };
+    }
+    let hw = read_id! {
+        1, 0; 1, 1; 1, 2; 1, 3; 1, 4; 1, 5; 1, 6; 1, 7;
+        2, 0; 2, 1; 2, 2; 2, 3; 2, 4; 2, 5; 2, 6; 2, 7;
+        3, 0; 3, 1; 3, 2; 3, 3; 3, 4; 3, 5; 3, 6; 3, 7;
+        4, 0; 4, 1; 4, 2; 4, 3; 4, 4; 4, 5; 4, 6; 4, 7;
+        5, 0; 5, 1; 5, 2; 5, 3; 5, 4; 5, 5; 5, 6; 5, 7;
+        6, 0; 6, 1; 6, 2; 6, 3; 6, 4; 6, 5; 6, 6; 6, 7;
+        7, 0; 7, 1; 7, 2; 7, 3; 7, 4; 7, 5; 7, 6; 7, 7;
+    };
+    hyp::idregs::guest_view((crm as u8, op2 as u8), hw, mte)
 }
 
 /// What a synchronous trap from the guest means.
@@ -436,6 +621,14 @@ fn decode_sync(l: &Loaded, ctx: &mut VcpuContext) -> Trap {
                 let value = ctx.x.get(rt as usize).copied().unwrap_or(0);
                 ctx.pc = ctx.pc.wrapping_add(4);
                 Trap::Sgi { value }
+            } else if read == 1 && hyp::idregs::is_id_space(op0, op1, crn, crm) {
+                // A read of XZR discards the value.
+                let value = id_register(crm, op2, l.kind.mte);
+                if let Some(r) = ctx.x.get_mut(rt as usize) {
+                    *r = value;
+                }
+                ctx.pc = ctx.pc.wrapping_add(4);
+                Trap::Resume
             } else {
                 Trap::Fatal
             }

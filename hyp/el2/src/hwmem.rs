@@ -17,30 +17,58 @@ impl PhysMem for El2Phys {
     }
 }
 
+/// A stage-2 root of invalid entries, as large and as aligned as the
+/// largest concatenated root (16 pages): what VTTBR_EL2 points at while it
+/// holds another VMID only for TLB maintenance.
+#[repr(C, align(65536))]
+struct EmptyRoot([u64; 8192]);
+
+static EMPTY_ROOT: EmptyRoot = EmptyRoot([0; 8192]);
+
 /// TLB and cache maintenance by instruction.
 pub struct El2Maintenance {
     /// Smallest data cache line (CTR_EL0.DminLine), bytes.
     dline: u64,
+    /// Block `dc gzva` zeroes (DCZID_EL0), bytes; 0 without MTE2, where
+    /// memory holds no tags.
+    tag_block: u64,
 }
 
 impl El2Maintenance {
     /// Read the cache geometry.
     pub fn new() -> Self {
+        let mte2 = (sysreg::id_aa64pfr1_el1() >> 8) & 0xf >= 2;
+        let dczid: u64;
+        // SAFETY: reading DCZID_EL0 has no side effects.
+        unsafe {
+            asm!("mrs {}, dczid_el0", out(reg) dczid, options(nomem, nostack, preserves_flags))
+        };
+        // DZP (bit 4) set: DC ZVA and DC GZVA are prohibited.
+        let tag_block = if mte2 && dczid & (1 << 4) == 0 {
+            4 << (dczid & 0xf)
+        } else {
+            0
+        };
         Self {
             dline: 4 << ((sysreg::ctr_el0() >> 16) & 0xf),
+            tag_block,
         }
     }
 
     /// Run `f` with VTTBR_EL2 holding `vmid` (TLBIs by IPA act on the
-    /// current VMID), then put the old value back.
+    /// current VMID), then put the old value back. Meanwhile the table
+    /// address is [`EMPTY_ROOT`]: a walk the CPU makes speculatively for
+    /// that VMID finds nothing, so nothing is cached for it.
     fn with_vmid(vmid: u16, f: impl FnOnce()) {
         let old = sysreg::vttbr_el2();
         let cur = (old >> 48) as u16;
         if cur != vmid {
-            // SAFETY: only the VMID field changes, and only for the TLB
-            // maintenance below; no guest runs on this CPU meanwhile (we are
-            // in a hypercall) and the old value is restored before returning.
-            unsafe { sysreg::set_vttbr_el2(u64::from(vmid) << 48) };
+            let empty = (&raw const EMPTY_ROOT) as u64;
+            // SAFETY: only for the TLB maintenance below, VTTBR_EL2 names
+            // this VMID with a root of invalid entries; no guest runs on
+            // this CPU meanwhile (we are in a hypercall) and the old value
+            // is restored before returning.
+            unsafe { sysreg::set_vttbr_el2((u64::from(vmid) << 48) | empty) };
             sysreg::isb();
         }
         f();
@@ -93,6 +121,23 @@ impl Maintenance for El2Maintenance {
         while a < pa + len {
             sysreg::dc_civac(a);
             a += self.dline;
+        }
+        sysreg::dsb_ish();
+    }
+
+    fn zero_tags(&mut self, pa: u64, len: u64) {
+        if self.tag_block == 0 {
+            return;
+        }
+        let mut a = pa & !(self.tag_block - 1);
+        while a < pa + len {
+            // SAFETY: the core passes only pages it owns at this moment
+            // (being reclaimed), identity mapped Tagged Normal memory at
+            // EL2; DC GZVA zeroes the block's data and allocation tags.
+            unsafe {
+                asm!(".arch_extension memtag", "dc gzva, {}", in(reg) a, options(nostack, preserves_flags))
+            };
+            a += self.tag_block;
         }
         sysreg::dsb_ish();
     }

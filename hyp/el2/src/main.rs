@@ -9,6 +9,7 @@ extern crate alloc;
 
 mod console;
 mod entry;
+mod features;
 mod gic;
 mod guest;
 mod hwmem;
@@ -50,6 +51,10 @@ struct HostRegs {
     hcr: u64,
     vtcr: u64,
     vttbr: u64,
+    /// CPTR_EL2 for the host: FP, SVE and SME its own.
+    cptr: u64,
+    /// Optional CPU state, from the boot CPU.
+    features: features::Features,
 }
 
 static HOST_REGS: spin::Once<HostRegs> = spin::Once::new();
@@ -217,7 +222,17 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
         | (1 << 40) | (1 << 41) // APK, API: pointer authentication not trapped
         | (u64::from(cpu.fwb) << 46)
         | (u64::from(cpu.mte) << 56); // ATA: tags usable at EL1 where MTE exists
-    HOST_REGS.call_once(|| HostRegs { hcr, vtcr, vttbr });
+    let features = features::Features::probe();
+    // RES1 bits; TZ, TFP (and TSM where SME exists) clear: no FP/SVE/SME
+    // traps for the host.
+    let cptr = 0x22ff | if features.sme { 0 } else { 1 << 12 };
+    HOST_REGS.call_once(|| HostRegs {
+        hcr,
+        vtcr,
+        vttbr,
+        cptr,
+        features,
+    });
     *CORE.lock() = Some(hv);
     println!("hyp: host stage-2 ready; entering the host at {host_entry:#x} (EL1)");
     init_cpu_for_host(0);
@@ -239,13 +254,10 @@ pub fn init_cpu_for_host(index: usize) {
     let Some(h) = HOST_REGS.get() else {
         power_off()
     };
-    let pfr0 = sysreg::id_aa64pfr0_el1();
-    let pfr1 = sysreg::id_aa64pfr1_el1();
-    let sve = (pfr0 >> 32) & 0xf != 0;
-    let sme = (pfr1 >> 24) & 0xf != 0;
-    // RES1 bits; TZ, TFP (and TSM where SME exists) clear: no FP/SVE/SME traps.
-    let cptr = 0x22ff | if sme { 0 } else { 1 << 12 };
+    let f = h.features;
     let hpmn = (sysreg::pmcr_el0() >> 11) & 0x1f;
+    // The host's counters, but none of them counts at EL2 (HPMD, PMUv3p1).
+    let mdcr = hpmn | (u64::from(f.pmuv3p1) << 17);
     // SAFETY: these registers configure how EL1 runs under this hypervisor:
     // the exception vectors of this image, the host's stage-2 built by the
     // core, and trap controls that leave the host its own FP, timers and
@@ -253,15 +265,23 @@ pub fn init_cpu_for_host(index: usize) {
     unsafe {
         sysreg::set_vbar_el2(entry::el2_vectors as *const () as u64);
         sysreg::set_tpidr_el2(index as u64);
-        sysreg::set_cptr_el2(cptr);
+        sysreg::set_cptr_el2(h.cptr);
         sysreg::isb();
-        if sve {
+        if f.sve {
             sysreg::set_zcr_el2(0xf);
         }
-        if sme {
+        if f.sme {
             sysreg::set_smcr_el2(0xf);
         }
-        sysreg::set_mdcr_el2(hpmn);
+        // Their reset values are UNKNOWN: the host gets what it may use.
+        if f.hcx {
+            sysreg::set_hcrx_el2(f.hcrx_host());
+        }
+        if f.fgt {
+            sysreg::set_hfgrtr_el2(f.fgt_host());
+            sysreg::set_hfgwtr_el2(f.fgt_host());
+        }
+        sysreg::set_mdcr_el2(mdcr);
         sysreg::set_cnthctl_el2(3);
         // GICv3: EL1 uses the system-register interface, not trapped here
         // (SRE, Enable; DFB and DIB as the architecture recommends).
@@ -275,11 +295,9 @@ pub fn init_cpu_for_host(index: usize) {
         sysreg::set_vtcr_el2(h.vtcr);
         sysreg::set_vttbr_el2(h.vttbr);
         sysreg::isb();
-        core::arch::asm!(
-            "tlbi vmalls12e1",
-            "dsb nsh",
-            options(nostack, preserves_flags)
-        );
+        // Nothing cached from before the hypervisor (firmware, an earlier
+        // boot) may survive for any VMID.
+        core::arch::asm!("tlbi alle1", "dsb nsh", options(nostack, preserves_flags));
         sysreg::set_hcr_el2(h.hcr);
     }
     sysreg::isb();

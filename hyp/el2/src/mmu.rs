@@ -110,14 +110,17 @@ pub fn enable(hyp_start: usize, hyp_end: usize, uart: usize, pa_range: u64) {
         .expect("EL2 map")
         .root_address()
         .0 as u64;
-    // MAIR: 0 = Device-nGnRE, 1 = Normal write-back read/write-allocate.
-    let mair = 0x04 | (0xff << 8);
+    // MAIR: 0 = Device-nGnRE, 1 = Normal write-back read/write-allocate,
+    // Tagged where memory holds MTE tags (MTE2), so that RECLAIM can zero
+    // them (SCTLR_EL2.ATA below; EL2 never checks tags: TCF is 0).
+    let mte2 = (sysreg::id_aa64pfr1_el1() >> 8) & 0xf >= 2;
+    let mair = 0x04 | (if mte2 { 0xf0 } else { 0xff } << 8);
     // T0SZ 25 (39-bit VA, level-1 root), inner/outer WBWA, inner shareable,
     // 4 KiB granule, PS from PARange, RES1 bits 23 and 31. Bit 32 (DS) stays 0.
     let tcr =
         25 | (1 << 8) | (1 << 10) | (3 << 12) | (pa_range.min(5) << 16) | (1 << 23) | (1 << 31);
     // RES1 bits, then M, C, SA, I.
-    let sctlr = 0x30c5_0830 | 1 | (1 << 2) | (1 << 3) | (1 << 12);
+    let sctlr = 0x30c5_0830 | 1 | (1 << 2) | (1 << 3) | (1 << 12) | (u64::from(mte2) << 43);
     BOOT_PARAMS[0].store(mair, core::sync::atomic::Ordering::Relaxed);
     BOOT_PARAMS[1].store(tcr, core::sync::atomic::Ordering::Relaxed);
     BOOT_PARAMS[2].store(root, core::sync::atomic::Ordering::Relaxed);

@@ -69,6 +69,11 @@ read_write! {
     zcr_el2, set_zcr_el2, "S3_4_C1_C2_0";
     smcr_el2, set_smcr_el2, "S3_4_C1_C2_6";
     icc_sre_el2, set_icc_sre_el2, "S3_4_C12_C9_5";
+    hcrx_el2, set_hcrx_el2, "S3_4_C1_C2_2";
+    hfgrtr_el2, set_hfgrtr_el2, "S3_4_C1_C1_4";
+    hfgwtr_el2, set_hfgwtr_el2, "S3_4_C1_C1_5";
+    pmcntenset_el0, set_pmcntenset_el0, "pmcntenset_el0";
+    pmcntenclr_el0, set_pmcntenclr_el0, "pmcntenclr_el0";
 }
 
 read_only! {

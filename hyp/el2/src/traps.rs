@@ -39,17 +39,18 @@ fn host_hvc(frame: &mut Frame) {
     regs.copy_from_slice(&frame.x[..7]);
     if regs[0] == u64::from(HostCallId::VcpuRun.id()) {
         if let Some(r) = vcpu_run(&regs) {
-            frame.x[..5].copy_from_slice(&r);
+            HostResult { regs: r }.write_back(regs[0], &mut frame.x);
             return;
         }
     }
     // A well-formed VCPU_RUN never gets here (`vcpu_run` runs it without the
     // lock); the core answers a malformed one without entering a guest.
     let r = match CORE.lock().as_mut() {
-        Some(hv) => hv.host_call(&regs, &mut NoExecutor).regs,
-        None => [u64::MAX, 0, 0, 0, 0],
+        Some(hv) => hv.host_call(&regs, &mut NoExecutor),
+        None => HostResult::not_supported(),
     };
-    frame.x[..5].copy_from_slice(&r);
+    // SMCCC 1.1: x0..x3 (x4 for the calls that name it), nothing else.
+    r.write_back(regs[0], &mut frame.x);
 }
 
 /// VCPU_RUN with the guest running outside the core's lock: the lock is
@@ -76,7 +77,11 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
     // The guest stays loaded while EL2 handles its traps; only an exit to
     // the host switches back.
     let mut loaded = guest::Loaded::new();
-    if !guest::load(&mut loaded, run.vttbr, vcpu, &mut run.ctx, slice_end) {
+    let kind = guest::VmKind {
+        protected: run.protected,
+        mte: run.mte,
+    };
+    if !guest::load(&mut loaded, run.vttbr, vcpu, kind, &mut run.ctx, slice_end) {
         let mut core = CORE.lock();
         let reason = core.as_mut()?.vcpu_run_end(&mut run, ExitReason::Fatal);
         return Some(HostResult::ok(reason, 0, 0).regs);

@@ -145,31 +145,158 @@ pub unsafe fn enable_mmu(mair: u64, tcr: u64, ttbr0: u64) -> u64 {
     sctlr
 }
 
-/// A host call (ABI.md 1): `hvc #0` with x0..x6, results in x0..x4. The
-/// hypervisor preserves every other register; x5..x17 are declared
-/// clobbered all the same.
-pub fn hvc_host_call(regs: [u64; 7]) -> [u64; 5] {
-    let [mut x0, mut x1, mut x2, mut x3, mut x4, x5, x6] = regs;
-    // SAFETY: an HVC enters the hypervisor, which answers in registers and
-    // touches only memory the host shared with it (run pages), which Rust
-    // does not hold references to across this call.
-    unsafe {
-        asm!(
-            "hvc #0",
-            inout("x0") x0,
-            inout("x1") x1,
-            inout("x2") x2,
-            inout("x3") x3,
-            inout("x4") x4,
-            inout("x5") x5 => _,
-            inout("x6") x6 => _,
-            out("x7") _, out("x8") _, out("x9") _, out("x10") _, out("x11") _,
-            out("x12") _, out("x13") _, out("x14") _, out("x15") _, out("x16") _,
-            out("x17") _,
-            options(nostack),
-        );
+// __smccc_hvc(regs) / __smccc_smc(regs): load x0..x30 from regs[0..31],
+// make the call, store x0..x30 back into regs. Callee-saved registers, the
+// frame pointer and the link register are kept on the stack around it.
+core::arch::global_asm!(
+    r#"
+.macro SMCCC_CHECKED name, insn
+.global \name
+\name:
+    sub     sp, sp, #112
+    stp     x19, x20, [sp, #0]
+    stp     x21, x22, [sp, #16]
+    stp     x23, x24, [sp, #32]
+    stp     x25, x26, [sp, #48]
+    stp     x27, x28, [sp, #64]
+    stp     x29, x30, [sp, #80]
+    str     x0, [sp, #96]
+    mov     x30, x0
+    ldp     x0, x1, [x30, #0]
+    ldp     x2, x3, [x30, #16]
+    ldp     x4, x5, [x30, #32]
+    ldp     x6, x7, [x30, #48]
+    ldp     x8, x9, [x30, #64]
+    ldp     x10, x11, [x30, #80]
+    ldp     x12, x13, [x30, #96]
+    ldp     x14, x15, [x30, #112]
+    ldp     x16, x17, [x30, #128]
+    ldp     x18, x19, [x30, #144]
+    ldp     x20, x21, [x30, #160]
+    ldp     x22, x23, [x30, #176]
+    ldp     x24, x25, [x30, #192]
+    ldp     x26, x27, [x30, #208]
+    ldp     x28, x29, [x30, #224]
+    ldr     x30, [x30, #240]
+    \insn  #0
+    str     x30, [sp, #-16]!
+    ldr     x30, [sp, #112]
+    stp     x0, x1, [x30, #0]
+    stp     x2, x3, [x30, #16]
+    stp     x4, x5, [x30, #32]
+    stp     x6, x7, [x30, #48]
+    stp     x8, x9, [x30, #64]
+    stp     x10, x11, [x30, #80]
+    stp     x12, x13, [x30, #96]
+    stp     x14, x15, [x30, #112]
+    stp     x16, x17, [x30, #128]
+    stp     x18, x19, [x30, #144]
+    stp     x20, x21, [x30, #160]
+    stp     x22, x23, [x30, #176]
+    stp     x24, x25, [x30, #192]
+    stp     x26, x27, [x30, #208]
+    stp     x28, x29, [x30, #224]
+    ldr     x0, [sp], #16
+    str     x0, [x30, #240]
+    ldp     x19, x20, [sp, #0]
+    ldp     x21, x22, [sp, #16]
+    ldp     x23, x24, [sp, #32]
+    ldp     x25, x26, [sp, #48]
+    ldp     x27, x28, [sp, #64]
+    ldp     x29, x30, [sp, #80]
+    add     sp, sp, #112
+    ret
+.endm
+SMCCC_CHECKED __smccc_hvc, hvc
+SMCCC_CHECKED __smccc_smc, smc
+"#
+);
+
+extern "C" {
+    fn __smccc_hvc(regs: *mut u64);
+    fn __smccc_smc(regs: *mut u64);
+}
+
+/// Which instruction a call goes through.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Conduit {
+    Hvc,
+    Smc,
+}
+
+/// Calls made through [`smccc_call`]: each fills x7..x30 with values of
+/// its own, so a register the callee leaks from an earlier call shows.
+static CALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+
+/// An SMCCC call with x0..x6 from `regs` and every other register set to a
+/// pattern; returns x0..x4. It panics, naming the register, if the callee
+/// changed a register ABI.md says it keeps:
+/// - NOT_SUPPORTED (x0 = -1) changes x0 only;
+/// - host calls that name an x4 output (HYP_FEATURES, PAGE_QUERY) change
+///   x0..x4, every other call x0..x3;
+/// - x5..x30 never change.
+pub fn smccc_call(conduit: Conduit, regs: [u64; 7]) -> [u64; 5] {
+    let n = CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let mut x = [0u64; 31];
+    x[..7].copy_from_slice(&regs);
+    for (i, r) in x.iter_mut().enumerate().skip(7) {
+        *r = 0x5a5a_0000_0000_0000 | (n << 8) | i as u64;
     }
-    [x0, x1, x2, x3, x4]
+    let before = x;
+    // SAFETY: the routine saves and restores every register Rust relies
+    // on; the call enters the hypervisor or firmware, which touch only
+    // memory the host shared with them (run pages), which Rust does not
+    // hold references to across this call.
+    unsafe {
+        match conduit {
+            Conduit::Hvc => __smccc_hvc(x.as_mut_ptr()),
+            Conduit::Smc => __smccc_smc(x.as_mut_ptr()),
+        }
+    }
+    let id = regs[0];
+    let x4_output = conduit == Conduit::Hvc
+        && (id == u64::from(host_interface::HostCallId::HypFeatures.id())
+            || id == u64::from(host_interface::HostCallId::PageQuery.id()));
+    let first_kept = if x[0] == u64::MAX {
+        1
+    } else if x4_output {
+        5
+    } else {
+        4
+    };
+    for i in first_kept..31 {
+        if x[i] != before[i] {
+            panic!(
+                "SMCCC: {conduit:?} {id:#x} changed x{i} from {:#x} to {:#x} (x0 = {:#x})",
+                before[i], x[i], x[0]
+            );
+        }
+    }
+    [x[0], x[1], x[2], x[3], x[4]]
+}
+
+/// A host call (ABI.md 1): `hvc #0` with x0..x6; x0..x4 as they are after
+/// the call (x4 and, for an unknown ID, x1..x3 keep the caller's values),
+/// every register the ABI keeps checked by [`smccc_call`].
+pub fn hvc_host_call(regs: [u64; 7]) -> [u64; 5] {
+    smccc_call(Conduit::Hvc, regs)
+}
+
+/// A host call's answer as ABI.md 1 states it: x0..x3, x4 for the calls
+/// that name an x4 output and 0 for the others, and `[-1, 0, 0, 0, 0]` for
+/// an unknown ID. The registers the call keeps are checked on the way.
+pub fn host_call_answer(regs: [u64; 7]) -> [u64; 5] {
+    let mut r = hvc_host_call(regs);
+    if r[0] == u64::MAX {
+        return [u64::MAX, 0, 0, 0, 0];
+    }
+    let id = regs[0];
+    if id != u64::from(host_interface::HostCallId::HypFeatures.id())
+        && id != u64::from(host_interface::HostCallId::PageQuery.id())
+    {
+        r[4] = 0;
+    }
+    r
 }
 
 /// PSCI SYSTEM_OFF.
@@ -182,34 +309,8 @@ const PSCI_CPU_ON64: u64 = 0xC400_0003;
 /// PSCI CPU_ON through the conduit the device tree names. Returns PSCI's
 /// status (0 = SUCCESS).
 pub fn psci_cpu_on(use_hvc: bool, target: u64, entry: u64, context: u64) -> u64 {
-    let mut x0 = PSCI_CPU_ON64;
-    // SAFETY: CPU_ON starts another CPU at `entry`, which the caller makes a
-    // valid entry point; it returns a status in x0 and takes no memory
-    // arguments. SMCCC lets the callee corrupt x1..x17.
-    unsafe {
-        if use_hvc {
-            asm!(
-                "hvc #0",
-                inout("x0") x0,
-                inout("x1") target => _, inout("x2") entry => _, inout("x3") context => _,
-                out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _,
-                out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _,
-                out("x14") _, out("x15") _, out("x16") _, out("x17") _,
-                options(nostack),
-            );
-        } else {
-            asm!(
-                "smc #0",
-                inout("x0") x0,
-                inout("x1") target => _, inout("x2") entry => _, inout("x3") context => _,
-                out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _,
-                out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _,
-                out("x14") _, out("x15") _, out("x16") _, out("x17") _,
-                options(nostack),
-            );
-        }
-    }
-    x0
+    let conduit = if use_hvc { Conduit::Hvc } else { Conduit::Smc };
+    smccc_call(conduit, [PSCI_CPU_ON64, target, entry, context, 0, 0, 0])[0]
 }
 
 /// PSCI SYSTEM_OFF through the conduit the device tree names (`hvc` or

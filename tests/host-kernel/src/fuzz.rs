@@ -16,7 +16,9 @@
 //!
 //! Every answer is classified (ok, each errno, NOT_SUPPORTED); an answer
 //! that breaks ABI.md 1's return convention is "malformed" and fails the
-//! run. Then CPU 0 checks the hypervisor: HYP_VERSION, SHARE_HYP /
+//! run; every call also goes through [`arch::smccc_call`], which stops the
+//! run if a register the caller keeps under SMCCC (x4..x30, or x1..x30 for
+//! an unknown ID) changed. Then CPU 0 checks the hypervisor: HYP_VERSION, SHARE_HYP /
 //! PAGE_QUERY / UNSHARE_HYP of a fresh page, host reads of its arena, a
 //! read of the hypervisor's memory; then it destroys every VM, reclaims and
 //! unshares the arenas and checks that every arena page is the host's
@@ -547,18 +549,26 @@ impl Rng {
 fn classify(regs: &[u64; 7], answer: &[u64; 5]) -> usize {
     let [x0, x1, x2, x3, x4] = *answer;
     let call = HostCallId::from_id(regs[0]);
+    // x4 is an output of HYP_FEATURES and PAGE_QUERY only; every other
+    // known call leaves the caller's x4 (SMCCC), which is what "no output"
+    // means for it.
+    let x4_output = matches!(call, Some(HostCallId::HypFeatures | HostCallId::PageQuery));
+    let x4_none = if x4_output { 0 } else { regs[4] };
     match (call, x0) {
-        (None, u64::MAX) if [x1, x2, x3, x4] == [0; 4] => NOT_SUPPORTED,
+        // An unknown ID changes x0 only.
+        (None, u64::MAX) if [x1, x2, x3, x4] == [regs[1], regs[2], regs[3], regs[4]] => {
+            NOT_SUPPORTED
+        }
         (Some(call), 0) if x1 == 0 => {
             use HostCallId as C;
             let outputs_ok = match call {
-                C::HypVersion => [x2, x3, x4] == [0x1_0000, 0, 0],
+                C::HypVersion => [x2, x3, x4] == [0x1_0000, 0, x4_none],
                 C::HypFeatures => x2 & !0x1f == 0,
                 C::PageQuery => x2 <= 3 && x3 <= 3 && x4 <= 3,
-                C::VmCreate => x2 >= 1 && [x3, x4] == [0, 0],
-                C::VcpuCreate => [x3, x4] == [0, 0],
-                C::VcpuRun => ExitReason::from_u64(x2).is_some(),
-                _ => [x2, x3, x4] == [0; 3],
+                C::VmCreate => x2 >= 1 && [x3, x4] == [0, x4_none],
+                C::VcpuCreate => [x3, x4] == [0, x4_none],
+                C::VcpuRun => ExitReason::from_u64(x2).is_some() && x4 == x4_none,
+                _ => [x2, x3, x4] == [0, 0, x4_none],
             };
             if outputs_ok {
                 OK
@@ -567,7 +577,7 @@ fn classify(regs: &[u64; 7], answer: &[u64; 5]) -> usize {
             }
         }
         (Some(_), 0) => match Errno::from_x1(x1) {
-            Some(e) if [x2, x3, x4] == [0; 3] => {
+            Some(e) if [x2, x3, x4] == [0, 0, x4_none] => {
                 1 + Errno::ALL.iter().position(|&a| a == e).unwrap_or(0)
             }
             _ => MALFORMED,

@@ -24,12 +24,13 @@ const CREATE_PAGES: u64 = 8;
 /// Pages VM_TOPUP gets (as the scenario interpreter's `vm`).
 const TOPUP_PAGES: u64 = 64;
 
-/// Host call `id` with `args` in x1.., the other registers zero.
+/// Host call `id` with `args` in x1.., the other registers zero: its
+/// answer ([`arch::host_call_answer`]).
 pub fn call(id: HostCallId, args: &[u64]) -> [u64; 5] {
     let mut regs = [0u64; 7];
     regs[0] = u64::from(id.id());
     regs[1..=args.len()].copy_from_slice(args);
-    arch::hvc_host_call(regs)
+    arch::host_call_answer(regs)
 }
 
 /// Host call `id` with `args`, which must succeed (x0 = 0, x1 = 0).

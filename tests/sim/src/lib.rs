@@ -15,7 +15,7 @@ pub mod mem;
 
 use std::collections::HashMap;
 
-use host_interface::{ExitReason, HostCallId, RunPage, GUEST_IPA_BITS, PAGE_SIZE};
+use host_interface::{ExitReason, HostCallId, HostResult, RunPage, GUEST_IPA_BITS, PAGE_SIZE};
 use hyp::{Access, Hypervisor};
 use pagetables::{Entry, PhysMem};
 use platform::{qemu_virt, CpuFeatures, MemClass, Platform};
@@ -154,14 +154,26 @@ impl SimMachine {
         &self.phys
     }
 
-    /// Issue a host call with up to six arguments.
+    /// Issue a host call with up to six arguments; the core's answer
+    /// (x0..x4 as `HostResult` has them, 0 where the call has no output).
     pub fn call(&mut self, id: HostCallId, args: &[u64]) -> [u64; 5] {
         let mut regs = [0u64; 7];
         regs[0] = u64::from(id.id());
         for (r, a) in regs[1..].iter_mut().zip(args) {
             *r = *a;
         }
-        self.host_call(regs)
+        self.core_call(regs).regs
+    }
+
+    /// A host call with registers x0..x6: the core's answer.
+    pub fn core_call(&mut self, regs: [u64; 7]) -> HostResult {
+        let result = self.hv.host_call(&regs, &mut self.guest);
+        let r = result.regs;
+        // Learn run pages the way a host would: from its own calls.
+        if regs[0] == u64::from(HostCallId::VcpuCreate.id()) && r[0] == 0 && r[1] == 0 {
+            self.run_pages.insert((regs[1], r[2]), regs[2]);
+        }
+        result
     }
 
     /// Make sure the host's stage-2 lets it make `access` at `pa`, faulting
@@ -250,13 +262,14 @@ impl Machine for SimMachine {
 
     fn end_file(&mut self) {}
 
+    /// x0..x4 after the call, as the caller's registers hold them: the
+    /// result where the call writes (SMCCC, ABI.md), the caller's own values
+    /// elsewhere.
     fn host_call(&mut self, regs: [u64; 7]) -> [u64; 5] {
-        let r = self.hv.host_call(&regs, &mut self.guest).regs;
-        // Learn run pages the way a host would: from its own calls.
-        if regs[0] == u64::from(HostCallId::VcpuCreate.id()) && r[0] == 0 && r[1] == 0 {
-            self.run_pages.insert((regs[1], r[2]), regs[2]);
-        }
-        r
+        let result = self.core_call(regs);
+        let mut x = [regs[0], regs[1], regs[2], regs[3], regs[4]];
+        result.write_back(regs[0], &mut x);
+        x
     }
 
     fn host_read(&mut self, pa: u64) -> Result<u64, Abort> {

@@ -16,6 +16,8 @@ pub struct CountingMaintenance {
     pub dcache_bytes: u64,
     /// I-cache invalidations.
     pub icache: u64,
+    /// Bytes whose allocation tags were zeroed.
+    pub tag_bytes: u64,
 }
 
 impl Maintenance for CountingMaintenance {
@@ -33,5 +35,8 @@ impl Maintenance for CountingMaintenance {
     }
     fn icache_inval_pou(&mut self) {
         self.icache += 1;
+    }
+    fn zero_tags(&mut self, _pa: u64, len: u64) {
+        self.tag_bytes += len;
     }
 }

@@ -342,8 +342,14 @@ impl T {
     #[track_caller]
     fn raw(&mut self, regs: [u64; 7], want: [u64; 5]) {
         let before = self.snap();
-        let r = Machine::host_call(&mut self.m, regs);
+        let r = self.m.core_call(regs).regs;
         assert_eq!(r, want, "[{}] registers {regs:#x?}", self.model);
+        // What the caller's registers hold afterwards (SMCCC): the answer
+        // where the call writes, its own values elsewhere.
+        let x = Machine::host_call(&mut self.m, regs);
+        let kept = host_interface::HostResult { regs: want }.written(regs[0]);
+        assert_eq!(x[..kept], want[..kept], "[{}] {regs:#x?}", self.model);
+        assert_eq!(x[kept..], regs[kept..5], "[{}] {regs:#x?} kept", self.model);
         self.unchanged(&before, &format!("{regs:#x?}"));
     }
 
@@ -1560,10 +1566,17 @@ fn reclaim() {
         assert_eq!(t.word(d + 1), 0xdead_0001, "refused RECLAIM scrubbed");
 
         // Success: scrubbed (zeroed, cleaned to PoC) and the host's again.
-        let before = t.m.hyp_mut().maintenance().dcache_bytes;
+        let before = *t.m.hyp_mut().maintenance();
         t.ok0(Id::Reclaim, &[d, 3]);
-        let cleaned = t.m.hyp_mut().maintenance().dcache_bytes - before;
+        let after = *t.m.hyp_mut().maintenance();
+        let cleaned = after.dcache_bytes - before.dcache_bytes;
         assert!(cleaned >= 3 * 4096, "[{model}] cleaned {cleaned} bytes");
+        // Tags are contents too (RULES.md S3): every page's are zeroed.
+        assert_eq!(
+            after.tag_bytes - before.tag_bytes,
+            3 * 4096,
+            "[{model}] tags"
+        );
         t.expect_q(d, 3, HOST_RAM);
         for k in 0..3 {
             assert_eq!(t.hread((d + k) << 12), Some(0), "scrubbed");
@@ -2204,8 +2217,18 @@ fn guest_calls() {
             );
             t.expect_q(g + 1, 1, BORROWED_RAM);
 
-            // MEM_UNSHARE: back to guest OWNED, the host loses access.
+            // MEM_UNSHARE: back to guest OWNED, the host loses access;
+            // without FWB the page is cleaned to PoC so that the host's
+            // dirty lines cannot land later over the guest's data.
+            let before = t.m.hyp_mut().maintenance().dcache_bytes;
             assert_eq!(t.gcall(h, greg(MEM_UNSHARE, &[ipa]))[0], 0);
+            let cleaned = t.m.hyp_mut().maintenance().dcache_bytes - before;
+            let fwb = model != "cortex-a57";
+            assert_eq!(
+                cleaned,
+                if fwb { 0 } else { 4096 },
+                "[{model}] MEM_UNSHARE clean"
+            );
             t.expect_q(g, 1, GUEST_RAM);
             assert_eq!(t.mapped(h, 0x800).1.state, PageState::Owned);
             assert_eq!(t.hread(g << 12), None);
@@ -2591,5 +2614,59 @@ fn precedence() {
         t.err(Id::VcpuCreate, &[sm, rp + 1], EBUSY);
         t.err(Id::VcpuCreate, &[sm, rp], EPERM);
         t.invariants();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// RULES.md S4: a protected VM's secondaries start only through the guest's
+// own CPU_ON, and no vCPU takes the host's entry point once it has run.
+
+#[test]
+fn protected_secondaries_start_only_through_guest_cpu_on() {
+    for model in MODELS {
+        for protected in [true, false] {
+            let mut t = T::new(model);
+            let (h, run0) = t.guest_vm(protected);
+            // vCPU 1, created after vCPU 0 ran, with the host's entry point
+            // and x0 in its run page: the guest's own code, at an IPA the VM
+            // owns.
+            let (i, run1) = t.vcpu(h);
+            assert_eq!(i, 1);
+            t.set_run(run1, RP_ENTRY, 0x4000_0000);
+            t.set_run(run1, RP_X0, 0xdead_0000);
+            let (r, log) = t.run(h, 1, vec![Act::Call(greg(SMCCC_VERSION, &[]))]);
+            if protected {
+                assert_eq!(r, exit(ExitReason::Wfi), "[{model}] powered off");
+                assert!(log.is_empty(), "[{model}] the secondary ran nothing");
+                assert_eq!(t.run_field(run1, RP_EXIT), ExitReason::Wfi as u64);
+                // AFFINITY_INFO from the guest: still OFF (1).
+                assert_eq!(t.gcall(h, greg(0xC400_0004, &[1, 0]))[0], 1);
+                // The guest starts it at its own entry and context.
+                assert_eq!(
+                    t.gcall(h, greg(0xC400_0003, &[1, 0x4000_0100, 0x77]))[0],
+                    psci::SUCCESS
+                );
+                t.set_run(run1, RP_ENTRY, 0x4000_0000);
+                t.set_run(run1, RP_X0, 0xdead_0001);
+                let (r, log) = t.run(h, 1, vec![Act::Call(greg(SMCCC_VERSION, &[]))]);
+                assert_eq!(r, exit(ExitReason::Interrupted));
+                assert_eq!(log[0].pc, 0x4000_0100, "[{model}] the guest's entry");
+                assert_eq!(log[0].x[0], 0x77, "[{model}] the guest's context");
+            } else {
+                // Normal VMs keep the host's choice.
+                assert_eq!(r, exit(ExitReason::Interrupted));
+                assert_eq!(log[0].pc, 0x4000_0000);
+                assert_eq!(log[0].x[0], 0xdead_0000);
+            }
+            // Once a vCPU has run, the host's entry is never read again.
+            for (vcpu, run) in [(0, run0), (1, run1)] {
+                t.set_run(run, RP_ENTRY, 0x4000_0800);
+                t.set_run(run, RP_X0, 0xbad);
+                let (_, log) = t.run(h, vcpu, vec![Act::Call(greg(SMCCC_VERSION, &[]))]);
+                assert_ne!(log[0].pc, 0x4000_0800, "[{model}] vCPU {vcpu} redirected");
+                assert_ne!(log[0].x[0], 0xbad, "[{model}] vCPU {vcpu} x0 set");
+            }
+            t.invariants();
+        }
     }
 }
