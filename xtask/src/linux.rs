@@ -654,6 +654,10 @@ pub fn boot(p: &Prepared, cpu: &str, smp: u32, echo: bool) -> Result<Boot, Strin
 pub fn tests(configs: &[(&Kernel, &str, u32)], total: &mut Counts) -> Result<(), String> {
     let mut prepared: Option<Prepared> = None;
     for &(k, cpu, smp) in configs {
+        let step = format!("Linux host ({}, real image, {cpu}, {smp} CPUs)", k.name);
+        if !crate::test_all::selected(&step) {
+            continue;
+        }
         if prepared.as_ref().is_none_or(|p| p.kernel.abi != k.abi) {
             println!("==> build: Linux host ({}), driver and driver test", k.name);
             prepared = Some(prepare(k).map_err(|e| format!("Linux host ({}): {e}", k.name))?);
@@ -661,7 +665,6 @@ pub fn tests(configs: &[(&Kernel, &str, u32)], total: &mut Counts) -> Result<(),
         let Some(p) = prepared.as_ref() else {
             continue;
         };
-        let step = format!("Linux host ({}, real image, {cpu}, {smp} CPUs)", k.name);
         println!("==> {step}");
         let b = boot(p, cpu, smp, false).map_err(|e| format!("{step}: {e}"))?;
         report(&b);
