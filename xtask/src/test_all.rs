@@ -12,9 +12,7 @@ use crate::{deps, image, linux, workspace_root};
 pub const CPU_MODELS: [&str; 4] = ["cortex-a57", "cortex-a710", "neoverse-v1", "max"];
 
 /// Debian's kernels as the host: bookworm's 6.1 on every model with 2 and
-/// with 4 CPUs; trixie-backports' 7.3 on neoverse-v1 and cortex-a710 (on
-/// max it does not boot yet: the hypervisor leaves SME and another feature
-/// `max` advertises trapped, see README).
+/// with 4 CPUs; trixie-backports' 7.3 on max and neoverse-v1.
 const LINUX_CONFIGS: [(&linux::Kernel, &str, u32); 10] = [
     (&linux::BOOKWORM, "cortex-a57", 2),
     (&linux::BOOKWORM, "cortex-a57", 4),
@@ -24,8 +22,8 @@ const LINUX_CONFIGS: [(&linux::Kernel, &str, u32); 10] = [
     (&linux::BOOKWORM, "neoverse-v1", 4),
     (&linux::BOOKWORM, "max", 2),
     (&linux::BOOKWORM, "max", 4),
+    (&linux::TRIXIE, "max", 4),
     (&linux::TRIXIE, "neoverse-v1", 4),
-    (&linux::TRIXIE, "cortex-a710", 2),
 ];
 
 /// The bare-metal crates and their targets.
