@@ -720,6 +720,44 @@ static void test_kick_and_signal(void)
 	munmap(mem, GUEST_PAGES * PAGE);
 }
 
+/* Racing close: the VM's and the vCPU's files are closed (and the run
+ * page unmapped) while another thread runs the vCPU. The run goes on, a
+ * signal ends it, and only then is the VM torn down. */
+static void test_close_while_running(void)
+{
+	char *mem = guest_memory(guest_spin, guest_spin_end);
+	struct sigaction sa = { .sa_handler = on_usr1 };
+	struct waiter w;
+	pthread_t t;
+	int vm;
+
+	sigaction(SIGUSR1, &sa, NULL);
+	vm = create_vm(0);
+	if (vm < 0 || set_memory(vm, mem, 0)) {
+		check(0, "close while running", "errno %d", errno);
+		return;
+	}
+	w.v = create_vcpu(vm, GUEST_BASE, 0);
+	if (w.v.fd < 0 || w.v.run == MAP_FAILED) {
+		check(0, "close while running", "errno %d", errno);
+		return;
+	}
+	pthread_create(&t, NULL, run_once, &w);
+	usleep(100000);
+	munmap(w.v.run, PAGE);
+	close(w.v.fd);
+	close(vm);
+	usleep(100000);
+	check(stats().vms == 1, "VM lives while a closed vCPU runs",
+	      "VMs %llu", (unsigned long long)stats().vms);
+	pthread_kill(t, SIGUSR1);
+	pthread_join(t, NULL);
+	check(w.ret == -1 && w.err == EINTR, "run of a closed vCPU ends on a signal",
+	      "ret %ld errno %d", w.ret, w.err);
+	expect_nothing_held("closed while running: every page back");
+	munmap(mem, GUEST_PAGES * PAGE);
+}
+
 /* A VMM child killed with SIGKILL while its vCPU runs (spinning, or asleep
  * in WFI): nothing stays held. */
 static void test_sigkill(const char *name, const char *code, const char *end,
@@ -901,6 +939,7 @@ static void all_tests(void)
 	test_protected_share();
 	test_two_vcpus_two_vms();
 	test_kick_and_signal();
+	test_close_while_running();
 	test_sigkill("SIGKILL of a VMM whose guest spins", guest_spin,
 		     guest_spin_end, 0);
 	test_sigkill("SIGKILL of a VMM whose guest sleeps in WFI", guest_wait,
