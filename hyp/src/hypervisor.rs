@@ -16,6 +16,7 @@ use pagetables::{
 };
 use platform::{CpuFeatures, MemClass, Platform};
 
+use crate::dma::DmaView;
 use crate::meta::{PageMeta, MAX_SHARE_COUNT};
 use crate::owner::HostAnnotation;
 use crate::phys::{self, PAGE};
@@ -98,6 +99,10 @@ pub struct Hypervisor<P: PhysMem, M: Maintenance> {
     /// host pool; the rest is kept for tracked memory, whose worst case is
     /// reserved at boot so that no transition on it can run out.
     untracked_budget: usize,
+    /// What the host's devices may reach (RULES.md S1), when the platform
+    /// has an IOMMU the hypervisor owns; kept in step by `host_map` and
+    /// `host_unmap`.
+    pub(crate) dma: Option<DmaView<P>>,
 }
 
 /// First error by the per-page precedence of ABI.md 3.1 step 6.
@@ -197,6 +202,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             vms,
             next_handle: 1,
             untracked_budget,
+            dma: None,
         })
     }
 
@@ -449,6 +455,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// Write host stage-2 entries. The caller counted the tables beforehand,
     /// so a failure here is a bookkeeping bug: the state stays consistent
     /// (pagetables writes nothing on NoMem) and the call reports -ENOMEM.
+    /// Every mapping the host holds lets its devices reach the page too
+    /// (the DMA view follows, RULES.md S1).
     pub(crate) fn host_map(
         &mut self,
         pfn: u64,
@@ -458,13 +466,20 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     ) -> Result<(), Errno> {
         self.host
             .map(pa(pfn), pa(pfn), nr, leaf, blocks, &mut self.mnt)
-            .map_err(|_| Errno::ENOMEM)
+            .map_err(|_| Errno::ENOMEM)?;
+        self.dma_follow(pfn, nr, true);
+        Ok(())
     }
 
+    /// Unannotated pages are the host's; any other annotation takes them
+    /// from its devices as well, with the IOMMU's TLB invalidated before
+    /// this returns.
     pub(crate) fn host_unmap(&mut self, pfn: u64, nr: u64, a: HostAnnotation) -> Result<(), Errno> {
         self.host
             .set_invalid(pa(pfn), nr, a.encode(), &mut self.mnt)
-            .map_err(|_| Errno::ENOMEM)
+            .map_err(|_| Errno::ENOMEM)?;
+        self.dma_follow(pfn, nr, a == HostAnnotation::None);
+        Ok(())
     }
 
     /// PAGE_QUERY: owner, host state and memory class of one page.
@@ -511,7 +526,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             return Err(HostAbort);
         }
         let (class, region) = self.platform.classify(pfn);
-        if class == MemClass::Hyp {
+        // Withheld devices are bus masters the host may not program (S1).
+        if class == MemClass::Hyp || self.platform.is_withheld(pfn) {
             return Err(HostAbort);
         }
         match self.host.lookup(pa(pfn)) {

@@ -1,4 +1,4 @@
-//! I1–I4 of RULES.md, checked by walking the stage-2 tables themselves (not
+//! I1–I4 and S1's DMA view of RULES.md, checked by walking the stage-2 tables themselves (not
 //! by asking the core what it believes). Tests call [`check`] after every
 //! step; it is plain code so the EL2 image could run it in a debug build.
 
@@ -183,6 +183,59 @@ pub fn check<P: PhysMem, M: Maintenance>(
             })
         {
             return Err(format!("D7: host-private MMIO {pfn:#x} not Device: {us:?}"));
+        }
+    }
+    check_dma_view(hv, pages)
+}
+
+/// S1: the DMA view maps exactly the RAM and COHERENT pages the host may
+/// reach, each at its own address. Both tables are walked run by run: a
+/// host entry that is valid, or invalid without an annotation, is the
+/// host's (`Hypervisor::host_may_dma`).
+fn check_dma_view<P: PhysMem, M: Maintenance>(
+    hv: &Hypervisor<P, M>,
+    pages: &[(u64, u64)],
+) -> Result<(), String> {
+    let Some(view) = hv.dma_view() else {
+        return Ok(());
+    };
+    let mut err = None;
+    for r in hv.platform().regions() {
+        if !matches!(r.class, MemClass::Ram | MemClass::Coherent) {
+            continue;
+        }
+        for &(start, n) in pages {
+            let lo = start.max(r.base_pfn);
+            let hi = (start + n).min(r.base_pfn + r.nr_pages);
+            if lo >= hi {
+                continue;
+            }
+            let _ = hv
+                .host_stage2()
+                .walk(lo << 12, hi - lo, &mut |ipa, cnt, e| {
+                    let host = match e {
+                        Entry::Mapped { .. } => true,
+                        Entry::Invalid { annotation } => annotation == 0,
+                    };
+                    let _ = view.stage2().walk(ipa, cnt, &mut |vipa, vcnt, ve| {
+                        let ok = match ve {
+                            Entry::Mapped { pa, .. } => host && pa == vipa,
+                            Entry::Invalid { .. } => !host,
+                        };
+                        if !ok {
+                            err = Some(format!(
+                                "S1: DMA view {ve:?} for {:?} pages {:#x}+{vcnt}, host entry {e:?}",
+                                r.class,
+                                vipa >> 12
+                            ));
+                        }
+                        ok
+                    });
+                    err.is_none()
+                });
+            if let Some(e) = err.take() {
+                return Err(e);
+            }
         }
     }
     Ok(())

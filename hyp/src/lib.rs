@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod dma;
 mod hypervisor;
 pub mod idregs;
 pub mod invariants;
@@ -22,6 +23,7 @@ pub mod transitions;
 mod vcpu;
 pub mod vgic;
 
+pub use dma::{DmaInvalidate, DmaView, DmaViewError};
 pub use hypervisor::{
     feature_names, Access, HostAbort, Hypervisor, InitError, Vm, HYP_VERSION, MAX_VCPUS, MAX_VMS,
     VM_CREATE_MIN_PAGES,

@@ -117,6 +117,11 @@ impl<'a> Walker<'a> {
         self.depth
     }
 
+    /// Byte offset in `blob` (the blob this walker reads) of the next token.
+    pub(crate) fn offset_in(&self, blob: &[u8]) -> usize {
+        (self.structs.as_ptr() as usize - blob.as_ptr() as usize) + self.pos
+    }
+
     /// The next token, `None` after FDT_END.
     pub(crate) fn next_token(&mut self) -> Result<Option<Token<'a>>, FdtError> {
         loop {
@@ -177,7 +182,7 @@ fn string_is(value: &[u8], expected: &[u8]) -> bool {
     value.strip_suffix(&[0]).unwrap_or(value) == expected
 }
 
-fn cells(value: &[u8]) -> Result<usize, PlatformError> {
+pub(crate) fn cells(value: &[u8]) -> Result<usize, PlatformError> {
     match value {
         [a, b, c, d] => Ok(u32::from_be_bytes([*a, *b, *c, *d]) as usize),
         _ => Err(PlatformError::BadCells),
@@ -185,7 +190,7 @@ fn cells(value: &[u8]) -> Result<usize, PlatformError> {
 }
 
 /// A big-endian number of `n` 32-bit cells (n is 1 or 2).
-fn read_cells(bytes: &[u8], n: usize) -> u64 {
+pub(crate) fn read_cells(bytes: &[u8], n: usize) -> u64 {
     bytes
         .chunks_exact(4)
         .take(n)
@@ -194,7 +199,7 @@ fn read_cells(bytes: &[u8], n: usize) -> u64 {
 
 /// One `(address, size)` entry of a `reg` value with `address_cells` and
 /// `size_cells` cells (1 or 2 each); `entry` is exactly that long.
-fn reg_entry(entry: &[u8], address_cells: usize, size_cells: usize) -> (u64, u64) {
+pub(crate) fn reg_entry(entry: &[u8], address_cells: usize, size_cells: usize) -> (u64, u64) {
     let (addr, size) = entry.split_at(address_cells * 4);
     (
         read_cells(addr, address_cells),
@@ -412,7 +417,7 @@ pub struct GicFacts {
 }
 
 /// A string-list property contains `want`.
-fn list_has(value: &[u8], want: &[u8]) -> bool {
+pub(crate) fn list_has(value: &[u8], want: &[u8]) -> bool {
     value.split(|&b| b == 0).any(|s| s == want)
 }
 

@@ -26,6 +26,7 @@
 //! mmio     <base> <size>   # MMIO region assignable to guests, DEVICE only
 //! mmio-uc  <base> <size>   # MMIO region assignable to guests, NORMAL_NC also allowed
 //! hyp      <base> <size>   # extra memory reserved for the hypervisor (class HYP)
+//! withheld <base> <size>   # MMIO of a bus master the host may never map (RULES.md S1)
 //! ```
 //!
 //! - `#` starts a comment that runs to the end of the line; blank lines are
@@ -67,6 +68,7 @@
 extern crate alloc;
 
 mod cpu;
+mod devices;
 mod dt;
 mod error;
 mod manifest;
@@ -80,6 +82,7 @@ pub use cpu::{
     qemu_cpu, qemu_cpu_models, qemu_id_regs, CpuFeatures, IdRegs, FEATURE_CACHEABLE_DEVICE,
     FEATURE_DIC, FEATURE_FWB, FEATURE_IDC, FEATURE_MTE, MAX_PA_BITS,
 };
+pub use devices::{smmu_facts, withhold_nodes, SmmuFacts};
 pub use dt::{cpu_mpidrs, gic_facts, patch_host_memory, GicFacts};
 pub use error::{FdtError, Origin, PlatformError};
 pub use manifest::{Manifest, ManifestEntry, ManifestKind};

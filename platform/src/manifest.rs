@@ -18,6 +18,10 @@ pub enum ManifestKind {
     MmioUncached,
     /// `hyp`: extra memory reserved for the hypervisor (class HYP).
     Hyp,
+    /// `withheld`: MMIO the host may not map (an abort), because the device
+    /// behind it is a bus master the hypervisor owns or keeps from the host
+    /// (RULES.md S1); its device-tree nodes are removed from the host's tree.
+    Withheld,
 }
 
 impl ManifestKind {
@@ -27,6 +31,7 @@ impl ManifestKind {
             "mmio" => Self::Mmio,
             "mmio-uc" => Self::MmioUncached,
             "hyp" => Self::Hyp,
+            "withheld" => Self::Withheld,
             _ => return None,
         })
     }

@@ -67,6 +67,9 @@ pub struct Platform {
     dense_base: Vec<Option<u64>>,
     tracked_pages: u64,
     pa_bits: u32,
+    /// The manifest's `withheld` ranges (pfn spans, sorted): MMIO the host
+    /// may never map.
+    withheld: Vec<Span>,
 }
 
 /// Half-open page frame interval `[start, end)`.
@@ -178,6 +181,7 @@ impl Platform {
 
         let mut regions = Vec::new();
         let mut coherent = Vec::new();
+        let mut withheld = Vec::new();
         for e in manifest.entries() {
             let span = (e.base_pfn(), e.end_pfn());
             let at = Origin::Manifest { line: e.line };
@@ -190,6 +194,13 @@ impl Platform {
             };
             match e.kind {
                 ManifestKind::Hyp => continue,
+                ManifestKind::Withheld => {
+                    if overlaps(span, &memory) {
+                        return Err(PlatformError::Overlap { at });
+                    }
+                    withheld.push(span);
+                    continue;
+                }
                 ManifestKind::Coherent => {
                     coherent.push(span);
                     regions.push(Region {
@@ -237,7 +248,9 @@ impl Platform {
         regions.extend(ram.into_iter().map(|s| whole(s, MemClass::Ram)));
         regions.extend(hyp.into_iter().map(|s| whole(s, MemClass::Hyp)));
         regions.sort_unstable_by_key(|r| r.base_pfn);
-        Self::from_regions(regions, pa_bits)
+        let mut p = Self::from_regions(regions, pa_bits)?;
+        p.withheld = union(withheld);
+        Ok(p)
     }
 
     /// Build the memory map from an explicit region list, sorted by base,
@@ -288,7 +301,20 @@ impl Platform {
             dense_base,
             tracked_pages,
             pa_bits,
+            withheld: Vec::new(),
         })
+    }
+
+    /// Whether the host may never map `pfn` (a `withheld` manifest range).
+    pub fn is_withheld(&self, pfn: u64) -> bool {
+        self.withheld.iter().any(|&(s, e)| pfn >= s && pfn < e)
+    }
+
+    /// The `withheld` ranges as (base, size) in bytes.
+    pub fn withheld(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.withheld
+            .iter()
+            .map(|&(s, e)| (s << PAGE_SHIFT, (e - s) << PAGE_SHIFT))
     }
 
     /// Size of the physical address space in bits.

@@ -36,6 +36,21 @@ pub const GICR_BASE: u64 = 0x080A_0000;
 /// Size of the redistributor region.
 pub const GICR_SIZE: u64 = 0x00F6_0000;
 
+/// The SMMUv3 (`iommu=smmuv3`), withheld from the host.
+pub const SMMU_BASE: u64 = 0x0905_0000;
+/// Size of the SMMU's register window (two 64 KiB pages).
+pub const SMMU_SIZE: u64 = 0x2_0000;
+/// fw_cfg, whose DMA interface is a bus master: withheld from the host.
+pub const FW_CFG_BASE: u64 = 0x0902_0000;
+/// Size of the part of fw_cfg's window the manifest withholds.
+pub const FW_CFG_SIZE: u64 = 0x1000;
+/// The GIC ITS: withheld from the host.
+pub const ITS_BASE: u64 = 0x0808_0000;
+/// Size of the ITS's register window.
+pub const ITS_SIZE: u64 = 0x2_0000;
+/// PCIe ECAM with `highmem-ecam=off`: 256 buses of 1 MiB.
+pub const PCIE_ECAM_BASE: u64 = 0x3f00_0000;
+
 /// The boot manifest the project uses on QEMU `virt`.
 pub const MANIFEST: &str = include_str!("../manifests/qemu-virt.manifest");
 

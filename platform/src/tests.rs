@@ -391,6 +391,9 @@ fn qemu_virt_manifest_matches_constants() {
     assert_eq!(
         got,
         [
+            (ManifestKind::Withheld, ITS_BASE, ITS_SIZE),
+            (ManifestKind::Withheld, FW_CFG_BASE, FW_CFG_SIZE),
+            (ManifestKind::Withheld, SMMU_BASE, SMMU_SIZE),
             (ManifestKind::Mmio, MMIO_BASE, MMIO_SIZE),
             (ManifestKind::MmioUncached, MMIO_UC_BASE, MMIO_UC_SIZE),
             (ManifestKind::Hyp, HYP_BASE, HYP_SIZE),
@@ -1118,4 +1121,30 @@ fn manifest_host_image() {
     );
     assert!(Manifest::parse("host-image", 48).is_err());
     assert!(Manifest::parse("host-image 0x1_0000_0000_0000", 48).is_err());
+}
+
+#[test]
+fn withheld_ranges() {
+    let p = qemu_platform(&[]).unwrap();
+    let pfn = |addr: u64| addr >> PAGE_SHIFT;
+    for (base, size) in [
+        (SMMU_BASE, SMMU_SIZE),
+        (FW_CFG_BASE, FW_CFG_SIZE),
+        (ITS_BASE, ITS_SIZE),
+    ] {
+        assert!(p.is_withheld(pfn(base)));
+        assert!(p.is_withheld(pfn(base + size - 1)));
+        assert!(!p.is_withheld(pfn(base + size)));
+        assert_eq!(p.classify(pfn(base)), (MemClass::Mmio, None));
+    }
+    assert!(!p.is_withheld(pfn(UART_BASE)));
+    assert!(!p.is_withheld(pfn(ITS_BASE) - 1));
+    assert_eq!(p.withheld().count(), 3);
+    // Withheld memory is refused: only MMIO can be withheld.
+    let m = "withheld 0x4000_0000 4K\n";
+    let fdt = qemu_virt_fdt(RAM_BASE, RAM_SIZE);
+    assert!(matches!(
+        Platform::new(&fdt, m, &[], 40),
+        Err(PlatformError::Overlap { .. })
+    ));
 }

@@ -26,7 +26,7 @@ pub const REAL_IMAGE: bool = true;
 /// Where the host image is loaded (the manifest's `host-image`).
 const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
 /// CPUs QEMU gives the machine.
-const SMP: u32 = 2;
+const SMP: u32 = 8;
 /// A run that takes longer than this has hung.
 const TIMEOUT: Duration = Duration::from_secs(300);
 /// The line the test host ends with: `TESTHOST DONE <status>`.
@@ -109,10 +109,15 @@ pub enum Mode {
     GuestFuzz,
     /// Guests on two CPUs fuzzing the guest ABI from inside.
     AbiFuzz,
+    /// Device DMA through the SMMU, and the withheld bus masters.
+    Dma,
+    /// A hostile host and hostile guests reaching for each other's CPU
+    /// state; protected vCPU start; SMCs; the largest VM.
+    Isolation,
 }
 
 /// Pack `files` into the initrd format the test host reads:
-/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz|abifuzz]`, then
+/// `pkvm-scenarios 1 cpu=MODEL [demo|bench|fuzz|irq|guestfuzz|abifuzz|isolation|dma]`, then
 /// `=== FILE <path>`
 /// and the text of each file.
 fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String> {
@@ -126,6 +131,8 @@ fn initrd(model: &str, files: &[PathBuf], mode: Mode) -> Result<PathBuf, String>
             Mode::Irq => " irq",
             Mode::GuestFuzz => " guestfuzz",
             Mode::AbiFuzz => " abifuzz",
+            Mode::Dma => " dma",
+            Mode::Isolation => " isolation",
         }
     );
     for f in files {
@@ -157,6 +164,18 @@ pub fn run_real(
     mode: Mode,
     echo: bool,
 ) -> Result<RealRun, String> {
+    run_real_on(images, model, files, mode, echo, true)
+}
+
+/// [`run_real`], with or without the SMMU (the bench's baseline).
+fn run_real_on(
+    images: &Images,
+    model: &str,
+    files: &[PathBuf],
+    mode: Mode,
+    echo: bool,
+    smmu: bool,
+) -> Result<RealRun, String> {
     let initrd = initrd(model, files, mode)?;
     let mut extra = Vec::new();
     if matches!(mode, Mode::Bench | Mode::Irq) {
@@ -167,6 +186,7 @@ pub fn run_real(
     let run = QemuRun {
         cpu: model.to_string(),
         mte: mte_supported(model),
+        smmu,
         smp: SMP,
         kernel: images.hyp.clone(),
         initrd: Some(initrd),
@@ -273,6 +293,11 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
         "fuzz (real image, max, 2 CPUs)",
         total,
     )?;
+    // Devices reach what the host owns and nothing else (RULES.md S1).
+    for model in crate::test_all::CPU_MODELS {
+        let step = format!("DMA isolation (real image, {model})");
+        dma_step(&images, model, &step, total)?;
+    }
     // Interrupts reach guests through the list registers on every model.
     for model in crate::test_all::CPU_MODELS {
         let step = format!("guest interrupts (real image, {model})");
@@ -282,6 +307,12 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
     for model in crate::test_all::CPU_MODELS {
         let step = format!("guest fuzz (real image, {model})");
         mode_step(&images, model, Mode::GuestFuzz, &step, total)?;
+    }
+    // A hostile host and hostile guests against each other's CPU state,
+    // on every model and on neoverse-n2 (FWB, DIC, MTE, SVE).
+    for model in crate::test_all::CPU_MODELS.iter().chain(&["neoverse-n2"]) {
+        let step = format!("isolation (real image, {model})");
+        mode_step(&images, model, Mode::Isolation, &step, total)?;
     }
     // Guests on both CPUs at once fuzz the guest ABI from inside.
     mode_step(
@@ -318,6 +349,105 @@ fn mode_step(
         }
         _ => Err(step.to_string()),
     }
+}
+
+/// The `dma` mode as a step: the test host's checks, plus the SMMU's fault
+/// reports between its markers ([`fault_markers`]), each one statement.
+fn dma_step(images: &Images, model: &str, step: &str, total: &mut Counts) -> Result<(), String> {
+    if !crate::test_all::selected(step) {
+        return Ok(());
+    }
+    println!("==> {step}");
+    let r = run_real(images, model, &[], Mode::Dma, false).map_err(|e| format!("{step}: {e}"))?;
+    for l in r
+        .lines
+        .iter()
+        .filter(|l| !is_boot_chatter(l) || is_smmu_line(l))
+    {
+        if !l.starts_with("dma: ok:") && !l.starts_with("dma: expect") && l != "dma: end" {
+            println!("{l}");
+        }
+    }
+    let markers = fault_markers(&r.lines);
+    for e in &markers.errors {
+        println!("xtask: {e}");
+    }
+    println!(
+        "SMMU fault reports: {} as expected, {} not",
+        markers.counts.passed, markers.counts.failed
+    );
+    *total += markers.counts;
+    match (r.status, closing_counts(&r.lines)) {
+        (Some(0), Some(c)) if markers.counts.failed == 0 && markers.counts.passed > 0 => {
+            *total += c;
+            Ok(())
+        }
+        _ => Err(step.to_string()),
+    }
+}
+
+fn is_smmu_line(l: &str) -> bool {
+    l.starts_with("hyp: SMMU")
+}
+
+/// What [`fault_markers`] found.
+#[derive(Debug, Default)]
+pub struct FaultMarkers {
+    /// One statement per marked DMA.
+    pub counts: Counts,
+    /// Why each failed one failed.
+    pub errors: Vec<String>,
+}
+
+/// Check the SMMU's reports against the test host's markers: between
+/// `dma: expect fault: WHAT` and the next `dma: end` the hypervisor printed
+/// at least one `hyp: SMMU fault: F_...` line (a translation, address-size,
+/// access or permission fault); between `dma: expect no fault: WHAT` and
+/// `dma: end`, none at all. A marker without its end fails.
+pub fn fault_markers(lines: &[String]) -> FaultMarkers {
+    let mut out = FaultMarkers::default();
+    let mut open: Option<(bool, &str, usize)> = None;
+    for l in lines {
+        if let Some(what) = l.strip_prefix("dma: expect fault: ") {
+            if let Some((_, w, _)) = open {
+                out.counts.failed += 1;
+                out.errors.push(format!("DMA `{w}`: no end marker"));
+            }
+            open = Some((true, what, 0));
+        } else if let Some(what) = l.strip_prefix("dma: expect no fault: ") {
+            if let Some((_, w, _)) = open {
+                out.counts.failed += 1;
+                out.errors.push(format!("DMA `{w}`: no end marker"));
+            }
+            open = Some((false, what, 0));
+        } else if l.starts_with("hyp: SMMU fault: ") {
+            if let Some((_, _, n)) = open.as_mut() {
+                if l.starts_with("hyp: SMMU fault: F_") {
+                    *n += 1;
+                }
+            }
+        } else if l == "dma: end" {
+            match open.take() {
+                Some((expect, _, n)) if expect == (n > 0) => out.counts.passed += 1,
+                Some((true, what, _)) => {
+                    out.counts.failed += 1;
+                    out.errors
+                        .push(format!("DMA `{what}`: blocked, but no SMMU fault reported"));
+                }
+                Some((false, what, n)) => {
+                    out.counts.failed += 1;
+                    out.errors
+                        .push(format!("DMA `{what}`: {n} SMMU faults, expected none"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let Some((_, what, _)) = open {
+        out.counts.failed += 1;
+        out.errors.push(format!("DMA `{what}`: no end marker"));
+    }
+    out
 }
 
 /// `cargo xtask run [--cpu MODEL]`: boot the hypervisor in QEMU with the test
@@ -373,22 +503,65 @@ pub fn real_image_bench() -> ExitCode {
         }
     };
     println!("==> bench (real image, -cpu max,pauth-impdef=on -icount shift=0)");
-    match run_real(&images, "max", &[], Mode::Bench, false) {
+    let with = match run_real(&images, "max", &[], Mode::Bench, false) {
         Ok(r) => {
             for l in r.lines.iter().filter(|l| !is_boot_chatter(l)) {
                 println!("{l}");
             }
-            if r.status == Some(0) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+            if r.status != Some(0) {
+                return ExitCode::from(1);
             }
+            r
         }
         Err(e) => {
             eprintln!("xtask: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    // The same bench on the machine without the SMMU: the difference is
+    // what keeping the DMA view in step costs.
+    println!("==> bench (real image, the same machine without the SMMU)");
+    let without = match run_real_on(&images, "max", &[], Mode::Bench, false, false) {
+        Ok(r) if r.status == Some(0) => r,
+        Ok(_) => return ExitCode::from(1),
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for (what, a, b) in smmu_costs(&with.lines, &without.lines) {
+        println!(
+            "bench: the SMMU adds to {what}: {} instructions ({b} -> {a})",
+            a as i64 - b as i64
+        );
     }
+    ExitCode::SUCCESS
+}
+
+/// Rows of the bench that the SMMU's DMA view can change: (name, with the
+/// SMMU, without), for each row both runs printed.
+fn smmu_costs(with: &[String], without: &[String]) -> Vec<(String, u64, u64)> {
+    const ROWS: [&str; 5] = [
+        "HYP_VERSION round trip",
+        "host stage-2 fault (first touch of a 2 MiB region)",
+        "SHARE_HYP+UNSHARE_HYP, 1 page",
+        "SHARE_HYP+UNSHARE_HYP, 512 pages",
+        "guest stage-2 fault served by GUEST_DONATE",
+    ];
+    let value = |lines: &[String], row: &str| {
+        lines.iter().find_map(|l| {
+            let rest = l.strip_prefix("bench: ")?.strip_prefix(row)?;
+            let rest = rest.strip_prefix(": ")?;
+            rest.split_whitespace()
+                .next()?
+                .replace(',', "")
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    ROWS.iter()
+        .filter_map(|row| Some((row.to_string(), value(with, row)?, value(without, row)?)))
+        .collect()
 }
 
 /// The simulator's counts for `files` on `model`, without echoing its output.
@@ -401,4 +574,62 @@ fn sim_counts(model: &str, files: &[PathBuf]) -> Result<Counts, String> {
         .rev()
         .find_map(Counts::parse)
         .ok_or_else(|| "no closing line".to_string())
+}
+
+#[cfg(test)]
+mod fault_marker_tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(String::from).collect()
+    }
+
+    #[test]
+    fn smmu_cost_rows() {
+        let with = lines(
+            "bench: HYP_VERSION round trip: 340 instructions\n\
+             bench: SHARE_HYP+UNSHARE_HYP, 512 pages: 150,000 instructions (292 per page)\n\
+             bench: guest stage-2 fault served by GUEST_DONATE: 16000 instructions",
+        );
+        let without = lines(
+            "bench: HYP_VERSION round trip: 319 instructions\n\
+             bench: SHARE_HYP+UNSHARE_HYP, 512 pages: 140598 instructions (274 per page)",
+        );
+        let rows = smmu_costs(&with, &without);
+        assert_eq!(
+            rows,
+            [
+                ("HYP_VERSION round trip".to_string(), 340, 319),
+                (
+                    "SHARE_HYP+UNSHARE_HYP, 512 pages".to_string(),
+                    150_000,
+                    140_598
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn markers_and_faults() {
+        let m = fault_markers(&lines(
+            "dma: expect no fault: a\n\
+             dma: end\n\
+             dma: expect fault: b\n\
+             hyp: SMMU fault: F_TRANSLATION stream 0x8 read 0x1 (faults=1)\n\
+             dma: end\n\
+             dma: expect fault: c\n\
+             hyp: SMMU fault: C_BAD_STE stream 0x8 read 0x0 (faults=1)\n\
+             dma: end\n\
+             dma: expect no fault: d\n\
+             hyp: SMMU fault: F_PERMISSION stream 0x8 write 0x1 (faults=2)\n\
+             dma: end\n\
+             dma: expect fault: e",
+        ));
+        assert_eq!(m.counts.passed, 2);
+        assert_eq!(m.counts.failed, 3);
+        assert!(m.errors[0].contains("`c`"), "{:?}", m.errors);
+        assert!(m.errors[1].contains("`d`"));
+        assert!(m.errors[2].contains("no end marker"));
+        assert_eq!(fault_markers(&[]).counts, Counts::default());
+    }
 }

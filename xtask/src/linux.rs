@@ -619,6 +619,7 @@ pub fn boot(p: &Prepared, cpu: &str, smp: u32, echo: bool) -> Result<Boot, Strin
     let run = QemuRun {
         cpu: cpu.to_string(),
         mte: mte_supported(cpu),
+        smmu: true,
         smp,
         kernel: p.hyp.clone(),
         initrd: Some(p.initramfs.clone()),

@@ -10,6 +10,23 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+/// The one machine every run boots: EL2, GICv3, an SMMUv3 in front of the
+/// PCIe root complex, and the PCIe ECAM below 4 GiB (at 0x3f00_0000), where
+/// a small host reaches it.
+pub const MACHINE: &str = "virt,virtualization=on,gic-version=3,iommu=smmuv3,highmem-ecam=off";
+/// The same machine without the SMMU: only for `cargo xtask bench`, to
+/// measure what the SMMU adds.
+const MACHINE_NO_SMMU: &str = "virt,virtualization=on,gic-version=3,highmem-ecam=off";
+
+/// The SMMU offers stage 2 (QEMU's default is stage 1 only); `nested`
+/// gives both, as on virt-9.2 and later machines with nesting.
+pub const SMMU_STAGES: &str = "arm-smmuv3.stage=nested";
+
+/// QEMU's `edu` PCIe device with its DMA engine, at 00:01.0 (requester ID
+/// and StreamID 0x0008). Without `dma_mask` it clips DMA addresses to 28
+/// bits.
+pub const EDU_DEVICE: &str = "edu,addr=01.0,dma_mask=0xffffffffffffffff";
+
 /// CPU models whose QEMU implementation has MTE (so `mte=on` may be given).
 const MTE_CPUS: [&str; 3] = ["cortex-a710", "neoverse-n2", "max"];
 
@@ -25,6 +42,8 @@ pub struct QemuRun {
     pub cpu: String,
     /// Give the machine MTE (`-machine ...,mte=on`).
     pub mte: bool,
+    /// The SMMUv3 (always, except for the bench's baseline).
+    pub smmu: bool,
     /// Number of CPUs.
     pub smp: u32,
     /// What `-kernel` loads (an arm64 Image: the hypervisor, or a kernel on
@@ -64,7 +83,7 @@ fn option_value(path: &Path) -> OsString {
 impl QemuRun {
     /// QEMU's arguments, in order.
     pub fn args(&self) -> Vec<OsString> {
-        let mut machine = String::from("virt,virtualization=on,gic-version=3");
+        let mut machine = String::from(if self.smmu { MACHINE } else { MACHINE_NO_SMMU });
         if self.mte {
             machine.push_str(",mte=on");
         }
@@ -95,6 +114,12 @@ impl QemuRun {
         .map(OsString::from)
         .collect();
         args.push(self.kernel.clone().into_os_string());
+        if self.smmu {
+            args.push("-global".into());
+            args.push(SMMU_STAGES.into());
+        }
+        args.push("-device".into());
+        args.push(EDU_DEVICE.into());
         if let Some(initrd) = &self.initrd {
             args.push("-initrd".into());
             args.push(initrd.clone().into_os_string());
@@ -210,6 +235,7 @@ mod tests {
         QemuRun {
             cpu: cpu.into(),
             mte: false,
+            smmu: true,
             smp: 2,
             kernel: "hyp.bin".into(),
             initrd: None,
@@ -231,8 +257,10 @@ mod tests {
     fn the_basic_command_line() {
         assert_eq!(
             line(&run("cortex-a57")),
-            "-machine virt,virtualization=on,gic-version=3 -cpu cortex-a57 -smp 2 -m 1G \
-             -nographic -nic none -monitor none -serial stdio -kernel hyp.bin"
+            "-machine virt,virtualization=on,gic-version=3,iommu=smmuv3,highmem-ecam=off \
+             -cpu cortex-a57 -smp 2 -m 1G -nographic -nic none -monitor none -serial stdio \
+             -kernel hyp.bin -global arm-smmuv3.stage=nested \
+             -device edu,addr=01.0,dma_mask=0xffffffffffffffff"
         );
         let cmd = run("cortex-a57").command(Path::new("/usr/bin/qemu-system-aarch64"));
         assert_eq!(cmd.get_program(), "/usr/bin/qemu-system-aarch64");
@@ -246,7 +274,8 @@ mod tests {
         let l = line(&r);
         assert!(
             l.starts_with(
-                "-machine virt,virtualization=on,gic-version=3,mte=on -cpu max,pauth-impdef=on "
+                "-machine virt,virtualization=on,gic-version=3,iommu=smmuv3,highmem-ecam=off,mte=on \
+                 -cpu max,pauth-impdef=on "
             ),
             "{l}"
         );
@@ -262,11 +291,22 @@ mod tests {
         ];
         r.extra = vec!["-d".into(), "guest_errors".into()];
         assert!(line(&r).ends_with(
-            "-kernel hyp.bin -initrd blob.txt \
+            "-kernel hyp.bin -global arm-smmuv3.stage=nested \
+             -device edu,addr=01.0,dma_mask=0xffffffffffffffff -initrd blob.txt \
              -device loader,file=host.bin,addr=0x44000000,force-raw=on \
              -device loader,file=odd,,name.bin,addr=0x1000,force-raw=on \
              -d guest_errors"
         ));
+    }
+
+    #[test]
+    fn the_bench_baseline_has_no_smmu() {
+        let mut r = run("max");
+        r.smmu = false;
+        let l = line(&r);
+        assert!(!l.contains("smmu"), "{l}");
+        assert!(l.contains("highmem-ecam=off"));
+        assert!(l.contains("-device edu,"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use core::arch::global_asm;
 use core::sync::atomic::AtomicU64;
 
 /// Most CPUs the image runs on.
-pub const MAX_CPUS: usize = 4;
+pub const MAX_CPUS: usize = 64;
 /// Usable stack per CPU.
 pub const STACK_SIZE: usize = 32 * 1024;
 /// Each CPU's stack has an unmapped guard page below it.

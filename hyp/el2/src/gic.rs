@@ -99,6 +99,29 @@ pub fn init(g: &GicFacts) {
     }
 }
 
+/// The RD_base frame (the first 64 KiB of a redistributor) that holds
+/// physical address `pa`, if any: where the LPI controls are.
+pub fn rd_base_frame(pa: usize) -> Option<usize> {
+    let (mut at, end) = (
+        GICR[0].load(Ordering::Relaxed),
+        GICR[1].load(Ordering::Relaxed),
+    );
+    if pa < at || pa >= end {
+        return None;
+    }
+    while at != 0 && at + 2 * FRAME <= end {
+        if pa >= at && pa < at + FRAME {
+            return Some(at);
+        }
+        let typer = read64(at + GICR_TYPER);
+        if typer & (1 << 4) != 0 {
+            return None;
+        }
+        at += if typer & (1 << 1) != 0 { 4 } else { 2 } * FRAME;
+    }
+    None
+}
+
 /// Find this CPU's redistributor (by affinity), wake it, and turn on the
 /// system-register interface for EL1 (the host's and the guests').
 pub fn init_cpu(index: usize) {

@@ -375,7 +375,7 @@ impl Loaded {
 }
 
 /// HCR_EL2 for a guest: VM, SWIO, FMO, IMO, AMO, TWI, TID3 (ID registers
-/// are emulated), TSC, RW, TLOR and TERR (LORegions and RAS error records
+/// are emulated), TSC, TACR (ACTLR_EL1 is not switched), RW, TLOR and TERR (LORegions and RAS error records
 /// trap), APK/API (the keys are switched), FWB as the host, ATA only for an
 /// MTE VM. EnSCXT stays clear, so SCXTNUM_ELx trap.
 fn guest_hcr(host_hcr: u64, mte: bool) -> u64 {
@@ -389,6 +389,7 @@ fn guest_hcr(host_hcr: u64, mte: bool) -> u64 {
         | (1 << 13)
         | (1 << 18)
         | (1 << 19)
+        | (1 << 21)
         | (1 << 31)
         | (1 << 35)
         | (1 << 36)

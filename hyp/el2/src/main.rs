@@ -13,8 +13,10 @@ mod features;
 mod gic;
 mod guest;
 mod hwmem;
+mod lpi;
 mod mmu;
 mod percpu;
+mod smmu;
 #[allow(dead_code)] // a complete accessor set; not every register is used yet
 mod sysreg;
 mod traps;
@@ -36,8 +38,10 @@ const HYP_END: usize = 0x4400_0000;
 /// Heap for the core's allocations, after the image.
 const HEAP_BASE: usize = 0x4100_0000;
 const HEAP_SIZE: usize = 8 << 20;
-/// Pages for the host's stage-2 tables.
+/// Pages for the host's stage-2 tables, up to the SMMU's memory
+/// (`smmu::STRTAB_BASE`; the DMA view's tables follow it).
 const POOL_BASE: usize = HEAP_BASE + HEAP_SIZE;
+const POOL_END: usize = smmu::STRTAB_BASE;
 const UART_BASE: usize = platform::qemu_virt::UART_BASE as usize;
 
 #[global_allocator]
@@ -187,10 +191,17 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
             );
         }
     }
-    // The host's device tree offers only the host's RAM.
+    // The host's device tree offers only the host's RAM, and none of the
+    // withheld bus masters (the SMMU, fw_cfg, the ITS).
     let host_ram: Vec<(u64, u64)> = platform.host_ram().collect();
     if platform::patch_host_memory(blob, &host_ram).is_err() {
         stop("cannot rewrite /memory for the host");
+    }
+    let smmu_facts = platform::smmu_facts(blob)
+        .unwrap_or_else(|e| stop_fmt(format_args!("SMMU in the device tree: {e}")));
+    let withheld: Vec<(u64, u64)> = platform.withheld().collect();
+    if platform::withhold_nodes(blob, &withheld).is_err() {
+        stop("cannot remove withheld devices from the host's device tree");
     }
     // SAFETY: the host image address is host RAM, mapped above.
     let magic = unsafe { ((host_entry + 0x38) as *const u32).read_volatile() };
@@ -198,9 +209,13 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
         stop_fmt(format_args!("no arm64 Image at host-image {host_entry:#x}"));
     }
 
-    let mut pool = (POOL_BASE as u64..HYP_END as u64).step_by(4096);
-    let hv = Hypervisor::new(platform, cpu, El2Phys, El2Maintenance::new(), &mut pool)
+    let mut pool = (POOL_BASE as u64..POOL_END as u64).step_by(4096);
+    let mut hv = Hypervisor::new(platform, cpu, El2Phys, El2Maintenance::new(), &mut pool)
         .unwrap_or_else(|e| stop_fmt(format_args!("{e:?}")));
+    match smmu_facts {
+        Some(f) => attach_smmu(&mut hv, f),
+        None => println!("hyp: no SMMUv3 in the device tree: PCIe devices are NOT isolated"),
+    }
     let host_s2 = hv.host_stage2();
     // Start level and concatenated root pages come from the stage-2's
     // geometry (a 40-bit PA cannot start at level 0).
@@ -237,6 +252,31 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
     println!("hyp: host stage-2 ready; entering the host at {host_entry:#x} (EL1)");
     init_cpu_for_host(0);
     enter_host(host_entry, dtb)
+}
+
+/// Give the core its DMA view and put the SMMU in front of every stream
+/// with that view as stage 2 (RULES.md S1).
+fn attach_smmu(hv: &mut Hypervisor<El2Phys, El2Maintenance>, f: platform::SmmuFacts) {
+    let (base, size) = f.regs;
+    if base == 0 || size < 0x2_0000 || base & 0xffff != 0 {
+        stop("SMMUv3 register window malformed");
+    }
+    mmu::map(base as usize, (base + 0x2_0000) as usize, mmu::DEVICE);
+    let mut pages = (smmu::DMA_VIEW_BASE as u64..HYP_END as u64).step_by(4096);
+    let view = hyp::DmaView::new(
+        El2Phys,
+        hv.platform(),
+        smmu::DMA_IPA_BITS,
+        &mut pages,
+        smmu::iommu(),
+    )
+    .unwrap_or_else(|e| stop_fmt(format_args!("DMA view: {e:?}")));
+    let root = view.stage2().root_pa();
+    let sl0 = view.stage2().geometry().vtcr_sl0();
+    hv.attach_dma_view(view);
+    // On failure the SMMU is off with GBPA at abort: no DMA at all, which
+    // is safe, so the host still boots.
+    let _ = smmu::init(base as usize, f.buses, root, sl0);
 }
 
 fn stop_fmt(args: core::fmt::Arguments) -> ! {

@@ -53,7 +53,7 @@ pub fn id_regs() -> IdRegs {
 /// Record the CPUs of the device tree (the boot CPU must be among them).
 pub fn set_cpus(mpidrs: &[u64]) -> Result<(), &'static str> {
     if mpidrs.len() > MAX_CPUS {
-        return Err("more CPUs in the device tree than the hypervisor supports (4)");
+        return Err("more CPUs in the device tree than the hypervisor supports (64)");
     }
     for (c, m) in CPUS.iter().zip(mpidrs) {
         c.mpidr.store(*m, Ordering::Relaxed);

@@ -29,7 +29,7 @@ extern "C" fn handle_lower_sync(frame: &mut Frame) {
             unsafe { sysreg::set_elr_el2(sysreg::elr_el2().wrapping_add(4)) };
             host_smc(frame);
         }
-        ec::IABT_LOW | ec::DABT_LOW => host_abort(esr),
+        ec::IABT_LOW | ec::DABT_LOW => host_abort(esr, frame),
         _ => inject(esr, InjectKind::Undefined),
     }
 }
@@ -51,6 +51,9 @@ fn host_hvc(frame: &mut Frame) {
     };
     // SMCCC 1.1: x0..x3 (x4 for the calls that name it), nothing else.
     r.write_back(regs[0], &mut frame.x);
+    // SMMU faults are reported on the host's next hypercall (the event
+    // queue's interrupt is not wired to EL2).
+    crate::smmu::poll_events();
 }
 
 /// VCPU_RUN with the guest running outside the core's lock: the lock is
@@ -172,7 +175,7 @@ fn host_smc(frame: &mut Frame) {
 }
 
 /// A host stage-2 fault: let the core map the page, or inject an abort.
-fn host_abort(esr: u64) {
+fn host_abort(esr: u64, frame: &mut Frame) {
     let far = sysreg::far_el2();
     let fsc = esr & 0x3f;
     let inst = esr >> 26 == ec::IABT_LOW;
@@ -188,6 +191,10 @@ fn host_abort(esr: u64) {
         } else {
             Access::Read
         };
+        // The redistributors' LPI controls are emulated, never mapped.
+        if !inst && crate::lpi::emulate(ipa, esr, frame) {
+            return;
+        }
         let mapped = match CORE.lock().as_mut() {
             Some(hv) => hv.host_fault(ipa, access).is_ok(),
             None => false,

@@ -118,8 +118,9 @@ pub fn dcache_clean_invalidate(start: usize, end: usize) {
 /// everything the program touches from here on (code, data, stack, heap,
 /// console), with attributes that match `mair`.
 pub unsafe fn enable_mmu(mair: u64, tcr: u64, ttbr0: u64) -> u64 {
-    // M, C, I on; alignment checks stay off.
-    let sctlr = sctlr_el1() | 1 | (1 << 2) | (1 << 12);
+    // M, C, I on; alignment checks stay off; ATA (tag access at EL1) with
+    // MTE2.
+    let sctlr = sctlr_el1() | 1 | (1 << 2) | (1 << 12) | (u64::from(mte2()) << 43);
     // SAFETY: the caller vouches for the tables; the TLB and instruction
     // cache are invalidated before translation starts, and the identity map
     // keeps the next instruction's address valid.
@@ -273,6 +274,38 @@ pub fn smccc_call(conduit: Conduit, regs: [u64; 7]) -> [u64; 5] {
         }
     }
     [x[0], x[1], x[2], x[3], x[4]]
+}
+
+/// Whether memory holds MTE allocation tags (ID_AA64PFR1_EL1.MTE >= 2).
+pub fn mte2() -> bool {
+    let v: u64;
+    // SAFETY: reading an ID register has no side effects.
+    unsafe {
+        asm!("mrs {}, id_aa64pfr1_el1", out(reg) v, options(nomem, nostack, preserves_flags))
+    };
+    (v >> 8) & 0xf >= 2
+}
+
+/// The allocation tag of the granule at `pa` (LDG; the host maps memory
+/// Tagged with MTE2).
+pub fn load_tag(pa: u64) -> u64 {
+    let mut t = pa;
+    // SAFETY: LDG only reads the tag of a granule of memory the caller
+    // knows is mapped for the host.
+    unsafe {
+        asm!(".arch_extension memtag", "ldg {t}, [{a}]", t = inout(reg) t, a = in(reg) pa, options(nostack, preserves_flags))
+    };
+    (t >> 56) & 0xf
+}
+
+/// Set the allocation tag of the granule at `pa` to `tag` (STG).
+pub fn store_tag(pa: u64, tag: u64) {
+    let t = pa | ((tag & 0xf) << 56);
+    // SAFETY: STG changes only the tag of a granule of host memory the
+    // caller owns; nothing the test host runs checks tags (TCF is 0).
+    unsafe {
+        asm!(".arch_extension memtag", "stg {t}, [{a}]", t = in(reg) t, a = in(reg) pa, options(nostack, preserves_flags))
+    };
 }
 
 /// A host call (ABI.md 1): `hvc #0` with x0..x6; x0..x4 as they are after

@@ -1,7 +1,7 @@
 //! The scenario blob the runner hands over as the initrd (UTF-8 text):
 //!
 //! ```text
-//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz|irq|guestfuzz|abifuzz]
+//! pkvm-scenarios 1 cpu=<MODEL> [trace|demo|bench|fuzz|irq|guestfuzz|abifuzz|isolation|dma]
 //! === FILE <path>
 //! <the file's text, up to the next `=== FILE ` line or the end>
 //! === FILE <path>
@@ -43,6 +43,13 @@ pub enum Mode {
     /// checking every answer and register themselves (`crate::abi_fuzz`);
     /// the files, if any, are ignored.
     AbiFuzz,
+    /// Device DMA through the SMMU against every kind of page, and the
+    /// withheld bus masters (`crate::dma`); the files, if any, are ignored.
+    Dma,
+    /// Attacks on CPU state, vCPU start, SMCCC registers and the
+    /// hypervisor's resources (`crate::isolation`); the files, if any, are
+    /// ignored.
+    Isolation,
 }
 
 /// A parsed blob: borrowed from its text.
@@ -83,6 +90,8 @@ pub fn parse(text: &str) -> Result<Blob<'_>, String> {
         Some("irq") => Mode::Irq,
         Some("guestfuzz") => Mode::GuestFuzz,
         Some("abifuzz") => Mode::AbiFuzz,
+        Some("dma") => Mode::Dma,
+        Some("isolation") => Mode::Isolation,
         Some(other) => {
             return Err(alloc::format!(
                 "mode `{other}` is not supported by this test host"

@@ -19,6 +19,7 @@ use core::mem::offset_of;
 
 use host_interface::{ExitReason, HostCallId, RunPage};
 
+use crate::edu::Edu;
 use crate::{access, arch, test_guest};
 
 const PAGE_SHIFT: u32 = host_interface::PAGE_SHIFT;
@@ -99,6 +100,9 @@ pub struct HostMachine {
     mmio_uc: Cursor,
     hyp_pfn: u64,
     pa_bits: u32,
+    /// The DMA device and a RAM page it copies through, set up by the first
+    /// `device` statement.
+    device: Option<(Edu, u64)>,
 }
 
 impl HostMachine {
@@ -128,6 +132,7 @@ impl HostMachine {
             mmio_uc: region(ManifestKind::MmioUncached),
             hyp_pfn: hyp.next + (hyp.end - hyp.next) / 2,
             pa_bits,
+            device: None,
         }
     }
 
@@ -151,6 +156,23 @@ impl HostMachine {
             .iter()
             .find(|(k, _)| *k == (vm, vcpu))
             .map(|&(_, p)| p)
+    }
+
+    /// The edu device and its bounce page (the host's own RAM).
+    fn device(&mut self) -> Result<(&Edu, u64), String> {
+        if self.device.is_none() {
+            let edu = Edu::probe()?;
+            let page = self
+                .ram
+                .iter_mut()
+                .find_map(|c| c.take(1))
+                .ok_or("no free RAM page for DMA")?;
+            self.device = Some((edu, page << PAGE_SHIFT));
+        }
+        match &self.device {
+            Some((edu, page)) => Ok((edu, *page)),
+            None => Err("no DMA device".into()),
+        }
     }
 
     fn image(&self, vm: u64) -> Option<u64> {
@@ -211,6 +233,22 @@ impl Machine for HostMachine {
 
     fn host_fill(&mut self, pa: u64, len: u64, byte: u8) -> Result<(), Abort> {
         access::fill(pa, len, byte)
+    }
+
+    fn device_read(&mut self, pa: u64) -> Result<u64, String> {
+        // `pa` into the device, then the device's copy into the bounce page.
+        let (edu, bounce) = self.device()?;
+        let pa = pa & !7;
+        edu.copy(pa, 8, false)?;
+        edu.copy(bounce, 8, true)?;
+        access::read(bounce).map_err(|_| String::from("the bounce page aborted"))
+    }
+
+    fn device_write(&mut self, pa: u64, value: u64) -> Result<(), String> {
+        let (edu, bounce) = self.device()?;
+        access::write(bounce, value).map_err(|_| String::from("the bounce page aborted"))?;
+        edu.copy(bounce, 8, false)?;
+        edu.copy(pa & !7, 8, true)
     }
 
     fn alloc(&mut self, kind: PageKind, pages: u64) -> Result<u64, String> {

@@ -31,6 +31,8 @@ mod arch;
 mod bench;
 mod blob;
 mod console;
+mod dma;
+mod edu;
 mod entry;
 mod fdt;
 mod fuzz;
@@ -39,6 +41,7 @@ mod guest_demo;
 mod guest_fuzz;
 mod guest_irq;
 mod guest_smp;
+mod isolation;
 mod machine;
 mod mmu;
 mod ram;
@@ -199,6 +202,8 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
         blob::Mode::Irq => run_irq(&blob, dtb, facts.size, &free),
         blob::Mode::GuestFuzz => run_guest_fuzz(&blob, facts, &free),
         blob::Mode::AbiFuzz => run_abi_fuzz(&blob, facts, &free),
+        blob::Mode::Dma => run_dma(&blob, &free),
+        blob::Mode::Isolation => run_isolation(&blob, &free),
         blob::Mode::Scenarios | blob::Mode::Trace | blob::Mode::Demo => {}
     }
     let mut m = machine::HostMachine::new(&free, &manifest, pa_bits);
@@ -272,6 +277,21 @@ fn run_guest_fuzz(blob: &blob::Blob, facts: &DtFacts, free: &[(u64, u64)]) -> ! 
     power_off()
 }
 
+/// `isolation` mode: attacks on CPU state, vCPU start, SMCCC registers
+/// and the hypervisor's resources ([`isolation`]), the tally, power off.
+fn run_isolation(blob: &blob::Blob, free: &[(u64, u64)]) -> ! {
+    let mut pool = ram::RamPool::new(free);
+    println!(
+        "testhost: isolation (cpu {}); {} free RAM pages",
+        blob.cpu,
+        pool.pages()
+    );
+    let total = isolation::run(&mut pool);
+    println!("{}", scenario::summary_line(&total));
+    println!("TESTHOST DONE {}", u8::from(total.failed > 0));
+    power_off()
+}
+
 /// `abifuzz` mode: guests on two CPUs fuzzing the guest ABI from inside
 /// ([`abi_fuzz`]), the tally, power off.
 fn run_abi_fuzz(blob: &blob::Blob, facts: &DtFacts, free: &[(u64, u64)]) -> ! {
@@ -284,6 +304,21 @@ fn run_abi_fuzz(blob: &blob::Blob, facts: &DtFacts, free: &[(u64, u64)]) -> ! {
     );
     let passed = abi_fuzz::run(&mut pool, facts.cpus, facts.psci_hvc);
     println!("TESTHOST DONE {}", u8::from(!passed));
+    power_off()
+}
+
+/// `dma` mode: the edu device's DMA engine against every kind of page, and
+/// the withheld bus masters ([`dma`]), the tally, power off.
+fn run_dma(blob: &blob::Blob, free: &[(u64, u64)]) -> ! {
+    let mut pool = ram::RamPool::new(free);
+    println!(
+        "testhost: dma (cpu {}); {} free RAM pages",
+        blob.cpu,
+        pool.pages()
+    );
+    let total = dma::run(&mut pool);
+    println!("{}", scenario::summary_line(&total));
+    println!("TESTHOST DONE {}", u8::from(total.failed > 0));
     power_off()
 }
 

@@ -63,8 +63,13 @@ impl Translation<El1Attributes> for StaticTables {
 }
 
 /// MAIR_EL1 index 0: Device-nGnRE; index 1: Normal, write-back
-/// read/write-allocate, inner and outer.
-const MAIR: u64 = 0x04 | (0xff << 8);
+/// read/write-allocate, inner and outer, and Tagged where memory holds MTE
+/// tags (MTE2), so that the `isolation` mode can read and write tags (tag
+/// checks stay off: SCTLR_EL1.TCF is 0).
+fn mair() -> u64 {
+    let normal = if arch::mte2() { 0xf0 } else { 0xff };
+    0x04 | (normal << 8)
+}
 
 /// Normal write-back memory, read/write, not executable.
 const NORMAL: El1Attributes = El1Attributes::VALID
@@ -174,12 +179,13 @@ pub fn enable(
     // the caches are on, so they are discarded. Nothing was written through
     // the cache.
     unsafe { arch::dcache_invalidate(image.start, image.end) };
+    let mair = mair();
     // SAFETY: the tables identity-map the image (text executable, the rest
     // read/write), its stacks and heap, all RAM and the devices in the low
     // 4 GiB, including the UART; MAIR matches the attribute indices used.
-    let sctlr = unsafe { arch::enable_mmu(MAIR, tcr, root) };
+    let sctlr = unsafe { arch::enable_mmu(mair, tcr, root) };
     MAPPED_END.store(end, Ordering::Relaxed);
-    for (slot, value) in SECONDARY_MMU.iter().zip([MAIR, tcr, root, sctlr]) {
+    for (slot, value) in SECONDARY_MMU.iter().zip([mair, tcr, root, sctlr]) {
         slot.store(value, Ordering::Relaxed);
     }
     let params = SECONDARY_MMU.as_ptr() as usize;

@@ -56,6 +56,10 @@ pub fn take(pool: &mut RamPool, pages: u64) -> Result<u64, String> {
         .ok_or_else(|| format!("no {pages} free RAM pages"))
 }
 
+/// Where [`TestVm::create_with`] puts extra guest code: the fifth page of
+/// the guest's image.
+pub const EXTRA_CODE_IPA: u64 = test_guest::GUEST_BASE + 0x4000;
+
 /// A VM with one vCPU whose run page starts the test guest.
 pub struct TestVm {
     /// The VM handle.
@@ -78,8 +82,16 @@ impl TestVm {
     /// Create the VM and its vCPU, give it the test guest and set its entry
     /// point; the guest has not run yet ([`TestVm::boot`]).
     pub fn create(pool: &mut RamPool, protected: bool) -> Result<TestVm, String> {
-        use HostCallId as C;
         let flags = if protected { vm_flags::PROTECTED } else { 0 };
+        Self::create_with(pool, flags, &[])
+    }
+
+    /// [`TestVm::create`] with VM_CREATE `flags`, and `extra` code placed
+    /// at [`EXTRA_CODE_IPA`] in the guest's image before the VM gets it
+    /// (a protected VM's host cannot write it afterwards).
+    pub fn create_with(pool: &mut RamPool, flags: u64, extra: &[u8]) -> Result<TestVm, String> {
+        use HostCallId as C;
+        let protected = flags & vm_flags::PROTECTED != 0;
         let meta = take(pool, CREATE_PAGES)?;
         let handle = call_ok(C::VmCreate, &[flags, meta, CREATE_PAGES])?[2];
         let topup = take(pool, TOPUP_PAGES)?;
@@ -91,6 +103,16 @@ impl TestVm {
         let vcpu = call_ok(C::VcpuCreate, &[handle, run])?[2];
         let image = take(pool, test_guest::GUEST_PAGES)?;
         test_guest::install(image << PAGE_SHIFT)?;
+        if !extra.is_empty() {
+            let at = (image << PAGE_SHIFT) + (EXTRA_CODE_IPA - test_guest::GUEST_BASE);
+            if extra.len() as u64 > PAGE_SIZE {
+                return Err("the extra guest code does not fit in a page".into());
+            }
+            access::fill(at, PAGE_SIZE, 0)
+                .and_then(|()| test_guest::copy_code(at, extra))
+                .map_err(|_| String::from("cannot write the extra guest code"))?;
+            arch::dcache_clean(at as usize, (at + PAGE_SIZE) as usize);
+        }
         let give = if protected {
             C::GuestDonate
         } else {

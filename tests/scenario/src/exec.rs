@@ -202,6 +202,25 @@ impl Run {
                 let got = m.host_fill(pa, len, byte);
                 check_mem_access(want, got)
             }
+            Statement::DeviceRead { addr, expect } => {
+                let pa = self.pa(&addr)?;
+                let want = self.mem_want(&expect)?;
+                let got = m
+                    .device_read(pa)
+                    .map_err(|e| Failure::new(want.show(), "no device").because(e))?;
+                match want {
+                    MemWant::Value(v) if v != got => {
+                        Err(Failure::new(want.show(), format!("{got:#x}")))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Statement::DeviceWrite { addr, value } => {
+                let pa = self.pa(&addr)?;
+                let value = self.eval(&value)?;
+                m.device_write(pa, value)
+                    .map_err(|e| Failure::new("ok", "no device").because(e))
+            }
             Statement::Boot { vm, vcpu, expect } => {
                 let (vm, vcpu) = (self.eval(&vm)?, self.eval(&vcpu)?);
                 let want = self.guest_want(&expect)?;

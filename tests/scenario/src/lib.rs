@@ -26,6 +26,13 @@
 //! - `ok` after a guest call, or after `resume` of an exit that interrupted
 //!   one, means x0 = 0; after anything else, that the operation finished.
 //! - A statement is at most [`MAX_STATEMENT_LEN`] bytes, comment excluded.
+//! - `device read ADDR -> VALUE|ok` and `device write ADDR VALUE [-> ok]`
+//!   (project additions, RULES.md S1): the host's PCIe device, behind the
+//!   hypervisor's SMMU, reads or writes 8 bytes at `ADDR` by DMA. A DMA the
+//!   SMMU blocks is not an error the device sees: a blocked read hands it
+//!   zeros and a blocked write is dropped, on QEMU and in the simulator
+//!   alike, so the verdict is in the value read, or in what a later `host
+//!   read` or `guest read` finds.
 
 #![no_std]
 
@@ -68,6 +75,10 @@ pub trait Machine {
     fn guest_op(&mut self, vm: u64, vcpu: u64, op: GuestOp) -> GuestOutcome;
     /// VCPU_RUN again after an exit, completing the pending operation if it can. For a pending MMIO read the host supplies `mmio_read` as the data.
     fn guest_resume(&mut self, vm: u64, vcpu: u64, mmio_read: u64) -> GuestOutcome;
+    /// The host's DMA-capable device reads 8 bytes at physical address `pa` (0 where the SMMU blocks it). Err = the machine has no such device (message).
+    fn device_read(&mut self, pa: u64) -> Result<u64, alloc::string::String>;
+    /// The device writes 8 bytes at `pa` (dropped where the SMMU blocks it). Err as for [`Machine::device_read`].
+    fn device_write(&mut self, pa: u64, value: u64) -> Result<(), alloc::string::String>;
 }
 
 /// The hypervisor injected an abort into the host, and the host survived.

@@ -180,6 +180,14 @@ pub(crate) enum Statement<'a> {
         byte: Expr<'a>,
         expect: MemExpect<'a>,
     },
+    DeviceRead {
+        addr: Addr<'a>,
+        expect: MemExpect<'a>,
+    },
+    DeviceWrite {
+        addr: Addr<'a>,
+        value: Expr<'a>,
+    },
     Boot {
         vm: Expr<'a>,
         vcpu: Expr<'a>,
@@ -370,6 +378,7 @@ impl<'a> Parser<'_, 'a> {
                 "let" => return self.let_statement(),
                 "call" => return self.call(),
                 "host" => return self.host(),
+                "device" => return self.device(),
                 "boot" => {
                     let (vm, vcpu) = (self.expr()?, self.expr()?);
                     let expect = self.optional_guest_result()?;
@@ -399,7 +408,7 @@ impl<'a> Parser<'_, 'a> {
             }
         }
         Err(Failure::new(
-            "a statement (let, call, host, boot, guest, resume)",
+            "a statement (let, call, host, device, boot, guest, resume)",
             show(Some(first)),
         )
         .because("unknown statement"))
@@ -565,6 +574,30 @@ impl<'a> Parser<'_, 'a> {
             })
         } else {
             Err(self.fail("read, write or fill"))
+        }
+    }
+
+    fn device(&mut self) -> Result<Statement<'a>, Failure> {
+        if self.eat_word("read") {
+            let addr = self.addr()?;
+            self.arrow()?;
+            let expect = if self.eat_word("ok") {
+                MemExpect::Ok
+            } else if self.at_term() {
+                MemExpect::Value(self.expr()?)
+            } else {
+                return Err(self.fail("ok or a value"));
+            };
+            Ok(Statement::DeviceRead { addr, expect })
+        } else if self.eat_word("write") {
+            let addr = self.addr()?;
+            let value = self.expr()?;
+            if self.eat(Kind::Arrow) && !self.eat_word("ok") {
+                return Err(self.fail("ok"));
+            }
+            Ok(Statement::DeviceWrite { addr, value })
+        } else {
+            Err(self.fail("read or write"))
         }
     }
 

@@ -135,6 +135,22 @@ impl Machine for RandomMachine {
     fn guest_resume(&mut self, _vm: u64, _vcpu: u64, _mmio_read: u64) -> GuestOutcome {
         self.outcome()
     }
+
+    fn device_read(&mut self, _pa: u64) -> Result<u64, String> {
+        if self.rng.below(3) == 0 {
+            Err("no device".into())
+        } else {
+            Ok(self.value())
+        }
+    }
+
+    fn device_write(&mut self, _pa: u64, _value: u64) -> Result<(), String> {
+        if self.rng.below(3) == 0 {
+            Err("no device".into())
+        } else {
+            Ok(())
+        }
+    }
 }
 
 const SEED: &str = "\

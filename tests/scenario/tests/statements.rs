@@ -982,7 +982,7 @@ host write a 1 -> ok
     assert_eq!(
         out,
         [
-            "f:2: expected a statement (let, call, host, boot, guest, resume), got `frobnicate`: unknown statement",
+            "f:2: expected a statement (let, call, host, device, boot, guest, resume), got `frobnicate`: unknown statement",
             "f:3: expected a name, number or one of + - | -> @ = ! :, got `$`: unexpected character",
             "f:4: expected a statement of at most 512 bytes, got 824 bytes: line too long",
             "f:5: expected a number, got `99999999999999999999999`: number too large",
@@ -995,7 +995,7 @@ host write a 1 -> ok
             "f:12: expected `=`, got end of line",
             "f:13: expected ram, coherent, mmio, mmio_uc, hyp, pa_limit, vm, vcpu or a value, got `->`",
             "f:14: expected read, write or fill, got end of line",
-            "f:15: expected a statement (let, call, host, boot, guest, resume), got `->`: unknown statement",
+            "f:15: expected a statement (let, call, host, device, boot, guest, resume), got `->`: unknown statement",
             "f:16: expected a name, number or one of + - | -> @ = ! :, got `é`: unexpected character",
             "f:17: expected a name, number or one of + - | -> @ = ! :, got '\\u{7}': unexpected character",
         ]
@@ -1015,4 +1015,46 @@ fn crlf_and_tabs() {
     let (t, out, _) = run("let a = ram 1\r\n\tcall\tSHARE_HYP a 1 -> ok\r\n# x\r\n");
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(t, tally(2, 0, 0));
+}
+
+#[test]
+fn device_statements() {
+    let mut fake = Fake::default();
+    fake.reads.extend([Ok(0x77), Ok(0), Ok(5), Err(Abort)]);
+    let (t, out) = run_on(
+        &mut fake,
+        "\
+let a = ram 1
+device write a@8 0x1234 -> ok
+device write a 5
+device read a@8 -> 0x77
+device read a -> 0
+device read a -> 6
+device read a -> ok
+device write a
+device read a -> abort
+",
+    );
+    let a = FIRST_PFN << 12;
+    assert_eq!(
+        fake.body(),
+        [
+            Event::Alloc(PageKind::Ram, 1),
+            Event::DeviceWrite(a + 8, 0x1234),
+            Event::DeviceWrite(a, 5),
+            Event::DeviceRead(a + 8),
+            Event::DeviceRead(a),
+            Event::DeviceRead(a),
+            Event::DeviceRead(a),
+        ]
+    );
+    // `-> 6` got 5; the machine had no device for the fourth read; two
+    // lines do not parse.
+    assert_eq!(t, tally(5, 4, 0), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|l| l.contains("expected 0x6") && l.contains("0x5")),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|l| l.contains("no device")), "{out:?}");
 }

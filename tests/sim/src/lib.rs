@@ -22,11 +22,15 @@ use platform::{qemu_virt, CpuFeatures, MemClass, Platform};
 use scenario::{Abort, GuestOp, GuestOutcome, Machine, PageKind};
 
 pub use guest::SimGuest;
-pub use maint::CountingMaintenance;
+pub use maint::{CountingMaintenance, IoTlb, SimIommu};
 pub use mem::SimPhys;
 
 /// The core as the simulator instantiates it.
 pub type SimHyp = Hypervisor<SimPhys, CountingMaintenance>;
+
+/// Input size of the DMA view: QEMU's SMMU has a 44-bit OAS, and all of the
+/// board's memory lies far below.
+pub const DMA_IPA_BITS: u32 = 40;
 
 /// IPA where `boot` places the test guest (SCENARIOS.md).
 pub const GUEST_BASE_IPA: u64 = 0x4000_0000;
@@ -62,6 +66,8 @@ pub struct SimMachine {
     mmio_dev: Cursor,
     mmio_uc: Cursor,
     hyp_pfn: u64,
+    /// The SMMU in front of the board's devices, with its TLB.
+    iommu: SimIommu,
     /// (VM handle, vCPU index) -> run page pfn, learnt from VCPU_CREATE.
     run_pages: HashMap<(u64, u64), u64>,
     /// VMs whose test-guest image is in place.
@@ -109,8 +115,12 @@ impl SimMachine {
         // The first pages stand for the EL2 image; the rest feed the host
         // stage-2's table pool.
         let image = 256;
-        let mut pool = (hyp_region.base_pfn + image..hyp_region.base_pfn + hyp_region.nr_pages)
-            .map(|p| p << 12);
+        // The last pages of the region hold the DMA view (as at EL2); the
+        // rest feed the host stage-2's table pool.
+        let dma_pages = hyp::DmaView::<SimPhys>::pages_needed(&platform, DMA_IPA_BITS);
+        let hyp_end = hyp_region.base_pfn + hyp_region.nr_pages;
+        let dma_base = (hyp_end - dma_pages) & !15;
+        let mut pool = (hyp_region.base_pfn + image..dma_base).map(|p| p << 12);
         let ram = region_cursor(&platform, MemClass::Ram, None, 0);
         let coherent = region_cursor(&platform, MemClass::Coherent, None, 0);
         let mmio_dev = region_cursor(&platform, MemClass::Mmio, Some(false), 0);
@@ -124,6 +134,17 @@ impl SimMachine {
             &mut pool,
         )
         .map_err(|e| format!("hypervisor init: {e:?}"))?;
+        let mut hv = hv;
+        let iommu = SimIommu::default();
+        let view = hyp::DmaView::new(
+            phys.clone(),
+            hv.platform(),
+            DMA_IPA_BITS,
+            &mut (dma_base..hyp_end).map(|p| p << 12),
+            Box::new(iommu.clone()),
+        )
+        .map_err(|e| format!("DMA view: {e:?}"))?;
+        hv.attach_dma_view(view);
         Ok(Self {
             hv,
             phys,
@@ -134,9 +155,22 @@ impl SimMachine {
             mmio_dev,
             mmio_uc,
             hyp_pfn,
+            iommu,
             run_pages: HashMap::new(),
             booted: HashMap::new(),
         })
+    }
+
+    /// The simulated SMMU (its TLB and the commands it was sent).
+    pub fn iommu(&self) -> &SimIommu {
+        &self.iommu
+    }
+
+    /// A device behind the SMMU reads or writes `pa`: whether the access
+    /// goes through (through the SMMU's TLB, then the DMA view).
+    pub fn device_access(&self, pa: u64) -> bool {
+        let view = self.hv.dma_view();
+        self.iommu.access(pa, |a| view.is_some_and(|v| v.allows(a)))
     }
 
     /// The core.
@@ -280,6 +314,23 @@ impl Machine for SimMachine {
     fn host_write(&mut self, pa: u64, value: u64) -> Result<(), Abort> {
         self.host_access(pa, Access::Write)?;
         self.mem_write(pa, value);
+        Ok(())
+    }
+
+    fn device_read(&mut self, pa: u64) -> Result<u64, String> {
+        // Through the SMMU: a blocked read hands the device zeros.
+        if self.device_access(pa) && self.phys.contains(pa) {
+            Ok(self.mem_read(pa & !7))
+        } else {
+            Ok(0)
+        }
+    }
+
+    fn device_write(&mut self, pa: u64, value: u64) -> Result<(), String> {
+        // A blocked write is dropped.
+        if self.device_access(pa) && self.phys.contains(pa) {
+            self.mem_write(pa & !7, value);
+        }
         Ok(())
     }
 

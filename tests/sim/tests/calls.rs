@@ -2617,6 +2617,75 @@ fn precedence() {
     }
 }
 
+/// RULES.md S1: a device behind the SMMU reaches what the host owns, shares
+/// or borrows, and nothing else; a call that takes a page has the SMMU's
+/// TLB invalidated (and synced) before it returns, even for a page a device
+/// used a moment before.
+#[test]
+fn dma_view_follows_ownership() {
+    for model in MODELS {
+        let mut t = T::new(model);
+        let dev = |t: &T, pfn: u64| t.m.device_access(pfn << 12);
+        // Host RAM and COHERENT: reachable; HYP, MMIO: not.
+        let a = t.ram(4);
+        assert!(dev(&t, a), "[{model}] host page");
+        let c = t.coherent(1);
+        assert!(dev(&t, c), "[{model}] COHERENT page");
+        let hyp = t.hyp_pfn();
+        assert!(!dev(&t, hyp), "[{model}] HYP page");
+        assert!(!dev(&t, HYP_FIRST), "[{model}] hypervisor image");
+        let mmio = t.mmio(1);
+        assert!(!dev(&t, mmio), "[{model}] MMIO page");
+
+        // A page the device just used, donated: blocked at once.
+        let (h, _run) = t.guest_vm(true);
+        assert!(dev(&t, a));
+        let syncs = t.m.iommu().counts().2;
+        t.ok0(Id::GuestDonate, &[h, a, 0x900, 1, RW]);
+        assert!(!dev(&t, a), "[{model}] donated page still reachable");
+        assert!(t.m.iommu().counts().2 > syncs, "[{model}] no CMD_SYNC");
+        assert_eq!(t.m.iommu().unsynced(), 0);
+        // The guest shares it back: reachable; unshares: blocked.
+        assert_eq!(t.gcall(h, greg(MEM_SHARE, &[0x900 << 12]))[0], 0);
+        assert!(dev(&t, a), "[{model}] page the guest shared");
+        assert_eq!(t.gcall(h, greg(MEM_UNSHARE, &[0x900 << 12]))[0], 0);
+        assert!(!dev(&t, a), "[{model}] page the guest unshared");
+
+        // Shared into a normal VM and with the hypervisor: still the host's.
+        let (n, _) = t.guest_vm(false);
+        t.ok0(Id::GuestShare, &[n, a + 1, 0x900, 1, RW]);
+        assert!(dev(&t, a + 1), "[{model}] page shared into a normal VM");
+        t.ok0(Id::ShareHyp, &[a + 2, 1]);
+        assert!(dev(&t, a + 2), "[{model}] page shared with the hypervisor");
+
+        // VM_CREATE / VM_TOPUP pages: the hypervisor's.
+        assert!(dev(&t, a + 3));
+        t.ok0(Id::VmTopup, &[h, a + 3, 1]);
+        assert!(!dev(&t, a + 3), "[{model}] VM_TOPUP page");
+
+        // Destroy: reclaimable pages stay blocked until RECLAIM.
+        t.ok0(Id::VmDestroy, &[h]);
+        assert!(!dev(&t, a), "[{model}] reclaimable page");
+        assert!(!dev(&t, a + 3), "[{model}] reclaimable pool page");
+        t.ok0(Id::Reclaim, &[a, 1]);
+        assert!(dev(&t, a), "[{model}] reclaimed page");
+        t.invariants();
+        assert!(!t.m.hyp().dma_view().is_some_and(|v| v.failed()));
+
+        // The withheld bus masters' registers abort; their neighbours map.
+        for base in [
+            qemu_virt::SMMU_BASE,
+            qemu_virt::SMMU_BASE + 0x1_0000,
+            qemu_virt::FW_CFG_BASE,
+            qemu_virt::ITS_BASE,
+        ] {
+            assert_eq!(t.hread(base), None, "[{model}] withheld {base:#x}");
+            t.expect_q(base >> 12, 1, HOST_MMIO);
+        }
+        assert!(t.hread(qemu_virt::UART_BASE).is_some());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // RULES.md S4: a protected VM's secondaries start only through the guest's
 // own CPU_ON, and no vCPU takes the host's entry point once it has run.

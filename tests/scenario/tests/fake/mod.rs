@@ -22,6 +22,8 @@ pub enum Event {
     Boot(u64, u64, bool),
     Op(u64, u64, GuestOp),
     Resume(u64, u64, u64),
+    DeviceRead(u64),
+    DeviceWrite(u64, u64),
 }
 
 pub const FIRST_PFN: u64 = 0x8_0000;
@@ -132,6 +134,22 @@ impl Machine for Fake {
     fn host_write(&mut self, pa: u64, value: u64) -> Result<(), Abort> {
         self.log.push(Event::Write(pa, value));
         self.writes.pop_front().unwrap_or(Ok(()))
+    }
+
+    fn device_read(&mut self, pa: u64) -> Result<u64, String> {
+        self.log.push(Event::DeviceRead(pa));
+        self.reads
+            .pop_front()
+            .unwrap_or(Ok(0))
+            .map_err(|_| "no device".into())
+    }
+
+    fn device_write(&mut self, pa: u64, value: u64) -> Result<(), String> {
+        self.log.push(Event::DeviceWrite(pa, value));
+        self.writes
+            .pop_front()
+            .unwrap_or(Ok(()))
+            .map_err(|_| "no device".into())
     }
 
     fn host_fill(&mut self, pa: u64, len: u64, byte: u8) -> Result<(), Abort> {
