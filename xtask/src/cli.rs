@@ -24,6 +24,11 @@ pub enum Command {
     },
     /// cargo-mutants, with these arguments passed on.
     Mutants(Vec<String>),
+    Linux {
+        cpu: String,
+        smp: u32,
+        kernel: String,
+    },
 }
 
 /// Parses the arguments after `cargo xtask`. An `Err` is a usage error.
@@ -64,6 +69,30 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         }
         "fuzz" => parse_fuzz(rest),
         "mutants" => Ok(Command::Mutants(rest.to_vec())),
+        "linux" => {
+            let (smp, rest) = take_value(rest, "--smp")?;
+            let smp = match smp {
+                None => 2,
+                Some(v) => match v.parse::<u32>() {
+                    Ok(n) if (1..=8).contains(&n) => n,
+                    _ => return Err(format!("`--smp` needs a number from 1 to 8, not `{v}`")),
+                },
+            };
+            let (kernel, rest) = take_value(&rest, "--kernel")?;
+            let kernel = kernel.unwrap_or_else(|| "6.1".into());
+            if kernel != "6.1" && kernel != "7.3" {
+                return Err(format!("`--kernel` is 6.1 or 7.3, not `{kernel}`"));
+            }
+            let opts = Options::parse(&rest, false)?;
+            if let Some(extra) = opts.positional.first() {
+                return Err(format!("`linux` takes no argument `{extra}`"));
+            }
+            Ok(Command::Linux {
+                cpu: opts.cpu,
+                smp,
+                kernel,
+            })
+        }
         other => Err(format!("unknown command `{other}`")),
     }
 }
@@ -101,6 +130,33 @@ fn parse_fuzz(rest: &[String]) -> Result<Command, String> {
         target,
         seconds: seconds.unwrap_or(crate::fuzz::DEFAULT_SECONDS),
     })
+}
+
+/// `NAME VALUE` or `NAME=VALUE`, taken out of `args`; given twice is an
+/// error.
+fn take_value(args: &[String], name: &str) -> Result<(Option<String>, Vec<String>), String> {
+    let mut value = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    let prefix = format!("{name}=");
+    while let Some(arg) = it.next() {
+        let v = if arg == name {
+            it.next()
+                .filter(|v| !v.starts_with('-'))
+                .ok_or_else(|| format!("`{name}` needs a value"))?
+                .clone()
+        } else if let Some(v) = arg.strip_prefix(&prefix) {
+            v.to_owned()
+        } else {
+            rest.push(arg.clone());
+            continue;
+        };
+        if value.is_some() {
+            return Err(format!("`{name}` given twice"));
+        }
+        value = Some(v);
+    }
+    Ok((value, rest))
 }
 
 fn no_args(command: &str, rest: &[String]) -> Result<(), String> {
@@ -241,6 +297,35 @@ mod tests {
             parse(&args("mutants --file hyp/src/vcpu.rs")),
             Ok(Command::Mutants(args("--file hyp/src/vcpu.rs")))
         );
+        assert_eq!(
+            parse(&args("linux --cpu cortex-a57 --smp 4")),
+            Ok(Command::Linux {
+                cpu: "cortex-a57".into(),
+                smp: 4,
+                kernel: "6.1".into()
+            })
+        );
+        assert_eq!(
+            parse(&args("linux")),
+            Ok(Command::Linux {
+                cpu: "max".into(),
+                smp: 2,
+                kernel: "6.1".into()
+            })
+        );
+        assert_eq!(
+            parse(&args("linux --kernel=7.3 --smp=4")),
+            Ok(Command::Linux {
+                cpu: "max".into(),
+                smp: 4,
+                kernel: "7.3".into()
+            })
+        );
+        assert!(parse(&args("linux --kernel 5.10")).is_err());
+        assert!(parse(&args("linux --kernel")).is_err());
+        assert!(parse(&args("linux --smp 0")).is_err());
+        assert!(parse(&args("linux --smp")).is_err());
+        assert!(parse(&args("linux --smp 2 --smp=3")).is_err());
         assert!(parse(&args("--bogus")).is_err());
     }
 }

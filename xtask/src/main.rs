@@ -8,6 +8,8 @@
 //! - `bench`: the benchmarks;
 //! - `fuzz [TARGET] [--time SECONDS]`: coverage-guided fuzzing of the core;
 //! - `mutants [ARGS...]`: mutation testing of the core.
+//! - `linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]`: Debian's kernel as the host, running
+//!   the host driver's tests.
 //!
 //! Std only, so that `cargo xtask` builds fast on a fresh machine. What runs
 //! on the simulator and what runs on the real EL2 image in QEMU is decided
@@ -18,6 +20,7 @@ mod deps;
 mod elf;
 mod fuzz;
 mod image;
+mod linux;
 mod mutants;
 mod process;
 mod qemu;
@@ -86,6 +89,14 @@ Commands:
         --workspace --release, one at a time. ARGS go to cargo-mutants,
         e.g. --file hyp/src/vcpu.rs or --shard 0/8. Results in
         mutants.out/.
+  linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]
+        Boots Debian's arm64 Linux kernel (bookworm's 6.1 by default, or
+        trixie-backports' 7.3; fetched with apt-get download and cached
+        under target/linux) as the host on the hypervisor, with N CPUs
+        (default 2), to an initramfs that loads the host driver
+        (driver/) and runs its tests (tests/driver-test). The console is
+        shown; exit status 0 only if the tests passed and the console shows
+        no oops, warning or SError.
 
 Options:
   -h, --help    Print this text.
@@ -108,6 +119,13 @@ fn main() -> ExitCode {
         Ok(Command::Bench) => bench(),
         Ok(Command::Fuzz { target, seconds }) => fuzz::run(target.as_deref(), seconds),
         Ok(Command::Mutants(args)) => mutants::run(&args),
+        Ok(Command::Linux { cpu, smp, kernel }) => match linux::kernel(&kernel) {
+            Some(k) => linux::run(&cpu, smp, k),
+            None => {
+                eprintln!("xtask: no kernel {kernel}");
+                ExitCode::from(2)
+            }
+        },
         Err(message) => {
             eprintln!("xtask: {message}\n");
             eprint!("{USAGE}");

@@ -6,10 +6,25 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use crate::process::{self, Counts};
-use crate::{deps, image, workspace_root};
+use crate::{deps, image, linux, workspace_root};
 
 /// The CPU models every scenario file runs on.
 pub const CPU_MODELS: [&str; 4] = ["cortex-a57", "cortex-a710", "neoverse-v1", "max"];
+
+/// Debian's kernels as the host: bookworm's 6.1 on every model with 2 and
+/// with 4 CPUs; trixie-backports' 7.3 on max and neoverse-v1.
+const LINUX_CONFIGS: [(&linux::Kernel, &str, u32); 10] = [
+    (&linux::BOOKWORM, "cortex-a57", 2),
+    (&linux::BOOKWORM, "cortex-a57", 4),
+    (&linux::BOOKWORM, "cortex-a710", 2),
+    (&linux::BOOKWORM, "cortex-a710", 4),
+    (&linux::BOOKWORM, "neoverse-v1", 2),
+    (&linux::BOOKWORM, "neoverse-v1", 4),
+    (&linux::BOOKWORM, "max", 2),
+    (&linux::BOOKWORM, "max", 4),
+    (&linux::TRIXIE, "max", 4),
+    (&linux::TRIXIE, "neoverse-v1", 4),
+];
 
 /// The bare-metal crates and their targets.
 const BARE_METAL: [(&str, &str); 2] = [
@@ -128,7 +143,8 @@ fn steps(total: &mut Counts) -> Result<(), String> {
         }
     }
 
-    image::real_image_tests(&files, total)
+    image::real_image_tests(&files, total)?;
+    linux::tests(&LINUX_CONFIGS, total)
 }
 
 /// Whether step `name` runs: always, unless the developer's `XTASK_ONLY`
