@@ -291,13 +291,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             return Err(Errno::EBUSY);
         }
         if vm.dead {
-            run_write(
-                &self.phys,
-                run_pfn,
-                run_off!(exit_reason),
-                ExitReason::Fatal as u64,
-            );
-            return Ok(Err(ExitReason::Fatal as u64));
+            return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Fatal)));
         }
         let mut ctx = c.ctx;
         if !c.started {
@@ -306,13 +300,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             // for the guest's CPU_ON, and once a vCPU has run the host never
             // sets its registers again (RULES.md S4).
             if !c.powered {
-                run_write(
-                    &self.phys,
-                    run_pfn,
-                    run_off!(exit_reason),
-                    ExitReason::Wfi as u64,
-                );
-                return Ok(Err(ExitReason::Wfi as u64));
+                return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Wfi)));
             }
             let entry = run_read(&self.phys, run_pfn, run_off!(entry));
             let x0 = run_read(&self.phys, run_pfn, run_off!(x0));
@@ -338,13 +326,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         take_sgis(c, &mut ctx);
         if !c.powered {
             c.ctx = ctx;
-            run_write(
-                &self.phys,
-                run_pfn,
-                run_off!(exit_reason),
-                ExitReason::Wfi as u64,
-            );
-            return Ok(Err(ExitReason::Wfi as u64));
+            return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Wfi)));
         }
         c.running = true;
         Ok(Ok(Run {
@@ -357,6 +339,13 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             mte,
             kick: 0,
         }))
+    }
+
+    /// A VCPU_RUN that enters no guest: `reason` in the run page, and the
+    /// answer's x2.
+    fn exit_without_running(&self, run_pfn: u64, reason: ExitReason) -> u64 {
+        run_write(&self.phys, run_pfn, run_off!(exit_reason), reason as u64);
+        reason as u64
     }
 
     /// Second half of VCPU_RUN, after each trap: `None` to enter the guest
