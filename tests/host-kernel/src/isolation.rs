@@ -258,6 +258,8 @@ struct Cpu {
     sve: bool,
     sme: bool,
     mte2: bool,
+    /// ID_AA64PFR1_EL1.MTE as the host reads it: what an MTE VM sees.
+    mte_field: u64,
     lor: bool,
 }
 
@@ -280,6 +282,7 @@ impl Cpu {
             sve: id(pfr0, 32) != 0,
             sme: id(pfr1, 24) != 0,
             mte2: id(pfr1, 8) >= 2,
+            mte_field: id(pfr1, 8),
             lor: id(mmfr1, 16) != 0,
         }
     }
@@ -655,7 +658,7 @@ fn id_registers(pool: &mut RamPool, cpu: Cpu) -> Result<(), String> {
         expect(&format!("{what}: PMUVer"), id(dfr0, 8), 0)?;
         expect(&format!("{what}: LO"), id(mmfr1, 16), 0)?;
         let mte = if flags & vm_flags::MTE != 0 {
-            id_host_pfr1_mte()
+            cpu.mte_field
         } else {
             0
         };
@@ -663,13 +666,6 @@ fn id_registers(pool: &mut RamPool, cpu: Cpu) -> Result<(), String> {
         v.teardown()?;
     }
     Ok(())
-}
-
-fn id_host_pfr1_mte() -> u64 {
-    let v: u64;
-    // SAFETY: reading an ID register has no side effects.
-    unsafe { asm!("mrs {}, id_aa64pfr1_el1", out(reg) v, options(nomem, nostack)) };
-    id(v, 8)
 }
 
 /// SVE, SME, TPIDR2_EL0 and LORegions end a guest (FATAL) where the CPU
