@@ -108,6 +108,9 @@ fn fault(m: &SimMachine, run: u64) -> [u64; 5] {
     ]
 }
 
+/// A trap and the registers x0..x6 it is taken with.
+type Step = (Trap, [u64; 7]);
+
 const ESR: u64 = 0x9300_0046;
 const X3: u64 = 0x1122_3344_5566_7788;
 
@@ -144,7 +147,7 @@ fn guest(protected: bool) -> (SimMachine, u64, u64) {
 fn data_aborts_exit_with_exact_fault_words() {
     let base = sim::GUEST_BASE_IPA;
     let unmapped = 0x8000_0123;
-    let cases: [(bool, (Trap, [u64; 7]), [u64; 5]); 7] = [
+    let cases: [(bool, Step, [u64; 5]); 7] = [
         // Normal VM, write of 2 bytes to nothing.
         (
             false,
