@@ -135,8 +135,19 @@ fn vm_destroy_releases_each_page_to_the_right_place() {
     assert!(m.hyp().page_meta(run).1);
     assert!(errno(m.call(HostCallId::UnshareHyp, &[run, 1])).is_some());
     let tlbi = m.hyp_mut().maintenance().tlbi_vmid;
+    let vmid = m
+        .hyp()
+        .vms()
+        .find(|(_, v)| v.handle() == p)
+        .unwrap()
+        .1
+        .stage2()
+        .vmid();
     ok(m.call(HostCallId::VmDestroy, &[p]));
     assert_eq!(m.hyp_mut().maintenance().tlbi_vmid, tlbi + 1);
+    // Of this VM's VMID (the first VM's is 1).
+    assert_eq!(m.hyp_mut().maintenance().last_tlbi_vmid, vmid);
+    assert_eq!(vmid, 1);
     assert!(m.hyp().vms().all(|(_, v)| v.handle() != p));
     assert_eq!(
         errno(m.call(HostCallId::VmDestroy, &[p])),
