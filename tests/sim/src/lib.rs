@@ -377,7 +377,10 @@ impl Machine for SimMachine {
     fn host_fill(&mut self, pa: u64, len: u64, byte: u8) -> Result<(), Abort> {
         let word = u64::from_ne_bytes([byte; 8]);
         let mut a = pa & !7;
-        while a < pa + len {
+        // At the top of the address space the end saturates: the first
+        // word there aborts anyway, being beyond the PA space.
+        let end = pa.saturating_add(len);
+        while a < end {
             self.host_touch(a, Access::Write)?;
             self.mem_write(a, word);
             a += 8;
