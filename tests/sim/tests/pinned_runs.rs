@@ -354,3 +354,34 @@ fn guest_cpu_on_answers_and_starts_the_target() {
         assert_eq!(answer(&mut m, h, hvc(1, base, 0)), -4);
     }
 }
+
+/// After a MEM_FAULT exit, the next run completes the access only for a
+/// normal VM's fault on an unmapped IPA (the host may have emulated it):
+/// a read gets the run page's data, masked to its size, and the pc moves
+/// past it. A protected VM's fault, or one on a mapped page, is retried.
+#[test]
+fn only_a_normal_vms_unmapped_fault_is_completed_on_resume() {
+    let base = sim::GUEST_BASE_IPA;
+    let unmapped = 0x8000_0000;
+    let data = offset_of!(RunPage, mmio_read_data) as u64;
+    let cases = [
+        // (protected, trap, completed)
+        (false, data_abort(unmapped, false, 2), true),
+        (true, data_abort(unmapped, false, 2), false),
+        (false, data_abort(base + PAGE, true, 8), false),
+    ];
+    for (protected, trap, completed) in cases {
+        let (mut m, h, run_pfn) = guest(protected);
+        let mut s = script(&[trap]);
+        assert_eq!(run(&mut m, h, 0, &mut s), ExitReason::MemFault);
+        hyp::phys::write_u64(m.phys(), run_pfn * PAGE + data, 0xAABB_CCDD);
+        let mut s = script(&[]);
+        run(&mut m, h, 0, &mut s);
+        let (pc, x) = s.seen[0];
+        if completed {
+            assert_eq!((pc, x[3]), (base + 4, 0xCCDD), "{trap:x?}");
+        } else {
+            assert_eq!((pc, x[3]), (base, X3), "{trap:x?}, protected {protected}");
+        }
+    }
+}
