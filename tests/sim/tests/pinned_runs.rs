@@ -385,3 +385,28 @@ fn only_a_normal_vms_unmapped_fault_is_completed_on_resume() {
         }
     }
 }
+
+/// A write to an MMIO_GUARD page exits MMIO with the data masked to the
+/// access size; a read carries no data.
+#[test]
+fn mmio_guard_exits_carry_the_masked_write_data() {
+    let guard = 0x9000_0000u64;
+    for (size, write, want) in [
+        (1u8, true, 0x88),
+        (2, true, 0x7788),
+        (4, true, 0x5566_7788),
+        (8, true, X3),
+        (8, false, 0),
+    ] {
+        let (mut m, h, run_pfn) = guest(false);
+        let register = (Trap::Hvc, [0xC600_0007, guard, 0, 0, 0, 0, 0]);
+        let mut s = script(&[register, data_abort(guard + 8, write, size)]);
+        assert_eq!(run(&mut m, h, 0, &mut s), ExitReason::Mmio);
+        let flags = if write { fault_flags::WRITE } else { 0 };
+        assert_eq!(
+            fault(&m, run_pfn),
+            [guard + 8, flags, u64::from(size), 0, want],
+            "size {size}, write {write}"
+        );
+    }
+}
