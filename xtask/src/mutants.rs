@@ -24,7 +24,12 @@ pub fn run(extra: &[String]) -> ExitCode {
     for c in CRATES {
         cmd.args(["--package", c]);
     }
-    cmd.args(["--jobs", "1"]).args(extra);
+    // The baseline runs only the mutated packages' own tests (seconds),
+    // and cargo-mutants sets the test timeout from it; each mutant runs the
+    // whole workspace's tests (a minute or more), which would then time
+    // out rather than be judged.
+    cmd.args(["--jobs", "1", "--minimum-test-timeout", "600"])
+        .args(extra);
     println!("==> mutants: {}", process::describe(&cmd));
     // cargo-mutants exits 2 when mutants were missed, 3 on timeouts: the
     // summary it prints says which.

@@ -73,6 +73,10 @@ pub struct SimMachine {
     run_pages: HashMap<(u64, u64), u64>,
     /// VMs whose test-guest image is in place.
     booted: HashMap<u64, bool>,
+    /// Times the core was entered (host calls, host faults), so that the
+    /// fuzz targets skip their invariant walk after a step that never
+    /// reached the core and so cannot have changed its state.
+    core_entries: u64,
 }
 
 fn region_cursor(p: &Platform, class: MemClass, uncached: Option<bool>, skip_pages: u64) -> Cursor {
@@ -182,7 +186,15 @@ impl SimMachine {
             iommu,
             run_pages: HashMap::new(),
             booted: HashMap::new(),
+            core_entries: 0,
         })
+    }
+
+    /// How many times the core has been entered so far: host calls
+    /// (VCPU_RUN included) and host faults. Between two equal readings the
+    /// core's state cannot have changed.
+    pub fn core_entries(&self) -> u64 {
+        self.core_entries
     }
 
     /// The simulated SMMU (its TLB and the commands it was sent).
@@ -225,6 +237,7 @@ impl SimMachine {
 
     /// A host call with registers x0..x6: the core's answer.
     pub fn core_call(&mut self, regs: [u64; 7]) -> HostResult {
+        self.core_entries += 1;
         let result = self.hv.host_call(&regs, &mut self.guest);
         let r = result.regs;
         // Learn run pages the way a host would: from its own calls.
@@ -249,6 +262,7 @@ impl SimMachine {
                     return Ok(());
                 }
             }
+            self.core_entries += 1;
             self.hv.host_fault(pa, access).map_err(|_| Abort)?;
         }
         Err(Abort)
@@ -284,6 +298,7 @@ impl SimMachine {
         regs[0] = u64::from(HostCallId::VcpuRun.id());
         regs[1] = vm;
         regs[2] = vcpu;
+        self.core_entries += 1;
         let r = self.hv.host_call(&regs, &mut self.guest).regs;
         if r[0] != 0 || r[1] != 0 {
             return GuestOutcome::CallFailed(r);
@@ -362,7 +377,10 @@ impl Machine for SimMachine {
     fn host_fill(&mut self, pa: u64, len: u64, byte: u8) -> Result<(), Abort> {
         let word = u64::from_ne_bytes([byte; 8]);
         let mut a = pa & !7;
-        while a < pa + len {
+        // At the top of the address space the end saturates: the first
+        // word there aborts anyway, being beyond the PA space.
+        let end = pa.saturating_add(len);
+        while a < end {
             self.host_touch(a, Access::Write)?;
             self.mem_write(a, word);
             a += 8;

@@ -10,6 +10,10 @@ pub struct CountingMaintenance {
     pub tlbi_ipa: u64,
     /// TLBI by VMID.
     pub tlbi_vmid: u64,
+    /// The VMID of the last TLBI by VMID.
+    pub last_tlbi_vmid: u16,
+    /// The VMID of the last TLBI by IPA.
+    pub last_tlbi_ipa_vmid: u16,
     /// DSBs.
     pub dsb: u64,
     /// Bytes cleaned and invalidated to PoC.
@@ -21,11 +25,13 @@ pub struct CountingMaintenance {
 }
 
 impl Maintenance for CountingMaintenance {
-    fn tlbi_ipa(&mut self, _vmid: u16, _ipa: u64, _level: u8) {
+    fn tlbi_ipa(&mut self, vmid: u16, _ipa: u64, _level: u8) {
         self.tlbi_ipa += 1;
+        self.last_tlbi_ipa_vmid = vmid;
     }
-    fn tlbi_vmid(&mut self, _vmid: u16) {
+    fn tlbi_vmid(&mut self, vmid: u16) {
         self.tlbi_vmid += 1;
+        self.last_tlbi_vmid = vmid;
     }
     fn dsb(&mut self) {
         self.dsb += 1;

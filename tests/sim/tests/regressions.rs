@@ -123,3 +123,19 @@ fn scope_is_windows_of_tracked_memory() {
     );
     assert_eq!(scope.ranges.len(), initial.len() + 1);
 }
+
+/// `fuzz/regressions/host_calls/fill-end-overflow`: a host fill at the top
+/// of the address space computed its end as `pa + len`, which overflowed
+/// (a panic with overflow checks; without them the end wrapped below the
+/// start and the fill reported success having touched nothing). It is an
+/// abort, as for any address beyond the PA space.
+#[test]
+fn host_fill_at_the_top_of_the_address_space_aborts() {
+    use scenario::Machine;
+    let mut m = sim::SimMachine::new("max").unwrap();
+    assert_eq!(m.host_fill(u64::MAX - 7, 16, 0xaa), Err(scenario::Abort));
+    assert_eq!(
+        m.host_fill(u64::MAX - 4095, 4096, 0xaa),
+        Err(scenario::Abort)
+    );
+}

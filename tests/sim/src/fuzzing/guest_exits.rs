@@ -264,8 +264,11 @@ fn step(
         }
         _ => {
             let regs = guest_call_regs(inp, pick);
+            let entries = m.core_entries();
             let r = m.guest_op(*vm, vcpu as u64, GuestOp::Hvc { regs });
-            Ok((format!("test guest HVC {regs:x?} -> {r:x?}"), true))
+            // A vCPU the machine knows no run page of never runs.
+            let entered = m.core_entries() != entries;
+            Ok((format!("test guest HVC {regs:x?} -> {r:x?}"), entered))
         }
     }
 }

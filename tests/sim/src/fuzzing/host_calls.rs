@@ -465,8 +465,12 @@ fn failed(r: &[u64; 5]) -> Result<bool, String> {
 }
 
 /// Carries out one op and checks what is specific to it. `Ok(false)` when
-/// the op was a failed call, which the snapshot showed changed nothing.
+/// the op left the core's state as it was: a failed call, which the
+/// snapshot showed changed nothing, or an op that never entered the core
+/// (a host access its stage-2 already allowed, ALLOC, a guest op on a vCPU
+/// the machine does not know).
 pub fn step(m: &mut SimMachine, pick: &mut Picker, op: Op) -> Result<bool, String> {
+    let entries = m.core_entries();
     match op {
         Op::Call(regs) => {
             let frames = named_frames(&regs);
@@ -477,6 +481,18 @@ pub fn step(m: &mut SimMachine, pick: &mut Picker, op: Op) -> Result<bool, Strin
                 before
                     .unchanged(&after)
                     .map_err(|e| format!("failed ({r:x?}) but changed state: {e}"))?;
+                return Ok(false);
+            }
+            let query = matches!(
+                HostCallId::from_id(regs[0]),
+                Some(HostCallId::HypVersion | HostCallId::HypFeatures | HostCallId::PageQuery)
+            );
+            if query {
+                // A query answers and changes nothing, like a failed call.
+                let after = Snapshot::take(m.hyp_mut(), &frames);
+                before
+                    .unchanged(&after)
+                    .map_err(|e| format!("query ({r:x?}) changed state: {e}"))?;
                 return Ok(false);
             }
             match HostCallId::from_id(regs[0]) {
@@ -515,5 +531,5 @@ pub fn step(m: &mut SimMachine, pick: &mut Picker, op: Op) -> Result<bool, Strin
             let _ = m.alloc(kind, pages);
         }
     }
-    Ok(true)
+    Ok(m.core_entries() != entries)
 }
