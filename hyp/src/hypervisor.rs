@@ -586,7 +586,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         v.result()?;
         self.check_host_pool(self.host_tables(pfn, nr, true))?;
         let leaf = Self::host_shared_leaf(MemClass::Ram, MemType::NormalWb, PageState::SharedOwned);
-        self.host_map(pfn, nr, leaf, true)
+        // OWNED to SHARED_OWNED: the host's devices reach the pages before
+        // and after, so the DMA view stays as it is (not `host_map`).
+        self.host
+            .map(pa(pfn), pa(pfn), nr, leaf, true, &mut self.mnt)
+            .map_err(|_| Errno::ENOMEM)
     }
 
     fn unshare_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
@@ -601,7 +605,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         });
         v.result()?;
         self.check_host_pool(self.host_tables(pfn, nr, true))?;
-        self.host_unmap(pfn, nr, HostAnnotation::None)
+        // Back to OWNED (unannotated, faulted in again on the next touch):
+        // the host's devices reach the pages before and after, so the DMA
+        // view stays as it is (not `host_unmap`).
+        self.host
+            .set_invalid(pa(pfn), nr, HostAnnotation::None.encode(), &mut self.mnt)
+            .map_err(|_| Errno::ENOMEM)
     }
 
     // ----------------------------------------------------------------------

@@ -183,6 +183,11 @@ fn run_real_on(
         // (for `irq`: time slices and timer deadlines in instructions).
         extra.extend(["-icount", "shift=0,sleep=off", "-seed", "1"].map(String::from));
     }
+    // For profiling: e.g. `-d in_asm,exec,nochain -dfilter 0x40000000+0x4000000
+    // -D /tmp/exec-%d.log` counts what EL2 executes (README, Costs).
+    if let Ok(more) = std::env::var("XTASK_QEMU_EXTRA") {
+        extra.extend(more.split_whitespace().map(String::from));
+    }
     let run = QemuRun {
         cpu: model.to_string(),
         mte: mte_supported(model),

@@ -248,6 +248,7 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
         cptr,
         features,
     });
+    entry::HYP_FEATURE_BITS.store(hv.feature_bits(), core::sync::atomic::Ordering::Relaxed);
     *CORE.lock() = Some(hv);
     println!("hyp: host stage-2 ready; entering the host at {host_entry:#x} (EL1)");
     init_cpu_for_host(0);
