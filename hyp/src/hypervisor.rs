@@ -584,10 +584,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let mut v = Verdict::default();
         self.check_host_states(Op::ShareHyp, pfn, nr, &mut v);
         v.result()?;
-        self.check_host_pool(self.host_tables(pfn, nr, true))?;
         let leaf = Self::host_shared_leaf(MemClass::Ram, MemType::NormalWb, PageState::SharedOwned);
         // OWNED to SHARED_OWNED: the host's devices reach the pages before
-        // and after, so the DMA view stays as it is (not `host_map`).
+        // and after, so the DMA view stays as it is (not `host_map`). The
+        // table pages are counted by `map` itself, which writes nothing
+        // and fails with NoMem (-ENOMEM) when the pool is short.
         self.host
             .map(pa(pfn), pa(pfn), nr, leaf, true, &mut self.mnt)
             .map_err(|_| Errno::ENOMEM)
@@ -604,10 +605,10 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             }
         });
         v.result()?;
-        self.check_host_pool(self.host_tables(pfn, nr, true))?;
         // Back to OWNED (unannotated, faulted in again on the next touch):
         // the host's devices reach the pages before and after, so the DMA
-        // view stays as it is (not `host_unmap`).
+        // view stays as it is (not `host_unmap`). `set_invalid` counts its
+        // table pages itself (NoMem: nothing written, -ENOMEM).
         self.host
             .set_invalid(pa(pfn), nr, HostAnnotation::None.encode(), &mut self.mnt)
             .map_err(|_| Errno::ENOMEM)

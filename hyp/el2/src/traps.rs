@@ -109,9 +109,22 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
     let mut exit = ExitReason::Interrupted;
     for _ in 0..MAX_TRAPS_PER_RUN {
         let trap = guest::enter(&mut loaded, &mut run.ctx);
-        let step = match CORE.lock().as_mut() {
-            Some(hv) => hv.vcpu_run_step(&mut run, trap),
-            None => Some(ExitReason::Fatal),
+        // Traps that need nothing of the VM's or anyone else's state are
+        // handled without the core's lock (SGIs other vCPUs sent meanwhile
+        // come in at the next locked step or the next VCPU_RUN: the sender's
+        // run ends with the target in `kick_vcpus`).
+        let local = match trap {
+            hyp::Trap::Resume => true,
+            hyp::Trap::Hvc => hyp::answer_guest_call(&mut run.ctx),
+            _ => false,
+        };
+        let step = if local {
+            None
+        } else {
+            match CORE.lock().as_mut() {
+                Some(hv) => hv.vcpu_run_step(&mut run, trap),
+                None => Some(ExitReason::Fatal),
+            }
         };
         if let Some(reason) = step {
             exit = reason;
