@@ -280,6 +280,22 @@ pub struct Run {
     kick: u64,
 }
 
+impl Run {
+    /// A run of nothing yet, for [`Hypervisor::vcpu_run_begin_in`].
+    pub fn idle() -> Self {
+        Self {
+            slot: usize::MAX,
+            index: 0,
+            run_pfn: 0,
+            ctx: VcpuContext::default(),
+            vttbr: 0,
+            protected: false,
+            mte: false,
+            kick: 0,
+        }
+    }
+}
+
 /// Guest exits end the run; everything else goes back into the guest.
 enum Next {
     Continue,
@@ -346,6 +362,22 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// vCPU counts as running: VCPU_RUN of it is -EBUSY and VM_DESTROY of
     /// its VM -EBUSY, so its tables stay in place.
     pub fn vcpu_run_begin(&mut self, handle: u64, vcpu: u64) -> Result<Result<Run, u64>, Errno> {
+        let mut run = Run::idle();
+        Ok(self
+            .vcpu_run_begin_in(handle, vcpu, &mut run)?
+            .map(|()| run))
+    }
+
+    /// [`Self::vcpu_run_begin`] into `run`, which the caller keeps in place:
+    /// the vCPU's context (over 1 KiB) is copied once, here, and once back
+    /// by [`Self::vcpu_run_end`]. `run` is left as it was unless this
+    /// answers `Ok(Ok(()))`.
+    pub fn vcpu_run_begin_in(
+        &mut self,
+        handle: u64,
+        vcpu: u64,
+        run: &mut Run,
+    ) -> Result<Result<(), u64>, Errno> {
         let slot = self.vm_slot(handle)?;
         let i = usize::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
         let vm = self.vm(slot)?;
@@ -363,7 +395,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         if vm.dead {
             return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Fatal)));
         }
-        let mut ctx = c.ctx;
+        run.ctx = c.ctx;
+        let ctx = &mut run.ctx;
         if !c.started {
             // Only a vCPU that is powered and has never run takes its entry
             // from the host: a protected VM's secondary waits, powered off,
@@ -377,11 +410,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             if vm.protected && !Self::guest_owns(&vm.s2, entry) {
                 return Err(Errno::EPERM);
             }
-            ctx = VcpuContext::default();
+            *ctx = VcpuContext::default();
             ctx.pc = entry;
             ctx.x[0] = x0;
         } else {
-            self.complete_pending(slot, i, &mut ctx);
+            self.complete_pending(slot, i, ctx);
         }
         if let Some(intid) = irq {
             // Decoded above, so within range; the request is taken.
@@ -393,22 +426,20 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let c = &mut vm.vcpus[i];
         c.started = true;
         c.pending = Pending::None;
-        take_sgis(c, &mut ctx);
+        take_sgis(c, ctx);
         if !c.powered {
-            c.ctx = ctx;
+            c.ctx = *ctx;
             return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Wfi)));
         }
         c.running = true;
-        Ok(Ok(Run {
-            slot,
-            index: i,
-            run_pfn,
-            ctx,
-            vttbr: root | (u64::from(vmid) << 48),
-            protected,
-            mte,
-            kick: 0,
-        }))
+        run.slot = slot;
+        run.index = i;
+        run.run_pfn = run_pfn;
+        run.vttbr = root | (u64::from(vmid) << 48);
+        run.protected = protected;
+        run.mte = mte;
+        run.kick = 0;
+        Ok(Ok(()))
     }
 
     /// A VCPU_RUN that enters no guest: `reason` in the run page, and the

@@ -14,6 +14,7 @@ mod gic;
 mod guest;
 mod hwmem;
 mod lpi;
+mod mem;
 mod mmu;
 mod percpu;
 mod smmu;

@@ -79,6 +79,9 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 /// stop them. `None` if the registers are not a well-formed VCPU_RUN (the
 /// core then answers as for any other call).
 fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
+    // The run stays here, on this CPU's stack, from begin to end: its
+    // context is copied in and out once.
+    let mut run = hyp::Run::idle();
     let (vcpu, begun) = {
         let mut core = CORE.lock();
         let hv = core.as_mut()?;
@@ -86,13 +89,13 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
         else {
             return None;
         };
-        (vcpu, hv.vcpu_run_begin(handle, vcpu))
+        (vcpu, hv.vcpu_run_begin_in(handle, vcpu, &mut run))
     };
-    let mut run = match begun {
+    match begun {
         Err(e) => return Some(HostResult::err(e).regs),
         Ok(Err(reason)) => return Some(HostResult::ok(reason, 0, 0).regs),
-        Ok(Ok(run)) => run,
-    };
+        Ok(Ok(())) => {}
+    }
     let slice_end = gic::slice_end();
     // The guest stays loaded while EL2 handles its traps; only an exit to
     // the host switches back.
