@@ -571,7 +571,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                     }
                     self.untracked_budget -= needed;
                 }
-                self.host_map(start, n, leaf, true).map_err(|_| HostAbort)
+                // The pages were OWNED and unannotated, which the DMA view
+                // already maps: a fault changes no ownership, so the view
+                // stays as it is (not `host_map`).
+                self.host
+                    .map(pa(start), pa(start), n, leaf, true, &mut self.mnt)
+                    .map_err(|_| HostAbort)
             }
         }
     }
