@@ -87,6 +87,9 @@ pub struct DmaView<P: PhysMem> {
     /// A table update failed (a bookkeeping bug): the IOMMU was told to
     /// stop all DMA.
     failed: bool,
+    /// Updates so far: the EL2 image drains the IOMMU's event queue after a
+    /// call that changed the view.
+    updates: u64,
 }
 
 /// Why the DMA view could not be set up.
@@ -164,6 +167,7 @@ impl<P: PhysMem> DmaView<P> {
             s2,
             iommu,
             failed: false,
+            updates: 0,
         })
     }
 
@@ -177,6 +181,11 @@ impl<P: PhysMem> DmaView<P> {
         matches!(self.s2.lookup(pa & !0xfff), Entry::Mapped { pa: out, .. } if out == pa & !0xfff)
     }
 
+    /// How many updates the view has had (wrapping).
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
     /// Whether an update failed and all DMA was stopped.
     pub fn failed(&self) -> bool {
         self.failed
@@ -184,6 +193,7 @@ impl<P: PhysMem> DmaView<P> {
 
     /// Allow or forbid DMA to [pfn, pfn+nr), which lies in RAM or COHERENT.
     fn set(&mut self, pfn: u64, nr: u64, allow: bool) {
+        self.updates = self.updates.wrapping_add(1);
         let mut mnt = IommuMaintenance {
             iommu: &mut *self.iommu,
             pending: false,

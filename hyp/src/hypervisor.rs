@@ -571,7 +571,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                     }
                     self.untracked_budget -= needed;
                 }
-                self.host_map(start, n, leaf, true).map_err(|_| HostAbort)
+                // The pages were OWNED and unannotated, which the DMA view
+                // already maps: a fault changes no ownership, so the view
+                // stays as it is (not `host_map`).
+                self.host
+                    .map(pa(start), pa(start), n, leaf, true, &mut self.mnt)
+                    .map_err(|_| HostAbort)
             }
         }
     }
@@ -584,9 +589,14 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let mut v = Verdict::default();
         self.check_host_states(Op::ShareHyp, pfn, nr, &mut v);
         v.result()?;
-        self.check_host_pool(self.host_tables(pfn, nr, true))?;
         let leaf = Self::host_shared_leaf(MemClass::Ram, MemType::NormalWb, PageState::SharedOwned);
-        self.host_map(pfn, nr, leaf, true)
+        // OWNED to SHARED_OWNED: the host's devices reach the pages before
+        // and after, so the DMA view stays as it is (not `host_map`). The
+        // table pages are counted by `map` itself, which writes nothing
+        // and fails with NoMem (-ENOMEM) when the pool is short.
+        self.host
+            .map(pa(pfn), pa(pfn), nr, leaf, true, &mut self.mnt)
+            .map_err(|_| Errno::ENOMEM)
     }
 
     fn unshare_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
@@ -600,8 +610,13 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             }
         });
         v.result()?;
-        self.check_host_pool(self.host_tables(pfn, nr, true))?;
-        self.host_unmap(pfn, nr, HostAnnotation::None)
+        // Back to OWNED (unannotated, faulted in again on the next touch):
+        // the host's devices reach the pages before and after, so the DMA
+        // view stays as it is (not `host_unmap`). `set_invalid` counts its
+        // table pages itself (NoMem: nothing written, -ENOMEM).
+        self.host
+            .set_invalid(pa(pfn), nr, HostAnnotation::None.encode(), &mut self.mnt)
+            .map_err(|_| Errno::ENOMEM)
     }
 
     // ----------------------------------------------------------------------

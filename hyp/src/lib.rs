@@ -31,6 +31,6 @@ pub use hypervisor::{
 pub use meta::MAX_SHARE_COUNT;
 pub use owner::{HostAnnotation, GUEST_MMIO_GUARD};
 pub use vcpu::{
-    GuestView, NoExecutor, Run, Trap, VcpuContext, VcpuExecutor, FP_WORDS, MAX_TRAPS_PER_RUN,
-    SYS_WORDS,
+    answer_guest_call, GuestView, NoExecutor, Run, Trap, VcpuContext, VcpuExecutor, FP_WORDS,
+    MAX_TRAPS_PER_RUN, SYS_WORDS,
 };

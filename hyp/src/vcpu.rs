@@ -162,6 +162,76 @@ pub(crate) enum Pending {
     Hvc,
 }
 
+/// Answer a guest call that depends on nothing but its registers (SMCCC
+/// and PSCI versions and features, the vendor hypervisor UID and
+/// features, HYP_MEMINFO; an ID in the host-call range: NOT_SUPPORTED).
+/// `true` if it was one of those: the answer is in `ctx.x` and the guest
+/// goes on. It reads no VM state, so the EL2 image calls it without any
+/// lock; every other call goes through the core.
+pub fn answer_guest_call(ctx: &mut VcpuContext) -> bool {
+    let id = ctx.x[0];
+    if is_host_call_range(id) {
+        ctx.x[0] = SMCCC_NOT_SUPPORTED;
+        return true;
+    }
+    let Some(call) = GuestCallId::from_id(id) else {
+        return false;
+    };
+    // An SMC32 function (bit 30 of the ID clear) takes W1: the upper half
+    // of its argument register is not part of the call.
+    let w = if id & (1 << 30) == 0 {
+        0xffff_ffff
+    } else {
+        u64::MAX
+    };
+    let arg1 = ctx.x[1] & w;
+    match call {
+        GuestCallId::SmcccVersion => ctx.x[0] = SMCCC_VERSION_1_1,
+        GuestCallId::SmcccArchFeatures => {
+            let known = matches!(
+                GuestCallId::from_id(arg1),
+                Some(GuestCallId::SmcccVersion | GuestCallId::SmcccArchFeatures)
+            );
+            ctx.x[0] = if known { 0 } else { SMCCC_NOT_SUPPORTED };
+        }
+        GuestCallId::VendorHypCallUid => {
+            for (k, w) in KVM_UID.iter().enumerate() {
+                ctx.x[k] = u64::from(*w);
+            }
+        }
+        GuestCallId::VendorHypKvmFeatures => {
+            ctx.x[0] = KVM_FEATURES_BITMAP;
+            ctx.x[1..4].fill(0);
+        }
+        GuestCallId::HypMeminfo => {
+            if ctx.x[1..4].iter().all(|&r| r == 0) {
+                ctx.x[0] = 4096;
+                ctx.x[1..4].fill(0);
+            } else {
+                ctx.x[0] = SMCCC_INVALID_PARAMETER;
+            }
+        }
+        GuestCallId::PsciVersion => ctx.x[0] = PSCI_VERSION_1_1,
+        GuestCallId::PsciFeatures => {
+            // PSCI 1.1: PSCI_FEATURES also reports SMCCC_VERSION, which is
+            // how Linux discovers SMCCC 1.1 (and with it the vendor
+            // hypervisor services).
+            let is_psci = matches!(
+                GuestCallId::from_id(arg1),
+                Some(c) if c.is_psci() || c == GuestCallId::SmcccVersion
+            );
+            ctx.x[0] = if is_psci {
+                psci::SUCCESS
+            } else {
+                psci::NOT_SUPPORTED
+            };
+        }
+        GuestCallId::PsciMigrateInfoType => ctx.x[0] = 2,
+        _ => return false,
+    }
+    true
+}
+
 /// One vCPU.
 pub struct Vcpu {
     pub(crate) run_pfn: u64,
@@ -208,6 +278,22 @@ pub struct Run {
     pub mte: bool,
     /// Other vCPUs this run sent SGIs to, for the run page at the exit.
     kick: u64,
+}
+
+impl Run {
+    /// A run of nothing yet, for [`Hypervisor::vcpu_run_begin_in`].
+    pub fn idle() -> Self {
+        Self {
+            slot: usize::MAX,
+            index: 0,
+            run_pfn: 0,
+            ctx: VcpuContext::default(),
+            vttbr: 0,
+            protected: false,
+            mte: false,
+            kick: 0,
+        }
+    }
 }
 
 /// Guest exits end the run; everything else goes back into the guest.
@@ -276,6 +362,22 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// vCPU counts as running: VCPU_RUN of it is -EBUSY and VM_DESTROY of
     /// its VM -EBUSY, so its tables stay in place.
     pub fn vcpu_run_begin(&mut self, handle: u64, vcpu: u64) -> Result<Result<Run, u64>, Errno> {
+        let mut run = Run::idle();
+        Ok(self
+            .vcpu_run_begin_in(handle, vcpu, &mut run)?
+            .map(|()| run))
+    }
+
+    /// [`Self::vcpu_run_begin`] into `run`, which the caller keeps in place:
+    /// the vCPU's context (over 1 KiB) is copied once, here, and once back
+    /// by [`Self::vcpu_run_end`]. `run` is left as it was unless this
+    /// answers `Ok(Ok(()))`.
+    pub fn vcpu_run_begin_in(
+        &mut self,
+        handle: u64,
+        vcpu: u64,
+        run: &mut Run,
+    ) -> Result<Result<(), u64>, Errno> {
         let slot = self.vm_slot(handle)?;
         let i = usize::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
         let vm = self.vm(slot)?;
@@ -293,7 +395,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         if vm.dead {
             return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Fatal)));
         }
-        let mut ctx = c.ctx;
+        run.ctx = c.ctx;
+        let ctx = &mut run.ctx;
         if !c.started {
             // Only a vCPU that is powered and has never run takes its entry
             // from the host: a protected VM's secondary waits, powered off,
@@ -307,11 +410,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             if vm.protected && !Self::guest_owns(&vm.s2, entry) {
                 return Err(Errno::EPERM);
             }
-            ctx = VcpuContext::default();
+            *ctx = VcpuContext::default();
             ctx.pc = entry;
             ctx.x[0] = x0;
         } else {
-            self.complete_pending(slot, i, &mut ctx);
+            self.complete_pending(slot, i, ctx);
         }
         if let Some(intid) = irq {
             // Decoded above, so within range; the request is taken.
@@ -323,22 +426,20 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let c = &mut vm.vcpus[i];
         c.started = true;
         c.pending = Pending::None;
-        take_sgis(c, &mut ctx);
+        take_sgis(c, ctx);
         if !c.powered {
-            c.ctx = ctx;
+            c.ctx = *ctx;
             return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Wfi)));
         }
         c.running = true;
-        Ok(Ok(Run {
-            slot,
-            index: i,
-            run_pfn,
-            ctx,
-            vttbr: root | (u64::from(vmid) << 48),
-            protected,
-            mte,
-            kick: 0,
-        }))
+        run.slot = slot;
+        run.index = i;
+        run.run_pfn = run_pfn;
+        run.vttbr = root | (u64::from(vmid) << 48);
+        run.protected = protected;
+        run.mte = mte;
+        run.kick = 0;
+        Ok(Ok(()))
     }
 
     /// A VCPU_RUN that enters no guest: `reason` in the run page, and the
@@ -668,11 +769,10 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
 
     /// A guest HVC: answer it here (ABI.md section 2) or forward it.
     fn guest_call(&mut self, slot: usize, i: usize, run_pfn: u64, ctx: &mut VcpuContext) -> Next {
-        let id = ctx.x[0];
-        if is_host_call_range(id) {
-            ctx.x[0] = SMCCC_NOT_SUPPORTED;
+        if answer_guest_call(ctx) {
             return Next::Continue;
         }
+        let id = ctx.x[0];
         let Some(call) = GuestCallId::from_id(id) else {
             // Not ours: the host handles it (ABI.md 2, HVC exit).
             for k in 0..7 {
@@ -692,31 +792,15 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         };
         let arg = [ctx.x[0], ctx.x[1] & w, ctx.x[2] & w, ctx.x[3] & w];
         match call {
-            GuestCallId::SmcccVersion => ctx.x[0] = SMCCC_VERSION_1_1,
-            GuestCallId::SmcccArchFeatures => {
-                let known = matches!(
-                    GuestCallId::from_id(arg[1]),
-                    Some(GuestCallId::SmcccVersion | GuestCallId::SmcccArchFeatures)
-                );
-                ctx.x[0] = if known { 0 } else { SMCCC_NOT_SUPPORTED };
-            }
-            GuestCallId::VendorHypCallUid => {
-                for (k, w) in KVM_UID.iter().enumerate() {
-                    ctx.x[k] = u64::from(*w);
-                }
-            }
-            GuestCallId::VendorHypKvmFeatures => {
-                ctx.x[0] = KVM_FEATURES_BITMAP;
-                ctx.x[1..4].fill(0);
-            }
-            GuestCallId::HypMeminfo => {
-                if args_zero(1) {
-                    ctx.x[0] = 4096;
-                    ctx.x[1..4].fill(0);
-                } else {
-                    ctx.x[0] = SMCCC_INVALID_PARAMETER;
-                }
-            }
+            // Answered by `answer_guest_call` above.
+            GuestCallId::SmcccVersion
+            | GuestCallId::SmcccArchFeatures
+            | GuestCallId::VendorHypCallUid
+            | GuestCallId::VendorHypKvmFeatures
+            | GuestCallId::HypMeminfo
+            | GuestCallId::PsciVersion
+            | GuestCallId::PsciFeatures
+            | GuestCallId::PsciMigrateInfoType => {}
             GuestCallId::MemShare | GuestCallId::MemUnshare | GuestCallId::MmioGuard => {
                 let ipa = ctx.x[1];
                 ctx.x[0] = if ipa & 0xfff != 0 || ipa >= IPA_LIMIT || !args_zero(2) {
@@ -734,22 +818,6 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                     }
                 };
             }
-            GuestCallId::PsciVersion => ctx.x[0] = PSCI_VERSION_1_1,
-            GuestCallId::PsciFeatures => {
-                // PSCI 1.1: PSCI_FEATURES also reports SMCCC_VERSION, which
-                // is how Linux discovers SMCCC 1.1 (and with it the
-                // vendor hypervisor services).
-                let is_psci = matches!(
-                    GuestCallId::from_id(arg[1]),
-                    Some(c) if c.is_psci() || c == GuestCallId::SmcccVersion
-                );
-                ctx.x[0] = if is_psci {
-                    psci::SUCCESS
-                } else {
-                    psci::NOT_SUPPORTED
-                };
-            }
-            GuestCallId::PsciMigrateInfoType => ctx.x[0] = 2,
             GuestCallId::PsciCpuSuspend => {
                 ctx.x[0] = psci::SUCCESS;
                 return Next::Exit(ExitReason::Wfi);

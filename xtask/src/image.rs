@@ -183,6 +183,11 @@ fn run_real_on(
         // (for `irq`: time slices and timer deadlines in instructions).
         extra.extend(["-icount", "shift=0,sleep=off", "-seed", "1"].map(String::from));
     }
+    // For profiling: e.g. `-d in_asm,exec,nochain -dfilter 0x40000000+0x4000000
+    // -D /tmp/exec-%d.log` counts what EL2 executes (README, Costs).
+    if let Ok(more) = std::env::var("XTASK_QEMU_EXTRA") {
+        extra.extend(more.split_whitespace().map(String::from));
+    }
     let run = QemuRun {
         cpu: model.to_string(),
         mte: mte_supported(model),
@@ -502,8 +507,12 @@ pub fn real_image_bench() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("==> bench (real image, -cpu max,pauth-impdef=on -icount shift=0)");
-    let with = match run_real(&images, "max", &[], Mode::Bench, false) {
+    // `XTASK_BENCH_CPU` picks another CPU model (issue 12 asks for
+    // cortex-a57 as well as max).
+    let model = std::env::var("XTASK_BENCH_CPU").unwrap_or_else(|_| "max".into());
+    let model = model.as_str();
+    println!("==> bench (real image, -cpu {model} -icount shift=0)");
+    let with = match run_real(&images, model, &[], Mode::Bench, false) {
         Ok(r) => {
             for l in r.lines.iter().filter(|l| !is_boot_chatter(l)) {
                 println!("{l}");
@@ -521,7 +530,7 @@ pub fn real_image_bench() -> ExitCode {
     // The same bench on the machine without the SMMU: the difference is
     // what keeping the DMA view in step costs.
     println!("==> bench (real image, the same machine without the SMMU)");
-    let without = match run_real_on(&images, "max", &[], Mode::Bench, false, false) {
+    let without = match run_real_on(&images, model, &[], Mode::Bench, false, false) {
         Ok(r) if r.status == Some(0) => r,
         Ok(_) => return ExitCode::from(1),
         Err(e) => {

@@ -119,11 +119,14 @@ fn steps(total: &mut Counts) -> Result<(), String> {
         )?;
     }
     step("test", cargo(&["test", "--workspace", "--release"]))?;
-    header("fuzz (every target from its corpus)");
-    crate::fuzz::fuzz(&crate::fuzz::TARGETS, crate::fuzz::SMOKE_SECONDS).map_err(|e| {
-        eprintln!("xtask: {e}");
-        String::from("fuzz")
-    })?;
+    let fuzz_step = "fuzz (every target from its corpus)";
+    if selected(fuzz_step) {
+        header(fuzz_step);
+        crate::fuzz::fuzz(&crate::fuzz::TARGETS, crate::fuzz::SMOKE_SECONDS).map_err(|e| {
+            eprintln!("xtask: {e}");
+            String::from("fuzz")
+        })?;
+    }
 
     let files = scenario_files()?;
     if files.is_empty() {

@@ -8,7 +8,8 @@
 //!   EL2 tables ([`BOOT_PARAMS`]), call `rust_secondary_main`.
 //! - `el2_vectors`: a synchronous exception from EL1 first goes through a
 //!   fast path that answers host HVCs outside the host-call range with
-//!   NOT_SUPPORTED (x0 only) without leaving the vector; everything else saves x0..x30
+//!   NOT_SUPPORTED (x0 only), and HYP_VERSION and HYP_FEATURES, without
+//!   saving registers or taking a lock; everything else saves x0..x30
 //!   in a [`Frame`] on the CPU's EL2 stack and calls `handle_lower_sync`.
 
 use core::arch::global_asm;
@@ -35,6 +36,11 @@ pub static mut STACKS: Stacks = Stacks([[0; STACK_SLOT]; MAX_CPUS]);
 /// any secondary starts (they read it with the MMU off).
 #[no_mangle]
 pub static BOOT_PARAMS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+
+/// HYP_FEATURES x2 (the core's `feature_bits`), for the vector's answer;
+/// written once at boot, before the host runs.
+#[no_mangle]
+pub static HYP_FEATURE_BITS: AtomicU64 = AtomicU64::new(0);
 
 /// General-purpose registers saved at a trap from EL1.
 #[repr(C)]
@@ -140,6 +146,8 @@ el2_vectors:
     mov     x5, #0x0100
     movk    x5, #0xc600, lsl #16
     sub     x5, x0, x5
+    cmp     x5, #2              // HYP_VERSION, HYP_FEATURES: answered here
+    b.lo    host_info_call
     cmp     x5, #0x40           // host-call table range: full dispatch
     b.lo    4f
     mov     x0, #-1             // NOT_SUPPORTED: x0 only changes (SMCCC)
@@ -163,6 +171,35 @@ el2_vectors:
     b       el2_unexpected
     .balign 0x80
     b       el2_unexpected
+
+// HYP_VERSION (x5 = 0) or HYP_FEATURES (x5 = 1), the caller's x5 and x6
+// at [sp]. Answered as the core would (hypervisor.rs `host_call`): every
+// argument register x1..x6 zero, else the full dispatch answers -EINVAL;
+// x0..x3 written (x0..x4 for HYP_FEATURES), nothing else. The answers are
+// constants of the image, or read once at boot (HYP_FEATURE_BITS), so no
+// lock and no saved frame are needed.
+host_info_call:
+    orr     x6, x1, x2
+    orr     x6, x6, x3
+    orr     x6, x6, x4
+    cbnz    x6, 4b
+    ldp     x1, x2, [sp]        // the caller's x5, x6
+    orr     x6, x1, x2
+    cbnz    x6, 6f
+    mov     x0, xzr             // x1 is zero already
+    cbnz    x5, 7f
+    mov     x2, #{version}
+    ldp     x5, x6, [sp], #16
+    eret
+7:  adrp    x2, HYP_FEATURE_BITS
+    ldr     x2, [x2, :lo12:HYP_FEATURE_BITS]
+    mov     x3, #{max_vms}
+    mov     x4, #{max_vcpus}
+    ldp     x5, x6, [sp], #16
+    eret
+6:  mov     x1, xzr             // x1, x2 were zero: put them back
+    mov     x2, xzr
+    b       4b
 
 el1_sync_slow:
     sub     sp, sp, #256
@@ -242,6 +279,9 @@ eret_to_host:
     eret
 "#,
     slot = const STACK_SLOT,
+    version = const hyp::HYP_VERSION,
+    max_vms = const hyp::MAX_VMS,
+    max_vcpus = const hyp::MAX_VCPUS,
 );
 
 extern "C" {

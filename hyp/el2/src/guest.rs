@@ -349,6 +349,12 @@ pub struct Loaded {
     kind: VmKind,
     /// The MTE registers are switched (MTE2 and an MTE VM).
     mte: bool,
+    /// FP/SIMD holds the guest's registers (switched at its first FP trap).
+    fp_guest: bool,
+    /// The PAC keys are the guest's (switched at its first PAC trap).
+    pauth_guest: bool,
+    /// HCR_EL2 while the guest runs (API and APK set once its keys are in).
+    hcr: u64,
 }
 
 impl Loaded {
@@ -370,16 +376,21 @@ impl Loaded {
                 mte: false,
             },
             mte: false,
+            fp_guest: false,
+            pauth_guest: false,
+            hcr: 0,
         }
     }
 }
 
 /// HCR_EL2 for a guest: VM, SWIO, FMO, IMO, AMO, TWI, TID3 (ID registers
 /// are emulated), TSC, TACR (ACTLR_EL1 is not switched), RW, TLOR and TERR (LORegions and RAS error records
-/// trap), APK/API (the keys are switched), FWB as the host, ATA only for an
-/// MTE VM. EnSCXT stays clear, so SCXTNUM_ELx trap.
+/// trap), FWB as the host, ATA only for an MTE VM. EnSCXT stays clear, so
+/// SCXTNUM_ELx trap. APK/API start clear: the guest's first use of a PAC
+/// instruction or key register traps, and the keys are switched then
+/// ([`HCR_PAUTH`]).
 fn guest_hcr(host_hcr: u64, mte: bool) -> u64 {
-    (host_hcr & ((1 << 46) | (1 << 40) | (1 << 41)))
+    (host_hcr & (1 << 46))
         | (u64::from(mte) << 56)
         | (1 << 0)
         | (1 << 1)
@@ -395,9 +406,15 @@ fn guest_hcr(host_hcr: u64, mte: bool) -> u64 {
         | (1 << 36)
 }
 
+/// HCR_EL2.APK and API: PAC key registers and instructions not trapped.
+const HCR_PAUTH: u64 = (1 << 40) | (1 << 41);
+
 /// CPTR_EL2 for a guest: FP/SIMD its own (switched), SVE (TZ), SME (TSM)
 /// and the activity monitors (TAM) trapped: their state is not switched.
 const CPTR_GUEST: u64 = 0x22ff | (1 << 8) | (1 << 12) | (1 << 30);
+/// CPTR_EL2.TFP: FP/SIMD trapped until the guest first uses it; the host's
+/// registers stay in place (unreadable by the guest) until then.
+const CPTR_TFP: u64 = 1 << 10;
 
 /// Save the host's EL1 state and load the vCPU's (EL1 registers, PAC keys,
 /// MTE registers for an MTE VM, FP/SIMD, the virtual CPU interface, the
@@ -435,24 +452,26 @@ pub fn load(
     // after the guest has used ELR_EL2/SPSR_EL2.
     saved.elr = sysreg::elr_el2();
     saved.spsr = sysreg::spsr_el2();
-    save_el1(&mut saved.sys, f.pauth, l.mte);
+    save_el1(&mut saved.sys, false, l.mte);
+    l.fp_guest = false;
+    l.pauth_guest = false;
     let hcr = guest_hcr(host.hcr, l.mte);
+    l.hcr = hcr;
     // SAFETY: the world switch in. Every EL1 register the guest can change
     // is saved above and restored by `unload`, or trapped by the HCR_EL2,
     // CPTR_EL2, MDCR_EL2, HCRX_EL2 and fine-grained trap values set here;
     // the guest will run under its own stage-2 (its VMID and tables) with
     // physical interrupts, WFI and SMC trapped to EL2, and come back through
-    // `guest_vectors` to `__guest_run`'s caller. FP state is swapped with
-    // the host's.
+    // `guest_vectors` to `__guest_run`'s caller. FP/SIMD and the PAC keys
+    // stay the host's, trapped (CPTR_EL2.TFP, HCR_EL2.API/APK clear), until
+    // the guest first uses them (`switch_lazy`).
     l.gic = unsafe {
         if kind.protected && f.pmu {
             // The host's counters do not count a protected guest.
             saved.pmcnten = sysreg::pmcntenset_el0();
             sysreg::set_pmcntenclr_el0(saved.pmcnten);
         }
-        __fp_save(saved.fp.as_mut_ptr());
-        __fp_load(ctx.fp.as_ptr());
-        load_el1(&ctx.sys, f.pauth, l.mte);
+        load_el1(&ctx.sys, false, l.mte);
         sysreg::set_cntvoff_el2(0);
         // The guest reads the counter but may not program the physical
         // timer (the host's): EL1PCEN clear traps it.
@@ -460,7 +479,7 @@ pub fn load(
         // PMU and debug registers are the host's and not switched: trap the
         // guest's accesses to them (TPMCR, TPM, TDA, TDOSA, TDRA).
         sysreg::set_mdcr_el2(saved.mdcr | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 11));
-        sysreg::set_cptr_el2(CPTR_GUEST);
+        sysreg::set_cptr_el2(CPTR_GUEST | CPTR_TFP);
         if f.hcx && f.hcrx_guest() != f.hcrx_host() {
             sysreg::set_hcrx_el2(f.hcrx_guest());
         }
@@ -483,7 +502,7 @@ pub fn enter(l: &mut Loaded, ctx: &mut VcpuContext) -> Trap {
     let mut irq = Trap::Irq;
     // SAFETY: the guest's state is loaded (`load`); its general registers
     // and exception return state come from `ctx` and go back there.
-    let (kind, serror) = unsafe {
+    let kind = unsafe {
         sysreg::set_elr_el2(ctx.pc);
         sysreg::set_spsr_el2(ctx.sys[SYS_SPSR]);
         sysreg::isb();
@@ -493,19 +512,26 @@ pub fn enter(l: &mut Loaded, ctx: &mut VcpuContext) -> Trap {
         }
         ctx.pc = sysreg::elr_el2();
         ctx.sys[SYS_SPSR] = sysreg::spsr_el2();
-        // An SError the guest caused may still be pending: open a window
-        // for it here, at EL2, where it is the guest's, before anything of
-        // the host's is loaded back (ELR/SPSR are saved above).
-        (kind, __serror_window() != 0)
+        kind
     };
-    if serror {
-        return Trap::Fatal;
-    }
     match kind {
         0 => decode_sync(l, ctx),
         1 => irq,
         _ => Trap::Fatal,
     }
+}
+
+/// Before [`unload`]: whether the guest left an SError behind. One the
+/// guest caused may still be pending after its exit; EL2 runs with SErrors
+/// masked, so it stays pending while EL2 handles traps and goes back into
+/// the guest (which then exits with it: FATAL). Only before anything of the
+/// host's is loaded back must it be taken, here at EL2 where it is the
+/// guest's, so this window opens once per exit to the host, not per trap.
+pub fn serror_pending() -> bool {
+    // SAFETY: the window only unmasks SErrors for two instructions; the
+    // vector `el2_serror` records one for this CPU and returns. ELR_EL2 and
+    // SPSR_EL2 of the guest were saved by `enter`.
+    unsafe { __serror_window() != 0 }
 }
 
 /// Between a trap EL2 handled and the next [`enter`]: interrupts injected
@@ -525,13 +551,16 @@ pub fn unload(l: &mut Loaded, ctx: &mut VcpuContext) {
     unsafe {
         let init = ctx.sys[SYS_INIT];
         let spsr = ctx.sys[SYS_SPSR];
-        save_el1(&mut ctx.sys, f.pauth, l.mte);
+        save_el1(&mut ctx.sys, l.pauth_guest, l.mte);
         ctx.sys[SYS_INIT] = init;
         ctx.sys[SYS_SPSR] = spsr;
         gic::exit(ctx, &l.gic);
-        __fp_save(ctx.fp.as_mut_ptr());
-        __fp_load(saved.fp.as_ptr());
-        load_el1(&saved.sys, f.pauth, l.mte);
+        if l.fp_guest {
+            // CPTR_EL2.TFP is clear since the switch.
+            __fp_save(ctx.fp.as_mut_ptr());
+            __fp_load(saved.fp.as_ptr());
+        }
+        load_el1(&saved.sys, l.pauth_guest, l.mte);
         sysreg::set_cntvoff_el2(saved.cntvoff);
         sysreg::set_cnthctl_el2(3);
         sysreg::set_mdcr_el2(saved.mdcr);
@@ -591,9 +620,76 @@ fn id_register(crm: u64, op2: u64, mte: bool) -> u64 {
     hyp::idregs::guest_view((crm as u8, op2 as u8), hw, mte)
 }
 
+/// The guest's first FP/SIMD access or PAC use since [`load`]: save the
+/// host's registers of that kind and load the guest's, stop trapping them,
+/// and let the guest execute the instruction again. `false` if the trap is
+/// not one of those (or the CPU has no PAC: the guest gets what the trap
+/// means otherwise).
+fn switch_lazy(l: &mut Loaded, ctx: &VcpuContext, esr: u64) -> bool {
+    let Some(host) = HOST_REGS.get() else {
+        return false;
+    };
+    match esr >> 26 {
+        ec::FP if !l.fp_guest => {
+            // SAFETY: FP/SIMD is untrapped for EL2 first (it traps EL2 too);
+            // the host's registers go to `l`, to be put back by `unload`,
+            // and the guest's come from its context: from here on the
+            // guest sees only its own.
+            unsafe {
+                sysreg::set_cptr_el2(CPTR_GUEST);
+                sysreg::isb();
+                __fp_save(l.host.fp.as_mut_ptr());
+                __fp_load(ctx.fp.as_ptr());
+            }
+            l.fp_guest = true;
+            true
+        }
+        ec::PAC | ec::SYSREG if host.features.pauth && !l.pauth_guest => {
+            if esr >> 26 == ec::SYSREG && !is_pauth_key(esr) {
+                return false;
+            }
+            macro_rules! swap {
+                ($i:expr, $r:literal) => {
+                    // SAFETY: the host's key goes to `l` (put back by
+                    // `unload`) before the guest's is loaded; EL2 does not
+                    // use the EL1 keys.
+                    unsafe {
+                        asm!(concat!("mrs {}, ", $r), out(reg) l.host.sys[$i], options(nomem, nostack, preserves_flags));
+                        asm!(concat!("msr ", $r, ", {}"), in(reg) ctx.sys[$i], options(nomem, nostack, preserves_flags));
+                    }
+                };
+            }
+            pauth_regs!(swap);
+            l.pauth_guest = true;
+            l.hcr |= HCR_PAUTH;
+            // SAFETY: the guest's keys are loaded: its PAC instructions and
+            // key registers no longer need to trap.
+            unsafe { sysreg::set_hcr_el2(l.hcr) };
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Whether a trapped system-register access (EC 0x18) is to a PAC key
+/// register (Op0 3, Op1 0, CRn 2, CRm 1..=3).
+fn is_pauth_key(esr: u64) -> bool {
+    let iss = esr & 0x1ff_ffff;
+    let (op0, op1, crn, crm) = (
+        (iss >> 20) & 3,
+        (iss >> 14) & 7,
+        (iss >> 10) & 0xf,
+        (iss >> 1) & 0xf,
+    );
+    (op0, op1, crn) == (3, 0, 2) && (1..=3).contains(&crm)
+}
+
 /// What a synchronous trap from the guest means.
-fn decode_sync(l: &Loaded, ctx: &mut VcpuContext) -> Trap {
+fn decode_sync(l: &mut Loaded, ctx: &mut VcpuContext) -> Trap {
     let esr = sysreg::esr_el2();
+    if switch_lazy(l, ctx, esr) {
+        return Trap::Resume;
+    }
     match esr >> 26 {
         ec::HVC64 => Trap::Hvc,
         ec::SMC64 => {

@@ -14,6 +14,7 @@ mod gic;
 mod guest;
 mod hwmem;
 mod lpi;
+mod mem;
 mod mmu;
 mod percpu;
 mod smmu;
@@ -248,6 +249,7 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
         cptr,
         features,
     });
+    entry::HYP_FEATURE_BITS.store(hv.feature_bits(), core::sync::atomic::Ordering::Relaxed);
     *CORE.lock() = Some(hv);
     // The boot's length, counted from the machine's reset (under QEMU's
     // `-icount shift=0`, nanoseconds are instructions): what a host's

@@ -100,6 +100,10 @@ pub mod ec {
     pub const HVC64: u64 = 0x16;
     /// SMC from AArch64 (trapped by HCR_EL2.TSC).
     pub const SMC64: u64 = 0x17;
+    /// FP/SIMD access trapped by CPTR_EL2.TFP.
+    pub const FP: u64 = 0x07;
+    /// Pointer authentication instruction trapped by HCR_EL2.API.
+    pub const PAC: u64 = 0x09;
     /// MSR/MRS/system instruction from AArch64.
     pub const SYSREG: u64 = 0x18;
     /// Instruction abort from a lower EL.

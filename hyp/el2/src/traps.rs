@@ -6,6 +6,8 @@
 use host_interface::{psci, ExitReason, HostCall, HostCallId, HostResult};
 use hyp::{Access, NoExecutor, MAX_TRAPS_PER_RUN};
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use crate::gic;
 use crate::guest;
 use smccc::smc64;
@@ -45,16 +47,31 @@ fn host_hvc(frame: &mut Frame) {
     }
     // A well-formed VCPU_RUN never gets here (`vcpu_run` runs it without the
     // lock); the core answers a malformed one without entering a guest.
-    let r = match CORE.lock().as_mut() {
-        Some(hv) => hv.host_call(&regs, &mut NoExecutor),
-        None => HostResult::not_supported(),
+    let (r, dma_updates) = match CORE.lock().as_mut() {
+        Some(hv) => (
+            hv.host_call(&regs, &mut NoExecutor),
+            hv.dma_view().map_or(0, |v| v.updates()),
+        ),
+        None => (HostResult::not_supported(), 0),
     };
     // SMCCC 1.1: x0..x3 (x4 for the calls that name it), nothing else.
     r.write_back(regs[0], &mut frame.x);
-    // SMMU faults are reported on the host's next hypercall (the event
-    // queue's interrupt is not wired to EL2).
-    crate::smmu::poll_events();
+    // SMMU faults are reported from the event queue (its interrupt is not
+    // wired to EL2). Draining it is reporting only, the DMA view alone
+    // isolates, so it is done where a report can be new: after a call that
+    // changed the view, on PAGE_QUERY (a host waiting for a report asks
+    // that), and on every 64th call otherwise.
+    let changed = DMA_UPDATES_SEEN.swap(dma_updates, Ordering::Relaxed) != dma_updates;
+    let nth = CALLS.fetch_add(1, Ordering::Relaxed).is_multiple_of(64);
+    if changed || nth || regs[0] == u64::from(HostCallId::PageQuery.id()) {
+        crate::smmu::poll_events();
+    }
 }
+
+/// The DMA view's update count at the last host call (see `host_hvc`).
+static DMA_UPDATES_SEEN: AtomicU64 = AtomicU64::new(0);
+/// Host calls through the full dispatch, for the periodic drain.
+static CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// VCPU_RUN with the guest running outside the core's lock: the lock is
 /// held only to start the run and to handle each trap, so other CPUs'
@@ -62,6 +79,9 @@ fn host_hvc(frame: &mut Frame) {
 /// stop them. `None` if the registers are not a well-formed VCPU_RUN (the
 /// core then answers as for any other call).
 fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
+    // The run stays here, on this CPU's stack, from begin to end: its
+    // context is copied in and out once.
+    let mut run = hyp::Run::idle();
     let (vcpu, begun) = {
         let mut core = CORE.lock();
         let hv = core.as_mut()?;
@@ -69,13 +89,13 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
         else {
             return None;
         };
-        (vcpu, hv.vcpu_run_begin(handle, vcpu))
+        (vcpu, hv.vcpu_run_begin_in(handle, vcpu, &mut run))
     };
-    let mut run = match begun {
+    match begun {
         Err(e) => return Some(HostResult::err(e).regs),
         Ok(Err(reason)) => return Some(HostResult::ok(reason, 0, 0).regs),
-        Ok(Ok(run)) => run,
-    };
+        Ok(Ok(())) => {}
+    }
     let slice_end = gic::slice_end();
     // The guest stays loaded while EL2 handles its traps; only an exit to
     // the host switches back.
@@ -92,15 +112,36 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
     let mut exit = ExitReason::Interrupted;
     for _ in 0..MAX_TRAPS_PER_RUN {
         let trap = guest::enter(&mut loaded, &mut run.ctx);
-        let step = match CORE.lock().as_mut() {
-            Some(hv) => hv.vcpu_run_step(&mut run, trap),
-            None => Some(ExitReason::Fatal),
+        // Traps that need nothing of the VM's or anyone else's state are
+        // handled without the core's lock (SGIs other vCPUs sent meanwhile
+        // come in at the next locked step or the next VCPU_RUN: the sender's
+        // run ends with the target in `kick_vcpus`).
+        let local = match trap {
+            hyp::Trap::Resume => true,
+            hyp::Trap::Hvc => hyp::answer_guest_call(&mut run.ctx),
+            _ => false,
+        };
+        let step = if local {
+            None
+        } else {
+            match CORE.lock().as_mut() {
+                Some(hv) => hv.vcpu_run_step(&mut run, trap),
+                None => Some(ExitReason::Fatal),
+            }
         };
         if let Some(reason) = step {
             exit = reason;
             break;
         }
         guest::resync(&mut loaded, &mut run.ctx);
+    }
+    if guest::serror_pending() && exit != ExitReason::Fatal {
+        // The guest's SError ends it as a fatal trap would have.
+        exit = match CORE.lock().as_mut() {
+            Some(hv) => hv.vcpu_run_step(&mut run, hyp::Trap::Fatal),
+            None => None,
+        }
+        .unwrap_or(ExitReason::Fatal);
     }
     guest::unload(&mut loaded, &mut run.ctx);
     let mut core = CORE.lock();

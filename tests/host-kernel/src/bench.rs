@@ -401,8 +401,51 @@ fn guest_benches(pool: &mut RamPool) -> Result<[u64; 3], String> {
     Ok([hvc, run, fault])
 }
 
+/// Guest SMCCC_VERSION calls CPU 1's guest makes while CPU 0 measures
+/// (about 150 instructions each: far longer than CPU 0's loop).
+const LOAD_CALLS: u64 = 200_000;
+/// Counter ticks CPU 0 waits for CPU 1's guest to be running.
+const LOAD_SETTLE: u64 = 500_000;
+
+/// SHARE_HYP + UNSHARE_HYP of `page` on CPU 0 (instructions per pair), with
+/// CPU 1 idle (spinning in the test host) and then with CPU 1 running a
+/// guest that traps to EL2 in a loop (its timed SMCCC_VERSION calls, each
+/// handled at EL2 and answered without an exit to the host). Under
+/// `-icount` the CPUs take turns, so both figures include CPU 1's share of
+/// the virtual clock; their ratio is what the guest's traps cost CPU 0 (a
+/// lock they shared would show up here).
+fn share_unshare_under_guest_load(
+    pool: &mut RamPool,
+    page: u64,
+    cpu1: u64,
+    psci_hvc: bool,
+) -> Result<(u64, u64), String> {
+    crate::guest_smp::start_cpu1(cpu1, psci_hvc)?;
+    let idle = share_unshare(page, 1, N);
+    let mut vm = TestVm::create(pool, false)?;
+    vm.boot()?;
+    vm.post(test_guest::op::TIMED_HVC, 0, LOAD_CALLS)?;
+    let seq = crate::guest_smp::cpu1_run(vm.handle, vm.vcpu);
+    let t0 = arch::cntvct();
+    while arch::cntvct().wrapping_sub(t0) < LOAD_SETTLE {
+        core::hint::spin_loop();
+    }
+    let loaded = share_unshare(page, 1, N);
+    let r = crate::guest_smp::cpu1_answer(seq)?;
+    let last = vm.done(r);
+    if vm.hvc_arg(2) != SMCCC_VERSION_1_1 {
+        return Err(format!(
+            "CPU 1's guest answered {last:?}, SMCCC_VERSION {:#x}",
+            vm.hvc_arg(2)
+        ));
+    }
+    Ok((idle, loaded))
+}
+
 /// Run every measurement and print one line each, then `bench: done`.
-pub fn run(pool: &mut RamPool) {
+/// `cpu1` (MPIDR) is the second CPU, for the measurement under a guest's
+/// load; `psci_hvc` says how to start it.
+pub fn run(pool: &mut RamPool, cpu1: Option<u64>, psci_hvc: bool) {
     // First, while nothing has touched them: 2 MiB-aligned regions from the
     // top of free RAM (the lowest addresses hold the image, the device tree
     // and the initrd).
@@ -435,5 +478,17 @@ pub fn run(pool: &mut RamPool) {
     println!("bench: guest HVC handled at EL2 (SMCCC_VERSION) round trip: {hvc} instructions");
     println!("bench: VCPU_RUN round trip (guest exit to the host and back): {run} instructions");
     println!("bench: guest stage-2 fault served by GUEST_DONATE: {fault} instructions");
+    match cpu1 {
+        Some(mpidr) => {
+            let (idle, loaded) = share_unshare_under_guest_load(pool, page, mpidr, psci_hvc)
+                .unwrap_or_else(|e| panic!("bench under load: {e}"));
+            println!(
+                "bench: SHARE_HYP+UNSHARE_HYP, 1 page, CPU 1 idle: {idle} instructions; CPU 1 running a guest trapping to EL2: {loaded} instructions ({}.{:02}x)",
+                loaded / idle.max(1),
+                loaded * 100 / idle.max(1) % 100
+            );
+        }
+        None => println!("bench: SHARE_HYP+UNSHARE_HYP under a guest's load: skipped (one CPU)"),
+    }
     println!("bench: done");
 }

@@ -8,8 +8,8 @@
 //! and enables it as a bus master. A DMA the SMMU blocks hands the device
 //! zeros (read) or is dropped (write); so "blocked" is checked on the data,
 //! and on the SMMU's fault report: around each DMA the host prints
-//! `dma: expect fault: WHAT` or `dma: expect no fault: WHAT`, makes a host
-//! call (on which the hypervisor drains the SMMU's event queue, printing
+//! `dma: expect fault: WHAT` or `dma: expect no fault: WHAT`, makes a
+//! PAGE_QUERY (on which the hypervisor drains the SMMU's event queue, printing
 //! one `hyp: SMMU fault:` line per fault) and prints `dma: end`. The xtask
 //! step checks the fault lines between each pair.
 
@@ -55,8 +55,8 @@ fn attempt(edu: &Edu, what: &str, pa: u64, to_ram: bool, fault: bool) -> Result<
         if fault { "" } else { "no " }
     );
     let r = edu.page(pa, to_ram);
-    // Any host call lets the hypervisor drain the SMMU's events.
-    let _ = call(C::HypVersion, &[]);
+    // PAGE_QUERY has the hypervisor drain the SMMU's events.
+    let _ = call(C::PageQuery, &[0]);
     println!("dma: end");
     r
 }

@@ -112,8 +112,9 @@ pub fn start_cpu1(mpidr: u64, psci_hvc: bool) -> Result<(), String> {
     }
 }
 
-/// Ask CPU 1 to run vCPU `v` of `h`.
-fn cpu1_run(h: u64, v: u64) -> u64 {
+/// Ask CPU 1 to run vCPU `v` of `h` (until an answer other than
+/// INTERRUPTED or -EBUSY): the request's sequence number.
+pub fn cpu1_run(h: u64, v: u64) -> u64 {
     REQ_HANDLE.store(h, Ordering::Relaxed);
     REQ_VCPU.store(v, Ordering::Relaxed);
     let seq = REQ_SEQ.load(Ordering::Relaxed) + 1;
@@ -122,7 +123,7 @@ fn cpu1_run(h: u64, v: u64) -> u64 {
 }
 
 /// CPU 1's answer to request `seq`.
-fn cpu1_answer(seq: u64) -> Result<[u64; 5], String> {
+pub fn cpu1_answer(seq: u64) -> Result<[u64; 5], String> {
     if !wait(|| ANS_SEQ.load(Ordering::Acquire) == seq) {
         return Err("CPU 1's VCPU_RUN did not return".into());
     }

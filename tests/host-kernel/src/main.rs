@@ -198,7 +198,7 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
     excluded.extend(facts.reserved.iter());
     let free = machine::free_pages(facts.memory.iter(), &excluded);
     match blob.mode {
-        blob::Mode::Bench => run_bench(&blob, &free),
+        blob::Mode::Bench => run_bench(&blob, facts, &free),
         blob::Mode::Fuzz => run_fuzz(&blob, facts, &manifest, &free, pa_bits),
         blob::Mode::Irq => run_irq(&blob, dtb, facts.size, &free),
         blob::Mode::GuestFuzz => run_guest_fuzz(&blob, facts, &free),
@@ -229,14 +229,14 @@ fn run(dtb: u64, facts: &DtFacts, image: &mmu::ImageLayout) -> ! {
 }
 
 /// `bench` mode: the measurements, `bench: done`, power off.
-fn run_bench(blob: &blob::Blob, free: &[(u64, u64)]) -> ! {
+fn run_bench(blob: &blob::Blob, facts: &DtFacts, free: &[(u64, u64)]) -> ! {
     let mut pool = ram::RamPool::new(free);
     println!(
         "testhost: bench (cpu {}); {} free RAM pages",
         blob.cpu,
         pool.pages()
     );
-    bench::run(&mut pool);
+    bench::run(&mut pool, facts.cpus.get(1), facts.psci_hvc);
     println!("TESTHOST DONE 0");
     power_off()
 }
