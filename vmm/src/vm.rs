@@ -296,8 +296,9 @@ fn guest_memory(opts: &Options) -> Result<Memory, Error> {
         .checked_mul(1 << 20)
         .ok_or_else(|| Error("--mem is too large".into()))?;
     Memory::from_ranges(&[
-        (GuestAddress(RAM_BASE), ram as usize),
+        // Sorted by address, as vm-memory wants.
         (GuestAddress(PEN_BASE), 4096),
+        (GuestAddress(RAM_BASE), ram as usize),
     ])
     .map_err(|e| {
         Error(format!(
@@ -315,7 +316,15 @@ fn load_kernel(mem: &Memory, kernel: &mut File) -> Result<(u64, u64), Error> {
             "--kernel: not an arm64 Image that fits in guest memory: {e}"
         ))
     })?;
-    Ok((r.kernel_load.0, r.kernel_load.0 + r.kernel_end))
+    // kernel_end is where the file ends; the kernel also needs its BSS,
+    // up to the header's image_size (offset 16).
+    use std::os::unix::fs::FileExt;
+    let mut size = [0u8; 8];
+    kernel
+        .read_exact_at(&mut size, 16)
+        .map_err(|e| Error(format!("--kernel: {e}")))?;
+    let end = r.kernel_end.max(r.kernel_load.0 + u64::from_le_bytes(size));
+    Ok((r.kernel_load.0, end))
 }
 
 #[cfg(not(target_arch = "aarch64"))]

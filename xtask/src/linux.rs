@@ -100,9 +100,9 @@ deb [arch=amd64,arm64] http://deb.debian.org/debian trixie-backports main
 ";
 
 /// Where the host kernel is loaded (the manifest's `host-image`).
-const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
+pub(crate) const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
 /// A boot that takes longer than this has hung.
-const TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(600);
 /// The line `/init` ends with: `LINUXHOST DONE <status>`.
 const DONE: &str = "LINUXHOST DONE ";
 /// Console text that fails a boot whatever else it printed.
@@ -121,7 +121,7 @@ const BUSYBOX: &str = "busybox-static";
 const CROSS: &str = "aarch64-linux-gnu-";
 const CROSS_PACKAGE: &str = "gcc-aarch64-linux-gnu";
 
-fn linux_dir() -> PathBuf {
+pub(crate) fn linux_dir() -> PathBuf {
     workspace_root().join("target").join("linux")
 }
 
@@ -225,7 +225,7 @@ fn apt_update(source: Source, updated: &mut bool) -> Result<(), String> {
 
 /// Downloads what is not cached yet, unpacks everything into
 /// `target/linux/<abi>/root` (once), and returns that directory.
-fn fetch_and_unpack(k: &Kernel) -> Result<PathBuf, String> {
+pub(crate) fn fetch_and_unpack(k: &Kernel) -> Result<PathBuf, String> {
     let debs = linux_dir().join(match k.source {
         Source::Machine => "debs",
         Source::Trixie => "debs-trixie",
@@ -338,7 +338,7 @@ fn wrap_kbuild_tools(k: &Kernel, root: &Path) -> Result<(), String> {
 }
 
 /// Makes sure the aarch64 cross compiler (an amd64 package) is installed.
-fn ensure_cross_compiler() -> Result<(), String> {
+pub(crate) fn ensure_cross_compiler() -> Result<(), String> {
     let gcc = format!("{CROSS}gcc");
     if Command::new(&gcc).arg("--version").output().is_ok() {
         return Ok(());
@@ -381,7 +381,7 @@ fn sync_dir(from: &Path, to: &Path) -> Result<(), String> {
 }
 
 /// Builds `driver/` against the unpacked headers; returns the .ko.
-fn build_module(k: &Kernel, root: &Path) -> Result<PathBuf, String> {
+pub(crate) fn build_module(k: &Kernel, root: &Path) -> Result<PathBuf, String> {
     let headers = root
         .join("usr/src")
         .join(format!("linux-headers-{}-arm64", k.abi));
@@ -417,15 +417,15 @@ fn build_driver_test(k: &Kernel) -> Result<PathBuf, String> {
 }
 
 /// One entry of a newc ("070701") cpio archive.
-struct CpioEntry<'a> {
-    name: &'a str,
-    mode: u32,
-    rdev: (u32, u32),
-    data: &'a [u8],
+pub(crate) struct CpioEntry<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) mode: u32,
+    pub(crate) rdev: (u32, u32),
+    pub(crate) data: &'a [u8],
 }
 
 /// A newc cpio archive of `entries`, as the kernel unpacks an initramfs.
-fn cpio_newc(entries: &[CpioEntry]) -> Vec<u8> {
+pub(crate) fn cpio_newc(entries: &[CpioEntry]) -> Vec<u8> {
     fn pad4(out: &mut Vec<u8>) {
         while !out.len().is_multiple_of(4) {
             out.push(0);
@@ -471,10 +471,10 @@ fn cpio_newc(entries: &[CpioEntry]) -> Vec<u8> {
     out
 }
 
-const DIR: u32 = 0o040_755;
-const EXEC: u32 = 0o100_755;
-const FILE: u32 = 0o100_644;
-const CHAR_DEV: u32 = 0o020_600;
+pub(crate) const DIR: u32 = 0o040_755;
+pub(crate) const EXEC: u32 = 0o100_755;
+pub(crate) const FILE: u32 = 0o100_644;
+pub(crate) const CHAR_DEV: u32 = 0o020_600;
 
 /// The initramfs's `/init`: mount the pseudo file systems, load the
 /// driver, run its tests, report, power off through PSCI.
