@@ -116,6 +116,16 @@ if [ $status = 0 ]; then
     fi
 fi
 if [ $status = 0 ]; then
+    # Clear refusals: a missing file (1), a usage error (2).
+    /vmm --help >/dev/null || status=1
+    err=$(/vmm run --kernel /no/such/Image 2>&1)
+    e=$?
+    echo "LINUXHOST missing kernel: exit $e: $err"
+    [ $e = 1 ] && [ "${err#*No such file}" != "$err" ] || status=1
+    /vmm run --kernel /guest/Image --cpus 0 2>/dev/null
+    [ $? = 2 ] || status=1
+fi
+if [ $status = 0 ]; then
     /vmm run --kernel /guest/Image --initrd /guest/initramfs.cpio --cpus 2 --mem 64 >/dev/null 2>&1 &
     pid=$!
     sleep 2
