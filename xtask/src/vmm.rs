@@ -7,7 +7,7 @@
 //!
 //! A run passes when the host's `/init` reports status 0 (VMM exit 0, the
 //! guest's file in the disk, every page back with the driver after a VMM
-//! killed mid-run), the guest reported `GUEST DONE 0`, the machine powered
+//! killed at three points), the guest reported `GUEST DONE 0`, the machine powered
 //! off, and the console (host and guest) holds none of
 //! [`linux::BAD_MARKERS`].
 
@@ -84,8 +84,10 @@ poweroff -f
 "#;
 
 /// The host's `/init`: load the driver, run the VMM and check it ended
-/// with 0, find the guest's file in the disk image, then kill a second VMM
-/// mid-boot and check that the driver holds no page afterwards.
+/// with 0, find the guest's file in the disk image, check the VMM's
+/// refusals, then kill further VMMs at three points (setting up, early and
+/// later in the guest's boot) and check that the driver holds no page
+/// after each.
 const HOST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -125,11 +127,14 @@ if [ $status = 0 ]; then
     /vmm run --kernel /guest/Image --cpus 0 2>/dev/null
     [ $? = 2 ] || status=1
 fi
-if [ $status = 0 ]; then
+# Kill a VMM at several points: while it sets the VM up, early in the
+# guest's boot, later in it. Every page must come back each time.
+for delay in 0.1 0.5 2; do
+    [ $status = 0 ] || break
     /vmm run --kernel /guest/Image --initrd /guest/initramfs.cpio --cpus 2 --mem 64 >/dev/null 2>&1 &
     pid=$!
-    sleep 2
-    echo "LINUXHOST during a run: $(/vmm stats)"
+    sleep $delay
+    echo "LINUXHOST SIGKILL after ${delay}s: $(/vmm stats)"
     kill -9 $pid
     wait $pid
     # The driver tears the VM down as the last thread exits; allow it a moment.
@@ -140,7 +145,7 @@ if [ $status = 0 ]; then
     done
     echo "LINUXHOST after SIGKILL: $after"
     [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0" ] || status=1
-fi
+done
 echo "LINUXHOST DONE $status"
 poweroff -f
 "#;
