@@ -627,3 +627,77 @@ fn run_vcpu(i: usize, fd: &OwnedFd, page: &RunPagePtr, bus: &Bus) -> Result<Outc
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bus(vcpus: usize) -> Bus {
+        let mem = Memory::from_ranges(&[(GuestAddress(RAM_BASE), 0x10_0000)]).unwrap();
+        let gic = Arc::new(Gic::new(vcpus));
+        let injector = Arc::new(Injector {
+            vm: -1,
+            pages: Vec::new(),
+            queues: Mutex::new(vec![VecDeque::new(); vcpus]),
+            work: Condvar::new(),
+        });
+        let line = |spi| IrqLine {
+            intid: spi_intid(spi),
+            gic: gic.clone(),
+            injector: injector.clone(),
+        };
+        let console = MmioTransport::new(Box::new(Console::new(Box::new(io::sink())))).unwrap();
+        Bus {
+            mem,
+            gic: gic.clone(),
+            injector: injector.clone(),
+            uart: Mutex::new(Serial::new(line(UART_SPI), Stdout)),
+            virtio: vec![(Mutex::new(console), line(VIRTIO_SPI_BASE))],
+        }
+    }
+
+    #[test]
+    fn accesses_reach_the_device_at_their_address() {
+        let b = bus(2);
+        assert_eq!(b.access(GICD_BASE + 0xFFE8, 4, None), Ok(0x30));
+        // The second redistributor's TYPER names vCPU 1 and is the last.
+        assert_eq!(
+            b.access(GICR_BASE + 0x2_0008, 8, None),
+            Ok((1 << 32) | (1 << 8) | (1 << 4))
+        );
+        // The UART's line status: transmitter empty.
+        assert_eq!(b.access(UART_BASE + 5, 1, None).map(|v| v & 0x60), Ok(0x60));
+        assert_eq!(b.access(VIRTIO_BASE, 4, None), Ok(0x7472_6976));
+        assert_eq!(b.access(VIRTIO_BASE + 8, 4, None), Ok(3));
+        // One device only: the next window, and anything else, is an error.
+        assert!(b.access(VIRTIO_BASE + MMIO_SIZE, 4, None).is_err());
+        assert!(b.access(GICR_BASE + 2 * 0x2_0000, 4, None).is_err());
+        assert!(b
+            .access(0x1000, 4, Some(0))
+            .unwrap_err()
+            .0
+            .contains("write of 4 bytes at 0x1000"));
+    }
+
+    #[test]
+    fn enabled_spis_queue_for_their_vcpu_once() {
+        let b = bus(2);
+        let uart = spi_intid(UART_SPI);
+        b.access(GICD_BASE, 4, Some(0b10)).unwrap();
+        b.access(GICD_BASE + 0x6000 + 8 * u64::from(uart), 8, Some(1))
+            .unwrap();
+        b.access(
+            GICD_BASE + 0x100 + 4 * u64::from(uart / 32),
+            4,
+            Some(1 << (uart % 32)),
+        )
+        .unwrap();
+        // Enabling the UART's transmit interrupt raises its line at once
+        // (its holding register is empty); twice is still one edge queued.
+        b.access(UART_BASE + 1, 1, Some(0x2)).unwrap();
+        b.access(UART_BASE + 1, 1, Some(0x2)).unwrap();
+        let q = b.injector.queues.lock().unwrap();
+        assert!(q[0].is_empty());
+        assert_eq!(q[1], VecDeque::from([uart]));
+    }
+}
