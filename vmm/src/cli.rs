@@ -8,6 +8,11 @@ use crate::Error;
 /// console from the first line of boot), and a panic ends the VM.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlycon=uart8250,mmio,0x9000000 panic=-1";
 
+/// The default for a protected VM: no early console, since a protected
+/// guest's device accesses can be emulated only on pages it registered
+/// with MMIO_GUARD, which the early console's mapping precedes.
+pub const PROTECTED_CMDLINE: &str = "console=ttyS0 panic=-1";
+
 pub const HELP: &str = "\
 vmm: run a Linux guest on the pkvm-rs hypervisor, through /dev/pkvm-rs
 
@@ -24,8 +29,13 @@ Options of `run`:
   --cpus N          vCPUs, one thread each (default 1)
   --mem MIB         guest RAM in MiB (default 256)
   --cmdline STRING  the kernel command line
-                    (default: \"console=ttyS0 earlycon=uart8250,mmio,0x9000000 panic=-1\")
-  --protected       a protected VM (not supported yet)
+                    (default: \"console=ttyS0 earlycon=uart8250,mmio,0x9000000 panic=-1\";
+                    with --protected \"console=ttyS0 panic=-1\")
+  --protected       a protected VM: its memory is donated (the hypervisor
+                    takes it from the host), the virtio devices use a
+                    restricted DMA pool the guest shares back; needs a
+                    guest kernel with pKVM guest support (MMIO_GUARD,
+                    MEM_SHARE) and CONFIG_DMA_RESTRICTED_POOL
 
 `stats` prints what the driver holds now, over all VMs: pages allocated,
 pages pinned, pages leaked, live VMs.
@@ -70,6 +80,7 @@ pub fn parse(args: &[String]) -> Result<Command, Error> {
         }
     }
     let mut kernel = None;
+    let mut cmdline = None;
     let mut o = Options {
         kernel: PathBuf::new(),
         initrd: None,
@@ -90,7 +101,7 @@ pub fn parse(args: &[String]) -> Result<Command, Error> {
             "--kernel" => kernel = Some(PathBuf::from(value()?)),
             "--initrd" => o.initrd = Some(PathBuf::from(value()?)),
             "--disk" => o.disk = Some(PathBuf::from(value()?)),
-            "--cmdline" => o.cmdline = value()?,
+            "--cmdline" => cmdline = Some(value()?),
             "--protected" => o.protected = true,
             "--cpus" => {
                 let v = value()?;
@@ -116,6 +127,13 @@ pub fn parse(args: &[String]) -> Result<Command, Error> {
             }
         }
     }
+    o.cmdline = cmdline.unwrap_or_else(|| {
+        if o.protected {
+            PROTECTED_CMDLINE.into()
+        } else {
+            DEFAULT_CMDLINE.into()
+        }
+    });
     o.kernel = kernel.ok_or_else(|| Error("run: --kernel FILE is required".into()))?;
     Ok(Command::Run(o))
 }
@@ -142,10 +160,23 @@ mod tests {
                 disk: Some("D".into()),
                 cpus: 2,
                 mem_mib: 128,
-                cmdline: DEFAULT_CMDLINE.into(),
+                cmdline: PROTECTED_CMDLINE.into(),
                 protected: true,
             })
         );
+    }
+
+    #[test]
+    fn a_given_command_line_wins() {
+        let Command::Run(o) = parse(&args("run --kernel I --cmdline quiet --protected")).unwrap()
+        else {
+            panic!("not a run");
+        };
+        assert_eq!(o.cmdline, "quiet");
+        let Command::Run(o) = parse(&args("run --kernel I")).unwrap() else {
+            panic!("not a run");
+        };
+        assert_eq!(o.cmdline, DEFAULT_CMDLINE);
     }
 
     #[test]

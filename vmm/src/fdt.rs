@@ -9,6 +9,7 @@ use crate::layout::*;
 use crate::virtio::MMIO_SIZE;
 
 const GIC_PHANDLE: u32 = 1;
+const DMA_POOL_PHANDLE: u32 = 2;
 /// Interrupt specifier types and flags (the GIC binding).
 const GIC_SPI: u32 = 0;
 const GIC_PPI: u32 = 1;
@@ -24,6 +25,9 @@ pub struct Config<'a> {
     pub initrd: Option<(u64, u64)>,
     /// Number of virtio-mmio devices (at VIRTIO_BASE upward).
     pub virtio_devices: usize,
+    /// A protected VM's restricted DMA pool (base, size) for the virtio
+    /// devices, as crosvm gives protected VMs.
+    pub dma_pool: Option<(u64, u64)>,
 }
 
 /// Builds the flattened device tree.
@@ -48,6 +52,19 @@ pub fn build(c: &Config) -> Result<Vec<u8>, Error> {
     f.property_string("device_type", "memory")?;
     f.property_array_u64("reg", &[RAM_BASE, c.ram_size])?;
     f.end_node(mem)?;
+
+    if let Some((base, size)) = c.dma_pool {
+        let rsv = f.begin_node("reserved-memory")?;
+        f.property_u32("#address-cells", 2)?;
+        f.property_u32("#size-cells", 2)?;
+        f.property_null("ranges")?;
+        let pool = f.begin_node(&format!("restricted_dma_reserved@{base:x}"))?;
+        f.property_string("compatible", "restricted-dma-pool")?;
+        f.property_array_u64("reg", &[base, size])?;
+        f.property_phandle(DMA_POOL_PHANDLE)?;
+        f.end_node(pool)?;
+        f.end_node(rsv)?;
+    }
 
     let cpus = f.begin_node("cpus")?;
     f.property_u32("#address-cells", 1)?;
@@ -112,6 +129,9 @@ pub fn build(c: &Config) -> Result<Vec<u8>, Error> {
         f.property_string("compatible", "virtio,mmio")?;
         f.property_array_u64("reg", &[base, MMIO_SIZE])?;
         f.property_null("dma-coherent")?;
+        if c.dma_pool.is_some() {
+            f.property_u32("memory-region", DMA_POOL_PHANDLE)?;
+        }
         f.property_array_u32(
             "interrupts",
             &[GIC_SPI, VIRTIO_SPI_BASE + i as u32, IRQ_LEVEL_HIGH],
@@ -139,6 +159,7 @@ mod tests {
             cmdline: "console=ttyS0",
             initrd: Some((0x9000_0000, 0x9010_0000)),
             virtio_devices: 2,
+            dma_pool: None,
         })
         .unwrap();
         // FDT magic, big-endian.
@@ -155,6 +176,23 @@ mod tests {
             assert!(find(&dtb, s), "{}", String::from_utf8_lossy(s));
         }
         assert!(!find(&dtb, b"cpu@2"));
+        assert!(!find(&dtb, b"restricted-dma-pool"));
         assert!(dtb.len() as u64 <= FDT_MAX_SIZE);
+    }
+
+    #[test]
+    fn protected_vms_get_a_restricted_dma_pool_for_virtio() {
+        let dtb = build(&Config {
+            vcpus: 1,
+            ram_size: 256 << 20,
+            cmdline: "",
+            initrd: None,
+            virtio_devices: 1,
+            dma_pool: Some((0x8f80_0000, 8 << 20)),
+        })
+        .unwrap();
+        assert!(find(&dtb, b"restricted-dma-pool"));
+        assert!(find(&dtb, b"restricted_dma_reserved@8f800000"));
+        assert!(find(&dtb, b"memory-region"));
     }
 }

@@ -19,7 +19,10 @@ pub const VIRTIO_SPI_BASE: u32 = 16;
 pub const PEN_BASE: u64 = 0x0C00_0000;
 /// RAM starts here (as on QEMU's `virt`).
 pub const RAM_BASE: u64 = 0x8000_0000;
-/// The device tree goes into the last 2 MiB of RAM.
+/// A protected VM's restricted DMA pool, at the end of its RAM: the only
+/// guest memory its virtio devices reach (the guest shares it).
+pub const DMA_POOL_SIZE: u64 = 8 << 20;
+/// A normal VM's device tree goes into the last 2 MiB of RAM.
 pub const FDT_MAX_SIZE: u64 = 0x20_0000;
 
 /// The INTID of SPI `n`.

@@ -295,12 +295,17 @@ fn guest_memory(opts: &Options) -> Result<Memory, Error> {
         .mem_mib
         .checked_mul(1 << 20)
         .ok_or_else(|| Error("--mem is too large".into()))?;
-    Memory::from_ranges(&[
-        // Sorted by address, as vm-memory wants.
-        (GuestAddress(PEN_BASE), 4096),
-        (GuestAddress(RAM_BASE), ram as usize),
-    ])
-    .map_err(|e| {
+    // Sorted by address, as vm-memory wants. A protected VM has no pen:
+    // its secondaries start powered off (ABI.md, VCPU_CREATE).
+    let ranges: &[(GuestAddress, usize)] = if opts.protected {
+        &[(GuestAddress(RAM_BASE), ram as usize)]
+    } else {
+        &[
+            (GuestAddress(PEN_BASE), 4096),
+            (GuestAddress(RAM_BASE), ram as usize),
+        ]
+    };
+    Memory::from_ranges(ranges).map_err(|e| {
         Error(format!(
             "cannot allocate {} MiB of guest memory: {e}",
             opts.mem_mib
@@ -364,6 +369,29 @@ pub fn stats() -> Result<uapi::Stats, Error> {
     Ok(s)
 }
 
+/// A window on the protected VM's pages `[base, base + size)` through the
+/// VM file's mmap() (docs/DRIVER.md): a page the guest has not shared
+/// gives SIGBUS, so the devices touch nothing but the guest's buffers in
+/// the pool.
+fn pool_memory(vm: &OwnedFd, base: u64, size: u64) -> Result<Memory, Error> {
+    use vm_memory::mmap::MmapRegion;
+    use vm_memory::{FileOffset, GuestRegionMmap};
+    let file = File::from(
+        vm.try_clone()
+            .map_err(|e| Error(format!("the VM file: {e}")))?,
+    );
+    let region = MmapRegion::build(
+        Some(FileOffset::new(file, base)),
+        size as usize,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+    )
+    .map_err(|e| Error(format!("mapping the DMA pool: {e}")))?;
+    let region = GuestRegionMmap::new(region, GuestAddress(base))
+        .ok_or_else(|| Error("mapping the DMA pool: bad region".into()))?;
+    Memory::from_regions(vec![region]).map_err(|e| Error(format!("the DMA pool: {e}")))
+}
+
 /// Runs the VM `opts` describes until the guest powers off or resets.
 pub fn run(opts: &Options) -> Result<Outcome, Error> {
     // Files first: a typo should not cost a VM.
@@ -378,12 +406,6 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
         .as_ref()
         .map(|p| open("--disk", p, true))
         .transpose()?;
-    if opts.protected {
-        return Err(Error(
-            "--protected: protected VMs are not supported by this VMM yet".into(),
-        ));
-    }
-
     let dev = open_device()?;
     let mut version = uapi::Version::default();
     ioctl(
@@ -411,15 +433,35 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
     let ram_size = opts.mem_mib << 20;
     let ram_end = RAM_BASE + ram_size;
     let (entry, kernel_end) = load_kernel(&mem, &mut kernel)?;
-    let fdt_addr = ram_end - FDT_MAX_SIZE;
+    let too_small = || {
+        Error(format!(
+            "--mem {}: too small for the kernel and the initrd",
+            opts.mem_mib
+        ))
+    };
+    let page_up = |a: u64| (a + 0xfff) & !0xfff;
+    // A protected VM: its memory is the driver's, donated page by page as
+    // the guest touches it, except the initial image (kernel, initrd,
+    // device tree, packed from the start of RAM) that the driver copies
+    // in. The virtio devices reach only a restricted DMA pool at the end
+    // of RAM, which the guest shares back (MEM_SHARE) to bounce buffers.
+    let dma_pool = opts
+        .protected
+        .then(|| (ram_end - DMA_POOL_SIZE, DMA_POOL_SIZE));
+    let (initrd_start, fdt_addr) = if opts.protected {
+        let start = page_up(kernel_end);
+        let len = initrd.as_ref().map_or(0, |d| d.len() as u64);
+        (start, page_up(start + len))
+    } else {
+        let fdt_addr = ram_end - FDT_MAX_SIZE;
+        let len = initrd.as_ref().map_or(0, |d| d.len() as u64);
+        (fdt_addr.saturating_sub(len) & !0xfff, fdt_addr)
+    };
     let initrd_range = match &initrd {
         Some(data) => {
-            let start = (fdt_addr - data.len() as u64) & !0xfff;
+            let start = initrd_start;
             if data.len() as u64 > fdt_addr || start < kernel_end {
-                return Err(Error(format!(
-                    "--mem {}: too small for the kernel and the initrd",
-                    opts.mem_mib
-                )));
+                return Err(too_small());
             }
             mem.write_slice(data, GuestAddress(start))
                 .map_err(|e| Error(format!("loading the initrd: {e}")))?;
@@ -434,13 +476,20 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
         cmdline: &opts.cmdline,
         initrd: initrd_range,
         virtio_devices: nr_virtio,
+        dma_pool,
     })
     .map_err(|e| Error(format!("building the device tree: {e}")))?;
+    let image_end = page_up(fdt_addr + dtb.len() as u64);
+    if image_end > dma_pool.map_or(ram_end, |(base, _)| base) {
+        return Err(too_small());
+    }
     mem.write_slice(&dtb, GuestAddress(fdt_addr))
         .map_err(|e| Error(format!("loading the device tree: {e}")))?;
-    for (i, insn) in PEN_CODE.iter().enumerate() {
-        mem.write_obj(*insn, GuestAddress(PEN_BASE + 4 * i as u64))
-            .map_err(|e| Error(format!("{e}")))?;
+    if !opts.protected {
+        for (i, insn) in PEN_CODE.iter().enumerate() {
+            mem.write_obj(*insn, GuestAddress(PEN_BASE + 4 * i as u64))
+                .map_err(|e| Error(format!("{e}")))?;
+        }
     }
 
     // The VM, its memory and its vCPUs.
@@ -464,7 +513,12 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
             guest_phys: base.0,
             size: region.len(),
             userspace_addr: host as u64,
-            image_size: 0,
+            // A protected VM's image is copied in; the rest comes zeroed.
+            image_size: if opts.protected {
+                image_end - RAM_BASE
+            } else {
+                0
+            },
             prot: uapi::PROT_RWX,
         };
         ioctl(vm.as_raw_fd(), uapi::SET_MEMORY, &m as *const _ as u64).map_err(|e| {
@@ -487,6 +541,9 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
         );
         let (pc, x0) = if i == 0 {
             (entry, fdt_addr)
+        } else if opts.protected {
+            // Never read: the guest's CPU_ON starts a protected secondary.
+            (0, 0)
         } else {
             (PEN_BASE, 0)
         };
@@ -523,8 +580,18 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
             line(VIRTIO_SPI_BASE + 1),
         ));
     }
+    // What the devices see of guest memory: a normal VM's is the VMM's
+    // own; a protected VM's only through the VM file's window on the pages
+    // the guest shared, which is the DMA pool.
+    let device_mem = match dma_pool {
+        None => mem,
+        Some((base, size)) => {
+            drop(mem);
+            pool_memory(&vm, base, size)?
+        }
+    };
     let bus = Arc::new(Bus {
-        mem,
+        mem: device_mem,
         gic: gic.clone(),
         injector: injector.clone(),
         uart: Mutex::new(Serial::new(line(UART_SPI), Stdout)),
