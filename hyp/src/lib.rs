@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod debugregs;
 pub mod dma;
 mod hypervisor;
 pub mod idregs;

@@ -16,6 +16,8 @@ pub enum Command {
     Test,
     Run {
         cpu: String,
+        /// `--linux`: hypervisor, Linux host, VMM, Linux guest.
+        linux: bool,
     },
     Bench {
         /// Also boot the Linux host under pKVM, for its column.
@@ -62,11 +64,16 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             Ok(Command::Test)
         }
         "run" => {
-            let opts = Options::parse(rest, false)?;
+            let linux = rest.iter().any(|a| a == "--linux");
+            let rest: Vec<String> = rest.iter().filter(|a| *a != "--linux").cloned().collect();
+            let opts = Options::parse(&rest, false)?;
             if let Some(extra) = opts.positional.first() {
                 return Err(format!("`run` takes no argument `{extra}`"));
             }
-            Ok(Command::Run { cpu: opts.cpu })
+            Ok(Command::Run {
+                cpu: opts.cpu,
+                linux,
+            })
         }
         "bench" => {
             let (mut pkvm, mut linux_only) = (false, false);
@@ -281,11 +288,25 @@ mod tests {
 
     #[test]
     fn run_test_bench() {
-        assert_eq!(parse(&args("run")), Ok(Command::Run { cpu: "max".into() }));
+        assert_eq!(
+            parse(&args("run")),
+            Ok(Command::Run {
+                cpu: "max".into(),
+                linux: false
+            })
+        );
         assert_eq!(
             parse(&args("run --cpu cortex-a710")),
             Ok(Command::Run {
-                cpu: "cortex-a710".into()
+                cpu: "cortex-a710".into(),
+                linux: false
+            })
+        );
+        assert_eq!(
+            parse(&args("run --linux --cpu cortex-a57")),
+            Ok(Command::Run {
+                cpu: "cortex-a57".into(),
+                linux: true
             })
         );
         assert!(parse(&args("run --sim")).is_err());

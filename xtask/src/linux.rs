@@ -381,7 +381,7 @@ pub(crate) fn sync_dir(from: &Path, to: &Path) -> Result<(), String> {
 }
 
 /// Builds `driver/` against the unpacked headers; returns the .ko.
-fn build_module(k: &Kernel, root: &Path) -> Result<PathBuf, String> {
+pub(crate) fn build_module(k: &Kernel, root: &Path) -> Result<PathBuf, String> {
     let headers = root
         .join("usr/src")
         .join(format!("linux-headers-{}-arm64", k.abi));

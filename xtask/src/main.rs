@@ -4,7 +4,8 @@
 //! Commands (see [`USAGE`]):
 //! - `scenario FILE... [--cpu MODEL] [--sim]`: run scenario files;
 //! - `test`: everything CI checks, stopping at the first failing step;
-//! - `run [--cpu MODEL]`: the main demo;
+//! - `run [--cpu MODEL] [--linux]`: the main demo; with `--linux`, the real
+//!   stack: Linux host, the VMM, a Linux guest;
 //! - `bench [--pkvm] [--linux]`: the benchmarks;
 //! - `fuzz [TARGET] [--time SECONDS]`: coverage-guided fuzzing of the core;
 //! - `mutants [ARGS...]`: mutation testing of the core.
@@ -26,6 +27,7 @@ mod mutants;
 mod process;
 mod qemu;
 mod test_all;
+mod vmm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,10 +67,14 @@ Commands:
         with the scenario total `N passed, N failed[, N skipped]`.
         Exit status 0 only if everything passed.
 
-  run [--cpu MODEL]
+  run [--cpu MODEL] [--linux]
         Boots the hypervisor in QEMU (default MODEL: max) with the test host
         narrating the tour of tests/demo: the CPU features found and what
         they allow, then each request and the hypervisor's answer.
+        With --linux: the hypervisor, Debian's Linux as the host, the VMM
+        (vmm/) in it, and a Linux guest in a normal VM with 2 vCPUs, whose
+        console is shown; exit status 0 when the whole stack powered off
+        cleanly.
 
   bench [--pkvm] [--linux]
         Per-page costs of the core on this machine (next to a bare
@@ -120,7 +126,8 @@ fn main() -> ExitCode {
         }
         Ok(Command::Scenario { files, cpu, sim }) => scenario(&cpu, &files, sim),
         Ok(Command::Test) => test_all::run(),
-        Ok(Command::Run { cpu }) => image::run_demo(&cpu),
+        Ok(Command::Run { cpu, linux: false }) => image::run_demo(&cpu),
+        Ok(Command::Run { cpu, linux: true }) => vmm::run(&cpu),
         Ok(Command::Bench { pkvm, linux_only }) => bench(pkvm, linux_only),
         Ok(Command::Fuzz { target, seconds }) => fuzz::run(target.as_deref(), seconds),
         Ok(Command::Mutants(args)) => mutants::run(&args),

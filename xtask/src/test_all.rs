@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use crate::process::{self, Counts};
-use crate::{deps, image, linux, workspace_root};
+use crate::{deps, image, linux, vmm, workspace_root};
 
 /// The CPU models every scenario file runs on.
 pub const CPU_MODELS: [&str; 4] = ["cortex-a57", "cortex-a710", "neoverse-v1", "max"];
@@ -29,6 +29,13 @@ const LINUX_CONFIGS: [(&linux::Kernel, &str, u32); 15] = [
     (&linux::TRIXIE, "max", 4),
     (&linux::TRIXIE, "max", 8),
     (&linux::TRIXIE, "neoverse-v1", 4),
+];
+
+/// The Linux guest (Debian 6.1 in a normal VM, run by the VMM inside the
+/// 6.1 host): the CPU models and host CPU counts.
+const VMM_CONFIGS: [(&linux::Kernel, &str, u32); 2] = [
+    (&linux::BOOKWORM, "max", 2),
+    (&linux::BOOKWORM, "cortex-a57", 2),
 ];
 
 /// The bare-metal crates and their targets.
@@ -152,7 +159,8 @@ fn steps(total: &mut Counts) -> Result<(), String> {
     }
 
     image::real_image_tests(&files, total)?;
-    linux::tests(&LINUX_CONFIGS, total)
+    linux::tests(&LINUX_CONFIGS, total)?;
+    vmm::tests(&VMM_CONFIGS)
 }
 
 /// Whether step `name` runs: always, unless the developer's `XTASK_ONLY`

@@ -726,6 +726,9 @@ fn decode_sync(l: &mut Loaded, ctx: &mut VcpuContext) -> Trap {
                 }
                 ctx.pc = ctx.pc.wrapping_add(4);
                 Trap::Resume
+            } else if read == 0 && hyp::debugregs::write_ignored(op0, op1) {
+                ctx.pc = ctx.pc.wrapping_add(4);
+                Trap::Resume
             } else {
                 Trap::Fatal
             }
