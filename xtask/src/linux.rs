@@ -121,7 +121,7 @@ const BUSYBOX: &str = "busybox-static";
 const CROSS: &str = "aarch64-linux-gnu-";
 const CROSS_PACKAGE: &str = "gcc-aarch64-linux-gnu";
 
-fn linux_dir() -> PathBuf {
+pub(crate) fn linux_dir() -> PathBuf {
     workspace_root().join("target").join("linux")
 }
 
@@ -147,7 +147,7 @@ fn packages(k: &Kernel) -> Vec<(String, Option<&'static str>, String)> {
 }
 
 /// The cached .deb whose name starts with `prefix`, if any.
-fn cached_deb(dir: &Path, prefix: &str) -> Option<PathBuf> {
+pub(crate) fn cached_deb(dir: &Path, prefix: &str) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
         .ok()?
         .flatten()
@@ -162,7 +162,7 @@ fn cached_deb(dir: &Path, prefix: &str) -> Option<PathBuf> {
     found.pop()
 }
 
-fn run_checked(cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn run_checked(cmd: &mut Command) -> Result<(), String> {
     println!("xtask: {}", process::describe(cmd));
     match cmd.status() {
         Ok(s) if s.success() => Ok(()),
@@ -190,7 +190,7 @@ fn ensure_arm64_arch(updated: &mut bool) -> Result<(), String> {
 
 /// `apt-get` for `source`: the machine's, or the private one of
 /// [`Source::Trixie`] (written here on first use).
-fn apt_get(source: Source) -> Result<Command, String> {
+pub(crate) fn apt_get(source: Source) -> Result<Command, String> {
     let mut cmd = Command::new("apt-get");
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     if source == Source::Trixie {
@@ -215,7 +215,7 @@ fn apt_get(source: Source) -> Result<Command, String> {
     Ok(cmd)
 }
 
-fn apt_update(source: Source, updated: &mut bool) -> Result<(), String> {
+pub(crate) fn apt_update(source: Source, updated: &mut bool) -> Result<(), String> {
     if !*updated {
         run_checked(apt_get(source)?.args(["update", "-q"]))?;
         *updated = true;
@@ -338,7 +338,7 @@ fn wrap_kbuild_tools(k: &Kernel, root: &Path) -> Result<(), String> {
 }
 
 /// Makes sure the aarch64 cross compiler (an amd64 package) is installed.
-fn ensure_cross_compiler() -> Result<(), String> {
+pub(crate) fn ensure_cross_compiler() -> Result<(), String> {
     let gcc = format!("{CROSS}gcc");
     if Command::new(&gcc).arg("--version").output().is_ok() {
         return Ok(());
@@ -417,15 +417,15 @@ fn build_driver_test(k: &Kernel) -> Result<PathBuf, String> {
 }
 
 /// One entry of a newc ("070701") cpio archive.
-struct CpioEntry<'a> {
-    name: &'a str,
-    mode: u32,
-    rdev: (u32, u32),
-    data: &'a [u8],
+pub(crate) struct CpioEntry<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) mode: u32,
+    pub(crate) rdev: (u32, u32),
+    pub(crate) data: &'a [u8],
 }
 
 /// A newc cpio archive of `entries`, as the kernel unpacks an initramfs.
-fn cpio_newc(entries: &[CpioEntry]) -> Vec<u8> {
+pub(crate) fn cpio_newc(entries: &[CpioEntry]) -> Vec<u8> {
     fn pad4(out: &mut Vec<u8>) {
         while !out.len().is_multiple_of(4) {
             out.push(0);
@@ -471,10 +471,10 @@ fn cpio_newc(entries: &[CpioEntry]) -> Vec<u8> {
     out
 }
 
-const DIR: u32 = 0o040_755;
-const EXEC: u32 = 0o100_755;
+pub(crate) const DIR: u32 = 0o040_755;
+pub(crate) const EXEC: u32 = 0o100_755;
 const FILE: u32 = 0o100_644;
-const CHAR_DEV: u32 = 0o020_600;
+pub(crate) const CHAR_DEV: u32 = 0o020_600;
 
 /// The initramfs's `/init`: mount the pseudo file systems, load the
 /// driver, run its tests, report, power off through PSCI.

@@ -10,6 +10,8 @@
 //! - `mutants [ARGS...]`: mutation testing of the core.
 //! - `linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]`: Debian's kernel as the host, running
 //!   the host driver's tests.
+//! - `guest-kernel [--boot]`: the protected-guest kernel (Debian's
+//!   linux-source-7.3, unmodified), optionally booted on bare QEMU.
 //!
 //! Std only, so that `cargo xtask` builds fast on a fresh machine. What runs
 //! on the simulator and what runs on the real EL2 image in QEMU is decided
@@ -19,6 +21,7 @@ mod cli;
 mod deps;
 mod elf;
 mod fuzz;
+mod guest_kernel;
 mod image;
 mod linux;
 mod mutants;
@@ -98,6 +101,18 @@ Commands:
         shown; exit status 0 only if the tests passed and the console shows
         no oops, warning or SError.
 
+  guest-kernel [--boot]
+        Builds the protected-guest kernel: Debian's linux-source-7.3
+        (trixie-backports, pinned), unmodified, configured as arm64
+        allnoconfig plus xtask/guest-kernel.config (pKVM guest driver,
+        restricted DMA pool, virtio-mmio console and block, initramfs),
+        cross-compiled with gcc-aarch64-linux-gnu; fails if kconfig dropped
+        an option the fragment asks for. Cached under target/guest-kernel
+        until the fragment, the package or the compiler changes. Prints the
+        build time and the Image's path. With --boot, also boots it on bare
+        QEMU (no hypervisor) to a busybox initramfs that reports through a
+        virtio console and powers off.
+
 Options:
   -h, --help    Print this text.
 
@@ -126,6 +141,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Ok(Command::GuestKernel { boot }) => guest_kernel::run(boot),
         Err(message) => {
             eprintln!("xtask: {message}\n");
             eprint!("{USAGE}");
