@@ -57,8 +57,9 @@ const DONE: &str = "GUESTKERNEL DONE ";
 
 /// The initramfs's `/init`: everything it prints goes to `/dev/console`,
 /// which is the virtio console (`console=hvc0`; QEMU's UART is not
-/// connected). It shows what the kernel found of a pKVM hypervisor (on
-/// bare QEMU: none) and of virtio, then powers off through PSCI.
+/// connected). It replays the whole kernel log (the virtio console starts
+/// late, and a warning before it must still fail the boot), then powers
+/// off through PSCI.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -66,7 +67,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "GUESTKERNEL init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs, console $(cat /sys/class/tty/console/active)"
 echo "GUESTKERNEL $(uname -r) $(uname -v)"
-dmesg | grep -iE 'KVM hypervisor|pkvm|restricted|swiotlb|virtio|hvc|psci|smccc' | sed 's/^/GUESTKERNEL dmesg: /'
+dmesg | sed 's/^/GUESTKERNEL dmesg: /'
 status=0
 grep -q hvc0 /sys/class/tty/console/active || status=1
 echo "GUESTKERNEL DONE $status"
@@ -528,9 +529,32 @@ pub fn test() -> Result<(), String> {
     }
 }
 
+/// Kernel log lines worth showing: what the kernel found of a pKVM
+/// hypervisor (on bare QEMU: none), of PSCI/SMCCC, swiotlb and virtio.
+const SHOWN: [&str; 8] = [
+    "kvm",
+    "pkvm",
+    "smccc",
+    "psci",
+    "swiotlb",
+    "restricted",
+    "virtio",
+    "hvc",
+];
+
+/// `/init`'s own lines, and the kernel log lines of [`SHOWN`].
 fn print_lines(text: &str) {
-    for l in text.lines().filter(|l| l.starts_with("GUESTKERNEL")) {
-        println!("{l}");
+    for l in text.lines() {
+        let shown = match l.strip_prefix("GUESTKERNEL dmesg: ") {
+            Some(log) => {
+                let log = log.to_ascii_lowercase();
+                SHOWN.iter().any(|k| log.contains(k))
+            }
+            None => l.starts_with("GUESTKERNEL"),
+        };
+        if shown {
+            println!("{l}");
+        }
     }
 }
 
