@@ -63,7 +63,9 @@ Commands:
         the real image, then on the same four models interrupts into guests
         and guests misbehaving at random (calls, faults, unemulated
         registers), and on max the guest ABI fuzzed from inside guests on
-        two CPUs. Stops at the first failing step and names it; ends
+        two CPUs; Debian's kernels as the host (see linux); last, the
+        protected-guest kernel built and booted on bare QEMU (see
+        guest-kernel). Stops at the first failing step and names it; ends
         with the scenario total `N passed, N failed[, N skipped]`.
         Exit status 0 only if everything passed.
 
