@@ -17,7 +17,12 @@ pub enum Command {
     Run {
         cpu: String,
     },
-    Bench,
+    Bench {
+        /// Also boot the Linux host under pKVM, for its column.
+        pkvm: bool,
+        /// Only the Linux-host part.
+        linux_only: bool,
+    },
     Fuzz {
         target: Option<String>,
         seconds: u64,
@@ -67,8 +72,22 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             Ok(Command::Run { cpu: opts.cpu })
         }
         "bench" => {
-            no_args("bench", rest)?;
-            Ok(Command::Bench)
+            let (mut pkvm, mut linux_only) = (false, false);
+            for arg in rest {
+                let flag = match arg.as_str() {
+                    "--pkvm" => &mut pkvm,
+                    "--linux" => &mut linux_only,
+                    other => {
+                        return Err(format!(
+                            "`bench` takes `--pkvm` and `--linux`, not `{other}`"
+                        ))
+                    }
+                };
+                if std::mem::replace(flag, true) {
+                    return Err(format!("`{arg}` given twice"));
+                }
+            }
+            Ok(Command::Bench { pkvm, linux_only })
         }
         "fuzz" => parse_fuzz(rest),
         "mutants" => Ok(Command::Mutants(rest.to_vec())),
@@ -281,7 +300,12 @@ mod tests {
         assert!(parse(&args("run x")).is_err());
         assert_eq!(parse(&args("test")), Ok(Command::Test));
         assert!(parse(&args("test x")).is_err());
-        assert_eq!(parse(&args("bench")), Ok(Command::Bench));
+        let bench = |pkvm, linux_only| Ok(Command::Bench { pkvm, linux_only });
+        assert_eq!(parse(&args("bench")), bench(false, false));
+        assert_eq!(parse(&args("bench --pkvm")), bench(true, false));
+        assert_eq!(parse(&args("bench --linux --pkvm")), bench(true, true));
+        assert!(parse(&args("bench --bare")).is_err());
+        assert!(parse(&args("bench --pkvm --pkvm")).is_err());
         assert!(parse(&args("bogus")).is_err());
         assert_eq!(
             parse(&args("fuzz")),

@@ -290,7 +290,7 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
         &images,
         "max",
         Mode::Fuzz,
-        "fuzz (real image, max, 2 CPUs)",
+        "fuzz (real image, max, 8 CPUs)",
         total,
     )?;
     // Devices reach what the host owns and nothing else (RULES.md S1).

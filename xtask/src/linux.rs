@@ -100,9 +100,9 @@ deb [arch=amd64,arm64] http://deb.debian.org/debian trixie-backports main
 ";
 
 /// Where the host kernel is loaded (the manifest's `host-image`).
-const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
+pub(crate) const HOST_IMAGE_ADDR: u64 = 0x4400_0000;
 /// A boot that takes longer than this has hung.
-const TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(600);
 /// The line `/init` ends with: `LINUXHOST DONE <status>`.
 const DONE: &str = "LINUXHOST DONE ";
 /// Console text that fails a boot whatever else it printed.
@@ -118,7 +118,7 @@ pub const BAD_MARKERS: [&str; 7] = [
 /// The busybox package (its version is whatever the archive has).
 const BUSYBOX: &str = "busybox-static";
 /// The cross compiler for the module and the test program.
-const CROSS: &str = "aarch64-linux-gnu-";
+pub(crate) const CROSS: &str = "aarch64-linux-gnu-";
 const CROSS_PACKAGE: &str = "gcc-aarch64-linux-gnu";
 
 pub(crate) fn linux_dir() -> PathBuf {
@@ -225,7 +225,7 @@ pub(crate) fn apt_update(source: Source, updated: &mut bool) -> Result<(), Strin
 
 /// Downloads what is not cached yet, unpacks everything into
 /// `target/linux/<abi>/root` (once), and returns that directory.
-fn fetch_and_unpack(k: &Kernel) -> Result<PathBuf, String> {
+pub(crate) fn fetch_and_unpack(k: &Kernel) -> Result<PathBuf, String> {
     let debs = linux_dir().join(match k.source {
         Source::Machine => "debs",
         Source::Trixie => "debs-trixie",
@@ -362,7 +362,7 @@ pub(crate) fn ensure_cross_compiler() -> Result<(), String> {
 
 /// Copies `from` into `to` recursively, rewriting only files whose contents
 /// changed (so kbuild's timestamps stay meaningful).
-fn sync_dir(from: &Path, to: &Path) -> Result<(), String> {
+pub(crate) fn sync_dir(from: &Path, to: &Path) -> Result<(), String> {
     fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
     for entry in fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
         let entry = entry.map_err(|e| e.to_string())?;
@@ -473,7 +473,7 @@ pub(crate) fn cpio_newc(entries: &[CpioEntry]) -> Vec<u8> {
 
 pub(crate) const DIR: u32 = 0o040_755;
 pub(crate) const EXEC: u32 = 0o100_755;
-const FILE: u32 = 0o100_644;
+pub(crate) const FILE: u32 = 0o100_644;
 pub(crate) const CHAR_DEV: u32 = 0o020_600;
 
 /// The initramfs's `/init`: mount the pseudo file systems, load the
@@ -593,13 +593,17 @@ pub struct Boot {
     pub failure: Option<String>,
 }
 
+/// The first line of `text` that shows a kernel failure, if any.
+pub fn judge_console(text: &str) -> Option<String> {
+    text.lines()
+        .find(|l| BAD_MARKERS.iter().any(|m| l.contains(m)))
+        .map(|l| format!("the console shows `{}`", l.trim()))
+}
+
 /// Why a boot's console shows a failure, if it does.
 pub fn judge(text: &str, timed_out: bool) -> Option<String> {
-    if let Some(l) = text
-        .lines()
-        .find(|l| BAD_MARKERS.iter().any(|m| l.contains(m)))
-    {
-        return Some(format!("the console shows `{}`", l.trim()));
+    if let Some(why) = judge_console(text) {
+        return Some(why);
     }
     if timed_out {
         return Some(format!("no power-off within {}s", TIMEOUT.as_secs()));

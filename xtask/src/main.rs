@@ -5,7 +5,7 @@
 //! - `scenario FILE... [--cpu MODEL] [--sim]`: run scenario files;
 //! - `test`: everything CI checks, stopping at the first failing step;
 //! - `run [--cpu MODEL]`: the main demo;
-//! - `bench`: the benchmarks;
+//! - `bench [--pkvm] [--linux]`: the benchmarks;
 //! - `fuzz [TARGET] [--time SECONDS]`: coverage-guided fuzzing of the core;
 //! - `mutants [ARGS...]`: mutation testing of the core.
 //! - `linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]`: Debian's kernel as the host, running
@@ -24,6 +24,7 @@ mod fuzz;
 mod guest_kernel;
 mod image;
 mod linux;
+mod linux_bench;
 mod mutants;
 mod process;
 mod qemu;
@@ -74,10 +75,14 @@ Commands:
         narrating the tour of tests/demo: the CPU features found and what
         they allow, then each request and the hypervisor's answer.
 
-  bench
+  bench [--pkvm] [--linux]
         Per-page costs of the core on this machine (next to a bare
         aarch64-paging map+unmap), metadata per GiB, then instructions per
-        call on the real image under QEMU -icount shift=0.
+        call on the real image under QEMU -icount shift=0. Then Debian's
+        6.1 as the host on max and cortex-a57, on the hypervisor and bare
+        (and with --pkvm under pKVM, kvm-arm.mode=protected): boot to
+        /init, reset to module load, and host calls timed by the module
+        tests/linux-bench, side by side. --linux: only the Linux host.
 
   fuzz [TARGET] [--time SECONDS]
         Coverage-guided fuzzing with cargo-fuzz (libFuzzer, stable Rust,
@@ -133,7 +138,7 @@ fn main() -> ExitCode {
         Ok(Command::Scenario { files, cpu, sim }) => scenario(&cpu, &files, sim),
         Ok(Command::Test) => test_all::run(),
         Ok(Command::Run { cpu }) => image::run_demo(&cpu),
-        Ok(Command::Bench) => bench(),
+        Ok(Command::Bench { pkvm, linux_only }) => bench(pkvm, linux_only),
         Ok(Command::Fuzz { target, seconds }) => fuzz::run(target.as_deref(), seconds),
         Ok(Command::Mutants(args)) => mutants::run(&args),
         Ok(Command::Linux { cpu, smp, kernel }) => match linux::kernel(&kernel) {
@@ -167,8 +172,27 @@ fn scenario(cpu: &str, files: &[PathBuf], sim: bool) -> ExitCode {
     }
 }
 
-/// `cargo xtask bench`.
-fn bench() -> ExitCode {
+/// `cargo xtask bench [--pkvm] [--linux]`.
+fn bench(pkvm: bool, linux_only: bool) -> ExitCode {
+    if !linux_only {
+        let core = core_bench();
+        if core != ExitCode::SUCCESS {
+            return core;
+        }
+    }
+    // The Linux host, on max and on cortex-a57 (no FWB).
+    deps::ensure_qemu();
+    for cpu in ["max", "cortex-a57"] {
+        if let Err(e) = linux_bench::bench(cpu, pkvm) {
+            eprintln!("xtask: step `bench: Linux host ({cpu})` failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The core's benchmarks: the simulator's, then the real image's.
+fn core_bench() -> ExitCode {
     println!("==> bench (sim)");
     let mut cmd = process::cargo();
     cmd.arg("bench")

@@ -148,28 +148,35 @@ impl QemuRun {
     /// QEMU that fails without printing anything (it could not start the
     /// machine) is an error.
     pub fn run(&self, qemu: &Path, echo: bool) -> Result<QemuOutput, String> {
-        let mut cmd = self.command(qemu);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let reader = collect(stdout, echo);
-        let (timed_out, status) = wait_or_kill(&mut child, self.timeout)?;
-        let out = QemuOutput {
-            text: reader.join().unwrap_or_default(),
-            timed_out,
-            status,
-        };
-        match out.status {
-            Some(s) if !out.timed_out && !s.success() && out.text.is_empty() => Err(format!(
-                "{} failed ({s}) before the machine printed anything",
-                qemu.display()
-            )),
-            _ => Ok(out),
-        }
+        run_command(self.command(qemu), self.timeout, echo)
+    }
+}
+
+/// [`QemuRun::run`] for a QEMU command built by the caller (`cmd`'s program
+/// is QEMU): runs it until it exits or `timeout` passes, capturing (and with
+/// `echo` printing) its console.
+pub fn run_command(mut cmd: Command, timeout: Duration, echo: bool) -> Result<QemuOutput, String> {
+    let qemu = PathBuf::from(cmd.get_program());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let reader = collect(stdout, echo);
+    let (timed_out, status) = wait_or_kill(&mut child, timeout)?;
+    let out = QemuOutput {
+        text: reader.join().unwrap_or_default(),
+        timed_out,
+        status,
+    };
+    match out.status {
+        Some(s) if !out.timed_out && !s.success() && out.text.is_empty() => Err(format!(
+            "{} failed ({s}) before the machine printed anything",
+            qemu.display()
+        )),
+        _ => Ok(out),
     }
 }
 

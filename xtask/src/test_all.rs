@@ -11,18 +11,23 @@ use crate::{deps, image, linux, workspace_root};
 /// The CPU models every scenario file runs on.
 pub const CPU_MODELS: [&str; 4] = ["cortex-a57", "cortex-a710", "neoverse-v1", "max"];
 
-/// Debian's kernels as the host: bookworm's 6.1 on every model with 2 and
-/// with 4 CPUs; trixie-backports' 7.3 on max and neoverse-v1.
-const LINUX_CONFIGS: [(&linux::Kernel, &str, u32); 10] = [
+/// Debian's kernels as the host: bookworm's 6.1 on every model with 2, 4
+/// and 8 CPUs; trixie-backports' 7.3 on max (4 and 8) and neoverse-v1.
+const LINUX_CONFIGS: [(&linux::Kernel, &str, u32); 15] = [
     (&linux::BOOKWORM, "cortex-a57", 2),
     (&linux::BOOKWORM, "cortex-a57", 4),
+    (&linux::BOOKWORM, "cortex-a57", 8),
     (&linux::BOOKWORM, "cortex-a710", 2),
     (&linux::BOOKWORM, "cortex-a710", 4),
+    (&linux::BOOKWORM, "cortex-a710", 8),
     (&linux::BOOKWORM, "neoverse-v1", 2),
     (&linux::BOOKWORM, "neoverse-v1", 4),
+    (&linux::BOOKWORM, "neoverse-v1", 8),
     (&linux::BOOKWORM, "max", 2),
     (&linux::BOOKWORM, "max", 4),
+    (&linux::BOOKWORM, "max", 8),
     (&linux::TRIXIE, "max", 4),
+    (&linux::TRIXIE, "max", 8),
     (&linux::TRIXIE, "neoverse-v1", 4),
 ];
 

@@ -88,6 +88,8 @@ read_only! {
     ctr_el0, "ctr_el0";
     pmcr_el0, "pmcr_el0";
     cntvct_el0, "cntvct_el0";
+    cntpct_el0, "cntpct_el0";
+    cntfrq_el0, "cntfrq_el0";
 }
 
 /// Exception classes (ESR_EL2.EC, bits 31:26) the hypervisor decodes.

@@ -8,9 +8,9 @@
 //!   `-kernel` uses RAM base + 2 MiB), the file part is copied to the link
 //!   address first. Then FP/SIMD on, BSS zeroed, the stack taken, VBAR_EL1
 //!   set, SError unmasked, and `rust_main(dtb)` called.
-//! - `secondary_entry`: where PSCI CPU_ON starts CPU 1 (fuzz mode), at EL1
-//!   with its MMU off and x0 = the CPU_ON context: FP/SIMD on, CPU 1's
-//!   stack, VBAR_EL1, then the MMU on with the boot CPU's settings
+//! - `secondary_entry`: where PSCI CPU_ON starts a secondary CPU, at EL1
+//!   with its MMU off and x0 = the CPU_ON context: FP/SIMD on, the stack of
+//!   slot `context >> 32` (see [`secondary_context`]), VBAR_EL1, then the MMU on with the boot CPU's settings
 //!   ([`crate::mmu::SECONDARY_MMU`]), SError unmasked, and
 //!   `rust_secondary_main(context)` called.
 //! - The vectors: a synchronous external abort (EC 0x25, DFSC 0x10) taken on
@@ -20,6 +20,20 @@
 
 use core::arch::global_asm;
 use core::sync::atomic::AtomicBool;
+
+/// Stack slots for secondary CPUs (the linker script's `SECONDARY_STACKS`).
+pub const SECONDARY_STACKS: usize = 7;
+/// One slot: an unmapped guard page, then a 128 KiB stack (the linker
+/// script's `4096 + STACK_SIZE`).
+pub const STACK_SLOT: usize = 4096 + 128 * 1024;
+
+/// The CPU_ON context that starts a secondary CPU on stack `slot` (below
+/// [`SECONDARY_STACKS`]; two CPUs running at once need different slots),
+/// with `tag` (what it is to do) as the low 32 bits
+/// `rust_secondary_main` sees.
+pub const fn secondary_context(slot: usize, tag: u32) -> u64 {
+    ((slot as u64) << 32) | tag as u64
+}
 
 /// Set by the vector when the last [`host_load`] or [`host_store`] took a
 /// synchronous external abort. Only the boot CPU makes host accesses (CPU 1,
@@ -107,8 +121,16 @@ secondary_entry:
     mov     x19, x0
     mov     x1, #(3 << 20)      // FP/SIMD usable at EL1
     msr     cpacr_el1, x1
-    adrp    x1, __cpu1_stack_top
-    add     x1, x1, :lo12:__cpu1_stack_top
+    lsr     x1, x0, #32         // the stack slot (context bits 63:32)
+    cmp     x1, #{stacks}
+    b.hs    8f                  // no such slot: park without a stack
+    add     x1, x1, #1
+    mov     x2, #{slot_pages}
+    mul     x1, x1, x2
+    lsl     x1, x1, #12         // (slot + 1) * STACK_SLOT
+    adrp    x2, __secondary_stacks
+    add     x2, x2, :lo12:__secondary_stacks
+    add     x1, x2, x1          // the top of the slot's stack
     mov     sp, x1
     adrp    x1, el1_vectors
     add     x1, x1, :lo12:el1_vectors
@@ -241,6 +263,8 @@ host_store:
     secondary_mmu = sym crate::mmu::SECONDARY_MMU,
     unexpected = sym crate::unexpected_exception,
     sync_spx = const SYNC_CURRENT_SPX,
+    stacks = const SECONDARY_STACKS,
+    slot_pages = const STACK_SLOT / 4096,
 );
 
 extern "C" {

@@ -71,7 +71,8 @@ extern "C" {
     static __image_start: u8;
     static __text_end: u8;
     static __stack_guard: u8;
-    static __cpu1_stack_guard: u8;
+    static __secondary_stacks: u8;
+    static __secondary_stacks_end: u8;
     static __heap_start: u8;
     static __heap_end: u8;
     static __image_end: u8;
@@ -87,7 +88,7 @@ fn image_layout() -> (mmu::ImageLayout, usize, usize) {
                 start: addr(&__image_start),
                 text_end: addr(&__text_end),
                 stack_guard: addr(&__stack_guard),
-                cpu1_stack_guard: addr(&__cpu1_stack_guard),
+                secondary_stacks: (addr(&__secondary_stacks), addr(&__secondary_stacks_end)),
                 end: addr(&__image_end),
             },
             addr(&__heap_start),

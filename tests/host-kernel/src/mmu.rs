@@ -3,9 +3,9 @@
 //! other address Device-nGnRE — built with aarch64-paging from a static
 //! pool of table pages, before the MMU goes on. The image's text is
 //! read-only and executable, everything else execute-never, and the page
-//! below each stack (the boot CPU's, CPU 1's) is unmapped so an overflow
-//! faults. [`SECONDARY_MMU`] keeps the translation settings for CPU 1,
-//! which turns its MMU on with the same tables.
+//! below each stack (the boot CPU's, each secondary CPU's) is unmapped so an
+//! overflow faults. [`SECONDARY_MMU`] keeps the translation settings for
+//! the secondary CPUs, which turn their MMUs on with the same tables.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use aarch64_paging::paging::{Constraints, El1And0, MemoryRegion, PageTable, Tran
 use aarch64_paging::Mapping;
 
 use crate::arch;
+use crate::entry::{SECONDARY_STACKS, STACK_SLOT};
 
 /// 39-bit virtual addresses: a level-1 root covers 512 GiB.
 const VA_BITS: u64 = 39;
@@ -100,8 +101,9 @@ pub struct ImageLayout {
     pub text_end: usize,
     /// The unmapped page below the stack.
     pub stack_guard: usize,
-    /// The unmapped page below CPU 1's stack.
-    pub cpu1_stack_guard: usize,
+    /// The secondary CPUs' stack slots, `[start, end)`: each
+    /// [`crate::entry::STACK_SLOT`] bytes, an unmapped guard page first.
+    pub secondary_stacks: (usize, usize),
     /// End of everything the image reserves (heap included).
     pub end: usize,
 }
@@ -153,7 +155,12 @@ pub fn enable(
     let (start, text_end) = (image.start as u64, image.text_end as u64);
     map(&mut m, start, image.end as u64, NORMAL)?;
     map(&mut m, start, text_end, TEXT)?;
-    for guard in [image.stack_guard as u64, image.cpu1_stack_guard as u64] {
+    let (slots, slots_end) = image.secondary_stacks;
+    if slots_end - slots != SECONDARY_STACKS * STACK_SLOT {
+        return Err("the linker script's secondary stacks do not match entry::SECONDARY_STACKS");
+    }
+    let guards = (0..SECONDARY_STACKS).map(|i| (slots + i * STACK_SLOT) as u64);
+    for guard in core::iter::once(image.stack_guard as u64).chain(guards) {
         map(&mut m, guard, guard + 0x1000, El1Attributes::empty())?;
     }
 
