@@ -1,4 +1,4 @@
-//! Command-line parsing (hand-rolled: six commands, three flags).
+//! Command-line parsing (hand-rolled: eight commands, a few flags).
 
 use std::path::PathBuf;
 
@@ -35,6 +35,9 @@ pub enum Command {
         cpu: String,
         smp: u32,
         kernel: String,
+    },
+    GuestKernel {
+        boot: bool,
     },
 }
 
@@ -119,6 +122,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 kernel,
             })
         }
+        "guest-kernel" => match rest {
+            [] => Ok(Command::GuestKernel { boot: false }),
+            [flag] if flag == "--boot" => Ok(Command::GuestKernel { boot: true }),
+            [other, ..] => Err(format!("`guest-kernel` takes only --boot, not `{other}`")),
+        },
         other => Err(format!("unknown command `{other}`")),
     }
 }
@@ -372,5 +380,15 @@ mod tests {
         assert!(parse(&args("linux --smp")).is_err());
         assert!(parse(&args("linux --smp 2 --smp=3")).is_err());
         assert!(parse(&args("--bogus")).is_err());
+        assert_eq!(
+            parse(&args("guest-kernel")),
+            Ok(Command::GuestKernel { boot: false })
+        );
+        assert_eq!(
+            parse(&args("guest-kernel --boot")),
+            Ok(Command::GuestKernel { boot: true })
+        );
+        assert!(parse(&args("guest-kernel --boot --boot")).is_err());
+        assert!(parse(&args("guest-kernel x")).is_err());
     }
 }

@@ -147,7 +147,7 @@ fn packages(k: &Kernel) -> Vec<(String, Option<&'static str>, String)> {
 }
 
 /// The cached .deb whose name starts with `prefix`, if any.
-fn cached_deb(dir: &Path, prefix: &str) -> Option<PathBuf> {
+pub(crate) fn cached_deb(dir: &Path, prefix: &str) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = fs::read_dir(dir)
         .ok()?
         .flatten()
@@ -190,7 +190,7 @@ fn ensure_arm64_arch(updated: &mut bool) -> Result<(), String> {
 
 /// `apt-get` for `source`: the machine's, or the private one of
 /// [`Source::Trixie`] (written here on first use).
-fn apt_get(source: Source) -> Result<Command, String> {
+pub(crate) fn apt_get(source: Source) -> Result<Command, String> {
     let mut cmd = Command::new("apt-get");
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     if source == Source::Trixie {
@@ -215,7 +215,7 @@ fn apt_get(source: Source) -> Result<Command, String> {
     Ok(cmd)
 }
 
-fn apt_update(source: Source, updated: &mut bool) -> Result<(), String> {
+pub(crate) fn apt_update(source: Source, updated: &mut bool) -> Result<(), String> {
     if !*updated {
         run_checked(apt_get(source)?.args(["update", "-q"]))?;
         *updated = true;

@@ -11,6 +11,8 @@
 //! - `mutants [ARGS...]`: mutation testing of the core.
 //! - `linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]`: Debian's kernel as the host, running
 //!   the host driver's tests.
+//! - `guest-kernel [--boot]`: the protected-guest kernel (Debian's
+//!   linux-source-7.3, unmodified), optionally booted on bare QEMU.
 //!
 //! Std only, so that `cargo xtask` builds fast on a fresh machine. What runs
 //! on the simulator and what runs on the real EL2 image in QEMU is decided
@@ -20,6 +22,7 @@ mod cli;
 mod deps;
 mod elf;
 mod fuzz;
+mod guest_kernel;
 mod image;
 mod linux;
 mod linux_bench;
@@ -63,7 +66,9 @@ Commands:
         the real image, then on the same four models interrupts into guests
         and guests misbehaving at random (calls, faults, unemulated
         registers), and on max the guest ABI fuzzed from inside guests on
-        two CPUs. Stops at the first failing step and names it; ends
+        two CPUs; Debian's kernels as the host (see linux); last, the
+        protected-guest kernel built and booted on bare QEMU (see
+        guest-kernel). Stops at the first failing step and names it; ends
         with the scenario total `N passed, N failed[, N skipped]`.
         Exit status 0 only if everything passed.
 
@@ -109,6 +114,18 @@ Commands:
         shown; exit status 0 only if the tests passed and the console shows
         no oops, warning or SError.
 
+  guest-kernel [--boot]
+        Builds the protected-guest kernel: Debian's linux-source-7.3
+        (trixie-backports, pinned), unmodified, configured as arm64
+        allnoconfig plus xtask/guest-kernel.config (pKVM guest driver,
+        restricted DMA pool, virtio-mmio console and block, initramfs),
+        cross-compiled with gcc-aarch64-linux-gnu; fails if kconfig dropped
+        an option the fragment asks for. Cached under target/guest-kernel
+        until the fragment, the package or the compiler changes. Prints the
+        build time and the Image's path. With --boot, also boots it on bare
+        QEMU (no hypervisor) to a busybox initramfs that reports through a
+        virtio console and powers off.
+
 Options:
   -h, --help    Print this text.
 
@@ -138,6 +155,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Ok(Command::GuestKernel { boot }) => guest_kernel::run(boot),
         Err(message) => {
             eprintln!("xtask: {message}\n");
             eprint!("{USAGE}");

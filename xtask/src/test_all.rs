@@ -160,7 +160,8 @@ fn steps(total: &mut Counts) -> Result<(), String> {
 
     image::real_image_tests(&files, total)?;
     linux::tests(&LINUX_CONFIGS, total)?;
-    vmm::tests(&VMM_CONFIGS)
+    vmm::tests(&VMM_CONFIGS)?;
+    crate::guest_kernel::test()
 }
 
 /// Whether step `name` runs: always, unless the developer's `XTASK_ONLY`
