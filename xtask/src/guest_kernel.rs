@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::linux::{self, CpioEntry, Source};
+use crate::linux::{self, Source};
 use crate::{deps, workspace_root};
 
 /// The source package and its pinned version (the same upload as the
@@ -357,37 +357,7 @@ fn initramfs() -> Result<PathBuf, String> {
     linux::run_checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     let path = root.join("usr/bin/busybox");
     let busybox = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let dir = |name| CpioEntry {
-        name,
-        mode: linux::DIR,
-        rdev: (0, 0),
-        data: &[],
-    };
-    let entries = [
-        dir("bin"),
-        dir("dev"),
-        dir("proc"),
-        dir("sys"),
-        dir("tmp"),
-        CpioEntry {
-            name: "dev/console",
-            mode: linux::CHAR_DEV,
-            rdev: (5, 1),
-            data: &[],
-        },
-        CpioEntry {
-            name: "bin/busybox",
-            mode: linux::EXEC,
-            rdev: (0, 0),
-            data: &busybox,
-        },
-        CpioEntry {
-            name: "init",
-            mode: linux::EXEC,
-            rdev: (0, 0),
-            data: INIT.as_bytes(),
-        },
-    ];
+    let entries = linux::busybox_root(&busybox, INIT.as_bytes());
     let out = out_dir().join("initramfs.cpio");
     fs::write(&out, linux::cpio_newc(&entries)).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(out)

@@ -424,6 +424,47 @@ pub(crate) struct CpioEntry<'a> {
     pub(crate) data: &'a [u8],
 }
 
+impl<'a> CpioEntry<'a> {
+    /// A directory.
+    pub(crate) fn dir(name: &'a str) -> CpioEntry<'a> {
+        CpioEntry {
+            name,
+            mode: DIR,
+            rdev: (0, 0),
+            data: &[],
+        }
+    }
+
+    /// A regular file with `mode` ([`EXEC`] or [`FILE`]).
+    pub(crate) fn file(name: &'a str, mode: u32, data: &'a [u8]) -> CpioEntry<'a> {
+        CpioEntry {
+            name,
+            mode,
+            rdev: (0, 0),
+            data,
+        }
+    }
+}
+
+/// What every busybox initramfs of the project starts with: `/bin`,
+/// `/dev`, `/proc`, `/sys`, `/tmp`, `/dev/console`, `/bin/busybox` and the
+/// `/init` script. Callers add their own files after it.
+pub(crate) fn busybox_root<'a>(busybox: &'a [u8], init: &'a [u8]) -> Vec<CpioEntry<'a>> {
+    let mut entries: Vec<CpioEntry> = ["bin", "dev", "proc", "sys", "tmp"]
+        .into_iter()
+        .map(CpioEntry::dir)
+        .collect();
+    entries.push(CpioEntry {
+        name: "dev/console",
+        mode: CHAR_DEV,
+        rdev: (5, 1),
+        data: &[],
+    });
+    entries.push(CpioEntry::file("bin/busybox", EXEC, busybox));
+    entries.push(CpioEntry::file("init", EXEC, init));
+    entries
+}
+
 /// A newc cpio archive of `entries`, as the kernel unpacks an initramfs.
 pub(crate) fn cpio_newc(entries: &[CpioEntry]) -> Vec<u8> {
     fn pad4(out: &mut Vec<u8>) {
@@ -509,49 +550,9 @@ fn initramfs(k: &Kernel, root: &Path, module: &Path, test: &Path) -> Result<Path
     let busybox = read(&busybox)?;
     let module = read(module)?;
     let test = read(test)?;
-    let dir = |name| CpioEntry {
-        name,
-        mode: DIR,
-        rdev: (0, 0),
-        data: &[],
-    };
-    let entries = [
-        dir("bin"),
-        dir("dev"),
-        dir("proc"),
-        dir("sys"),
-        dir("tmp"),
-        CpioEntry {
-            name: "dev/console",
-            mode: CHAR_DEV,
-            rdev: (5, 1),
-            data: &[],
-        },
-        CpioEntry {
-            name: "bin/busybox",
-            mode: EXEC,
-            rdev: (0, 0),
-            data: &busybox,
-        },
-        CpioEntry {
-            name: "init",
-            mode: EXEC,
-            rdev: (0, 0),
-            data: INIT.as_bytes(),
-        },
-        CpioEntry {
-            name: "pkvm_rs.ko",
-            mode: FILE,
-            rdev: (0, 0),
-            data: &module,
-        },
-        CpioEntry {
-            name: "driver-test",
-            mode: EXEC,
-            rdev: (0, 0),
-            data: &test,
-        },
-    ];
+    let mut entries = busybox_root(&busybox, INIT.as_bytes());
+    entries.push(CpioEntry::file("pkvm_rs.ko", FILE, &module));
+    entries.push(CpioEntry::file("driver-test", EXEC, &test));
     let path = linux_dir().join(k.abi).join("initramfs.cpio");
     fs::write(&path, cpio_newc(&entries)).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
@@ -766,6 +767,28 @@ mod tests {
         assert_eq!(&a[124..130], b"070701");
         assert!(a.ends_with(b"TRAILER!!!\0\0\0\0"));
         assert_eq!(a.len() % 4, 0);
+    }
+
+    #[test]
+    fn busybox_root_has_the_directories_before_their_files() {
+        let e = busybox_root(b"bb", b"#!/bin/busybox sh\n");
+        let names: Vec<&str> = e.iter().map(|e| e.name).collect();
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "dev",
+                "proc",
+                "sys",
+                "tmp",
+                "dev/console",
+                "bin/busybox",
+                "init"
+            ]
+        );
+        assert_eq!((e[5].mode, e[5].rdev), (CHAR_DEV, (5, 1)));
+        assert_eq!((e[6].mode, e[6].data), (EXEC, &b"bb"[..]));
+        assert!(e[..5].iter().all(|d| d.mode == DIR && d.data.is_empty()));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::linux::{self, CpioEntry, BOOKWORM, CHAR_DEV, DIR, EXEC, FILE};
+use crate::linux::{self, CpioEntry, BOOKWORM, FILE};
 use crate::qemu::{self, QemuRun};
 use crate::{deps, image, workspace_root};
 
@@ -145,32 +145,8 @@ fn initramfs(root: &Path, module: &Path) -> Result<PathBuf, String> {
     let read = |p: &Path| fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let busybox = read(&root.join("bin/busybox"))?;
     let module = read(module)?;
-    let dir = |name| CpioEntry {
-        name,
-        mode: DIR,
-        rdev: (0, 0),
-        data: &[],
-    };
-    let file = |name, mode, data| CpioEntry {
-        name,
-        mode,
-        rdev: (0, 0),
-        data,
-    };
-    let entries = [
-        dir("bin"),
-        dir("dev"),
-        dir("proc"),
-        CpioEntry {
-            name: "dev/console",
-            mode: CHAR_DEV,
-            rdev: (5, 1),
-            data: &[],
-        },
-        file("bin/busybox", EXEC, &busybox),
-        file("init", EXEC, INIT.as_bytes()),
-        file("pkvm_rs_bench.ko", FILE, &module),
-    ];
+    let mut entries = linux::busybox_root(&busybox, INIT.as_bytes());
+    entries.push(CpioEntry::file("pkvm_rs_bench.ko", FILE, &module));
     let path = linux::linux_dir()
         .join(BOOKWORM.abi)
         .join("bench-initramfs.cpio");

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
-use crate::linux::{self, CpioEntry, Kernel, CHAR_DEV, DIR, EXEC, FILE};
+use crate::linux::{self, CpioEntry, Kernel, EXEC, FILE};
 use crate::qemu::{mte_supported, QemuRun};
 use crate::{deps, image, workspace_root};
 
@@ -235,55 +235,13 @@ fn initramfs(
         .replace("MODULES", &names.join(" "))
         .replace("MESSAGE", MESSAGE)
         .replace("CMDLINE", CMDLINE);
-    let dir = |name| CpioEntry {
-        name,
-        mode: DIR,
-        rdev: (0, 0),
-        data: &[],
-    };
-    let mut entries = vec![
-        dir("bin"),
-        dir("dev"),
-        dir("proc"),
-        dir("sys"),
-        dir("tmp"),
-        dir("lib"),
-        dir("lib/modules"),
-        dir("guest"),
-        CpioEntry {
-            name: "dev/console",
-            mode: CHAR_DEV,
-            rdev: (5, 1),
-            data: &[],
-        },
-        CpioEntry {
-            name: "bin/busybox",
-            mode: EXEC,
-            rdev: (0, 0),
-            data: &busybox,
-        },
-        CpioEntry {
-            name: "init",
-            mode: EXEC,
-            rdev: (0, 0),
-            data: init.as_bytes(),
-        },
-    ];
+    let mut entries = linux::busybox_root(&busybox, init.as_bytes());
+    entries.extend(["lib", "lib/modules", "guest"].map(CpioEntry::dir));
     for (name, data) in &mods {
-        entries.push(CpioEntry {
-            name,
-            mode: FILE,
-            rdev: (0, 0),
-            data,
-        });
+        entries.push(CpioEntry::file(name, FILE, data));
     }
     for (name, mode, data) in extra {
-        entries.push(CpioEntry {
-            name,
-            mode: *mode,
-            rdev: (0, 0),
-            data,
-        });
+        entries.push(CpioEntry::file(name, *mode, data));
     }
     Ok(linux::cpio_newc(&entries))
 }
