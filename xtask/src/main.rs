@@ -194,6 +194,10 @@ fn bench(pkvm: bool, linux_only: bool) -> ExitCode {
             eprintln!("xtask: step `bench: Linux host ({cpu})` failed: {e}");
             return ExitCode::FAILURE;
         }
+        if let Err(e) = vmm::bench(cpu) {
+            eprintln!("xtask: step `bench: Linux guest ({cpu})` failed: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
 }

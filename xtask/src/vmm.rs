@@ -79,6 +79,23 @@ else
     echo "GUEST cannot mount /dev/vda"
     status=1
 fi
+# `cargo xtask bench`: boot to /init and virtio-blk throughput, timed by
+# the kernel's clock (the guest's virtual counter, in ns).
+if [ $status = 0 ] && grep -q guestbench /proc/cmdline; then
+    now() { sed -n 's/^now at \([0-9]*\) nsecs$/\1/p' /proc/timer_list | head -n 1; }
+    echo "GUEST BENCH $(dmesg | grep -m1 'Run /init as init process')"
+    t0=$(now)
+    dd if=/dev/vda of=/dev/null bs=64k iflag=direct 2>/dev/null || status=1
+    t1=$(now)
+    echo "GUEST BENCH read $(cat /sys/block/vda/size) sectors in $((t1 - t0)) ns"
+    mount -t ext2 /dev/vda /mnt || status=1
+    t0=$(now)
+    dd if=/dev/zero of=/mnt/bench bs=64k count=128 conv=fsync 2>/dev/null || status=1
+    t1=$(now)
+    echo "GUEST BENCH wrote 16384 sectors in $((t1 - t0)) ns"
+    rm -f /mnt/bench
+    umount /mnt || status=1
+fi
 echo "GUEST DONE $status"
 poweroff -f
 "#;
@@ -146,6 +163,22 @@ for delay in 0.1 0.5 2; do
     echo "LINUXHOST after SIGKILL: $after"
     [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0" ] || status=1
 done
+echo "LINUXHOST DONE $status"
+poweroff -f
+"#;
+
+/// The host's `/init` for `cargo xtask bench`: one VMM run of the guest,
+/// quiet, with its bench block on.
+const BENCH_HOST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+status=0
+insmod /pkvm_rs.ko || status=1
+if [ $status = 0 ]; then
+    /vmm run --kernel /guest/Image --initrd /guest/initramfs.cpio --disk /guest/disk.img --cpus 2 --mem 192 --cmdline "console=ttyS0 panic=-1 quiet guestbench" || status=1
+fi
 echo "LINUXHOST DONE $status"
 poweroff -f
 "#;
@@ -275,6 +308,12 @@ pub struct Prepared {
 /// Fetches and builds everything: the kernel packages, the driver, the
 /// VMM, the guest's initramfs and disk, the host's initramfs.
 pub fn prepare(k: &Kernel) -> Result<Prepared, String> {
+    prepare_with(k, HOST_INIT, "host-initramfs.cpio")
+}
+
+/// [`prepare`] with the host's `/init` script `init`, the initramfs
+/// written as `name`.
+fn prepare_with(k: &Kernel, init: &str, name: &str) -> Result<Prepared, String> {
     let root = linux::fetch_and_unpack(k)?;
     linux::ensure_cross_compiler()?;
     let module = linux::build_module(k, &root)?;
@@ -290,8 +329,8 @@ pub fn prepare(k: &Kernel) -> Result<Prepared, String> {
         ("guest/initramfs.cpio", FILE, guest),
         ("guest/disk.img", FILE, disk_image(&dir)?),
     ];
-    let host = initramfs(k, &root, HOST_INIT, &HOST_MODULES, &extra)?;
-    let initramfs = dir.join("host-initramfs.cpio");
+    let host = initramfs(k, &root, init, &HOST_MODULES, &extra)?;
+    let initramfs = dir.join(name);
     fs::write(&initramfs, host).map_err(|e| format!("{}: {e}", initramfs.display()))?;
     Ok(Prepared {
         hyp: image::build_images()?.hyp,
@@ -392,6 +431,88 @@ pub fn tests(configs: &[(&Kernel, &str, u32)]) -> Result<(), String> {
     Ok(())
 }
 
+/// What the guest's bench block printed: boot to /init (instructions),
+/// then (bytes, instructions) read and written through virtio-blk.
+#[derive(Debug, Default, PartialEq)]
+pub struct GuestFigures {
+    pub init: Option<u64>,
+    pub read: Option<(u64, u64)>,
+    pub write: Option<(u64, u64)>,
+}
+
+/// Reads the `GUEST BENCH` lines (under `-icount shift=0` a nanosecond of
+/// the guest's clock is an instruction).
+pub fn parse_bench(console: &str) -> GuestFigures {
+    let mut f = GuestFigures::default();
+    let transfer = |rest: &str| {
+        let (sectors, ns) = rest.split_once(" sectors in ")?;
+        let ns = ns.trim().strip_suffix(" ns")?.parse().ok()?;
+        Some((sectors.trim().parse::<u64>().ok()? * 512, ns))
+    };
+    for l in console.lines() {
+        let Some(rest) = l.trim().strip_prefix("GUEST BENCH ") else {
+            continue;
+        };
+        if let Some(r) = rest.strip_prefix("read ") {
+            f.read = transfer(r);
+        } else if let Some(r) = rest.strip_prefix("wrote ") {
+            f.write = transfer(r);
+        } else if rest.contains("Run /init as init process") {
+            f.init = rest
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .map(|s| (s * 1e9).round() as u64);
+        }
+    }
+    f
+}
+
+/// `cargo xtask bench`: a normal Linux guest's boot to /init and its
+/// virtio-blk throughput, the whole stack (hypervisor, Debian 6.1 host with
+/// 2 CPUs, the VMM, the guest with 2 vCPUs) under `-icount
+/// shift=0,sleep=off -seed 1`.
+pub fn bench(cpu: &str) -> Result<(), String> {
+    let k = &linux::BOOKWORM;
+    println!(
+        "==> bench: a normal Linux guest ({}, 2 vCPUs) in the Linux host, -cpu {cpu}, -icount shift=0,sleep=off -seed 1",
+        k.name
+    );
+    let p = prepare_with(k, BENCH_HOST_INIT, "bench-host-initramfs.cpio")?;
+    let run = QemuRun {
+        cpu: cpu.to_string(),
+        mte: mte_supported(cpu),
+        smmu: true,
+        smp: 2,
+        kernel: p.hyp.clone(),
+        initrd: Some(p.initramfs.clone()),
+        loader: vec![(p.image.clone(), linux::HOST_IMAGE_ADDR)],
+        extra: ["-icount", "shift=0,sleep=off", "-seed", "1"]
+            .map(String::from)
+            .to_vec(),
+        timeout: linux::TIMEOUT,
+    };
+    let out = run.run(&deps::qemu_binary(), false)?;
+    if let Some(why) = judge(&out.text, out.timed_out) {
+        return Err(why);
+    }
+    let f = parse_bench(&out.text);
+    let (Some(init), Some(read), Some(write)) = (f.init, f.read, f.write) else {
+        return Err(format!("the guest printed no complete bench lines: {f:?}"));
+    };
+    println!("bench: normal Linux guest boot to /init: {init} instructions");
+    for (what, (bytes, ns)) in [("read", read), ("write", write)] {
+        println!(
+            "bench: normal Linux guest virtio-blk {what} of {} KiB: {ns} instructions, {:.1} bytes per 1,000 instructions ({:.1} MiB/s at one instruction per ns)",
+            bytes / 1024,
+            bytes as f64 * 1000.0 / ns.max(1) as f64,
+            bytes as f64 / (1 << 20) as f64 / (ns.max(1) as f64 / 1e9)
+        );
+    }
+    Ok(())
+}
+
 /// `cargo xtask run --linux`: the whole stack, console shown.
 pub fn run(cpu: &str) -> ExitCode {
     deps::ensure_qemu();
@@ -431,6 +552,22 @@ mod tests {
             false
         )
         .is_some());
+    }
+
+    #[test]
+    fn bench_lines() {
+        let f = parse_bench(
+            "GUEST BENCH [    1.250000] Run /init as init process\n\
+             GUEST BENCH read 32768 sectors in 2000000 ns\n\
+             GUEST BENCH wrote 16384 sectors in 4000000 ns\n",
+        );
+        assert_eq!(f.init, Some(1_250_000_000));
+        assert_eq!(f.read, Some((16 << 20, 2_000_000)));
+        assert_eq!(f.write, Some((8 << 20, 4_000_000)));
+        assert_eq!(
+            parse_bench("GUEST BENCH read x sectors in 1 ns"),
+            GuestFigures::default()
+        );
     }
 
     #[test]
