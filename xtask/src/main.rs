@@ -28,6 +28,7 @@ mod linux;
 mod linux_bench;
 mod mutants;
 mod process;
+mod pvm;
 mod qemu;
 mod test_all;
 mod vmm;

@@ -21,11 +21,11 @@ use crate::qemu::{mte_supported, QemuRun};
 use crate::{deps, image, workspace_root};
 
 /// The VMM's target: a static binary the busybox host runs as is.
-const TARGET: &str = "aarch64-unknown-linux-musl";
+pub(crate) const TARGET: &str = "aarch64-unknown-linux-musl";
 /// What the guest writes to its disk and the host looks for.
-const MESSAGE: &str = "written by the guest through virtio-blk";
+pub(crate) const MESSAGE: &str = "written by the guest through virtio-blk";
 /// The guest's closing line.
-const GUEST_DONE: &str = "GUEST DONE ";
+pub(crate) const GUEST_DONE: &str = "GUEST DONE ";
 /// The guest's modules, in load order (dependencies first), from the same
 /// linux-image package as the kernel.
 const GUEST_MODULES: [&str; 8] = [
@@ -39,7 +39,7 @@ const GUEST_MODULES: [&str; 8] = [
     "fs/ext4/ext4",
 ];
 /// The host's modules for looking into the disk image.
-const HOST_MODULES: [&str; 6] = [
+pub(crate) const HOST_MODULES: [&str; 6] = [
     "drivers/block/loop",
     "lib/crc16",
     "fs/mbcache",
@@ -226,7 +226,7 @@ pub fn build_vmm() -> Result<PathBuf, String> {
         .join("vmm"))
 }
 
-fn read(p: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read(p: &Path) -> Result<Vec<u8>, String> {
     fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
@@ -243,7 +243,7 @@ fn short(m: &str) -> &str {
 
 /// A busybox initramfs with `init` and `modules` (as /lib/modules/NAME.ko)
 /// and `extra` files.
-fn initramfs(
+pub(crate) fn initramfs(
     k: &Kernel,
     root: &Path,
     init: &str,
@@ -280,7 +280,7 @@ fn initramfs(
 }
 
 /// An empty ext2 file system image of 16 MiB, made with `mke2fs`.
-fn disk_image(dir: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn disk_image(dir: &Path) -> Result<Vec<u8>, String> {
     let path = dir.join("disk.img");
     let _ = fs::remove_file(&path);
     let out = Command::new("mke2fs")
@@ -300,9 +300,9 @@ fn disk_image(dir: &Path) -> Result<Vec<u8>, String> {
 
 /// Everything a run needs.
 pub struct Prepared {
-    hyp: PathBuf,
-    image: PathBuf,
-    initramfs: PathBuf,
+    pub(crate) hyp: PathBuf,
+    pub(crate) image: PathBuf,
+    pub(crate) initramfs: PathBuf,
 }
 
 /// Fetches and builds everything: the kernel packages, the driver, the

@@ -1,0 +1,281 @@
+//! Linux 7.3's own pKVM guest code (`drivers/virt/coco/pkvm-guest`),
+//! unmodified, as a protected VM under the Debian 6.1 host: the guest
+//! kernel of `cargo xtask guest-kernel`, run by the VMM with `--protected`
+//! on the real image. The same kernel also runs in a normal VM.
+//!
+//! The protected guest's `/init` prints through the virtio console, checks
+//! its kernel log (the KVM services bitmap, both CPUs up through its own
+//! PSCI CPU_ON, the restricted DMA pool shared), writes a file on the
+//! virtio disk and reads it back, then runs `guest-secret`
+//! (tests/guest-secret): a private page whose guest-physical address it
+//! prints and whose content it checks again once the host said so through
+//! a mailbox sector of the disk. Meanwhile the host's `/init` shows that
+//! it cannot read that page (the VMM's own mapping: SIGBUS; `/dev/mem`:
+//! refused) while PAGE_QUERY says a guest owns it; after the VMM exits,
+//! that every page came back to the host, zeroed.
+//!
+//! A run passes when the host's `/init` reports `LINUXHOST DONE 0`, the
+//! guest `GUEST DONE 0`, and the console holds none of
+//! [`linux::BAD_MARKERS`] (judged by [`vmm::boot`]).
+
+use std::fs;
+use std::path::PathBuf;
+
+use crate::linux::{self, EXEC, FILE};
+use crate::vmm::{self, Prepared};
+use crate::{guest_kernel, workspace_root};
+
+/// The disk's ext2 file system is 16 MiB; the image is 1 MiB longer, and
+/// its first sector past the file system is the mailbox through which
+/// the host tells the guest it finished its checks.
+const MAILBOX_SECTOR: u64 = 16 << 11;
+/// What the host writes into the mailbox.
+const GO: &str = "PKVMRS-GO";
+
+/// The guest's `/init`. FEATURES is the KVM services line's expected
+/// ending; PROTECTED is 1 in a protected VM.
+const GUEST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+i=0
+while [ ! -e /dev/hvc0 ] || [ ! -e /dev/vda ]; do
+    i=$((i + 1))
+    if [ $i -gt 200 ]; then echo "GUEST no /dev/hvc0 or /dev/vda"; break; fi
+    sleep 0.05
+done
+exec >/dev/hvc0 2>&1
+status=0
+echo "GUEST hello through the virtio console, on $(nproc) CPUs"
+[ "$(nproc)" = 2 ] || status=1
+smp=$(dmesg | grep 'SMP: Total of')
+echo "GUEST dmesg: $smp"
+[ "${smp#*Total of 2 processors activated}" != "$smp" ] || status=1
+kvm=$(dmesg | grep 'hypervisor services detected')
+echo "GUEST dmesg: $kvm"
+[ "${kvm%FEATURES)}" != "$kvm" ] || { echo "GUEST expected a bitmap ending FEATURES)"; status=1; }
+dmesg | grep -i -e swiotlb -e 'restricted' -e 'decrypt' -e 'mem_encrypt' | sed 's/^/GUEST dmesg: /'
+if [ PROTECTED = 1 ]; then
+    # Both DMA pools shared: the default one (mem_init) and the
+    # restricted one of the virtio devices.
+    if dmesg | grep -q 'Failed to decrypt'; then status=1; fi
+    grep -q 'reserved-memory' /proc/iomem 2>/dev/null
+fi
+mkdir -p /mnt
+if mount -t ext2 /dev/vda /mnt; then
+    echo "MESSAGE" >/mnt/hello.txt || status=1
+    sync
+    back=$(cat /mnt/hello.txt)
+    echo "GUEST read back: $back"
+    [ "$back" = "MESSAGE" ] || status=1
+    umount /mnt || status=1
+else
+    echo "GUEST cannot mount /dev/vda"
+    status=1
+fi
+if [ PROTECTED = 1 ] && [ $status = 0 ]; then
+    /guest-secret /dev/vda MAILBOX GOWORD || status=1
+fi
+if [ $status = 0 ] && grep -q guestbench /proc/cmdline; then
+    now() { sed -n 's/^now at \([0-9]*\) nsecs$/\1/p' /proc/timer_list | head -n 1; }
+    echo "GUEST BENCH $(dmesg | grep -m1 'Run /init as init process')"
+    t0=$(now)
+    dd if=/dev/vda of=/dev/null bs=64k count=256 iflag=direct 2>/dev/null || status=1
+    t1=$(now)
+    echo "GUEST BENCH read 32768 sectors in $((t1 - t0)) ns"
+    mount -t ext2 /dev/vda /mnt || status=1
+    t0=$(now)
+    dd if=/dev/zero of=/mnt/bench bs=64k count=128 conv=fsync 2>/dev/null || status=1
+    t1=$(now)
+    echo "GUEST BENCH wrote 16384 sectors in $((t1 - t0)) ns"
+    rm -f /mnt/bench
+    umount /mnt || status=1
+fi
+echo "GUEST DONE $status"
+poweroff -f
+"#;
+
+/// The host's `/init`: run the VMM (VMMFLAGS) on the 7.3 guest, check it
+/// ended with 0, every page back with the driver, the guest's file in the
+/// disk image.
+const HOST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "LINUXHOST init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs"
+status=0
+insmod /pkvm_rs.ko || status=1
+base=$(/vmm stats)
+echo "LINUXHOST driver before: $base"
+if [ $status = 0 ]; then
+    echo "LINUXHOST vmm run VMMFLAGS --cpus 2 --mem 192"
+    start=$(cut -d' ' -f1 /proc/uptime)
+    /vmm run VMMFLAGS --kernel /guest/Image --initrd /guest/initramfs.cpio --disk /guest/disk.img --cpus 2 --mem 192 --cmdline "GUESTCMD"
+    vmm=$?
+    echo "LINUXHOST vmm exited with $vmm after $start..$(cut -d' ' -f1 /proc/uptime)s"
+    [ $vmm = 0 ] || status=1
+fi
+after=$(/vmm stats)
+echo "LINUXHOST driver after: $after"
+[ "$after" = "$base" ] || status=1
+if [ $status = 0 ]; then
+    for m in MODULES; do insmod /lib/modules/$m.ko || status=1; done
+    mkdir -p /mnt
+    if mount -o loop,ro -t ext2 /guest/disk.img /mnt; then
+        found=$(cat /mnt/hello.txt)
+        echo "LINUXHOST found in the disk image: $found"
+        [ "$found" = "MESSAGE" ] || status=1
+        umount /mnt
+    else
+        echo "LINUXHOST cannot mount the disk image"
+        status=1
+    fi
+fi
+echo "LINUXHOST DONE $status"
+poweroff -f
+"#;
+
+/// One kind of run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Protected,
+    Normal,
+}
+
+impl Kind {
+    fn protected(self) -> bool {
+        self == Kind::Protected
+    }
+}
+
+/// The guest's command line: the kernel's console on hvc0 (no early
+/// console: a protected guest's device accesses before its MMIO guard
+/// hook cannot be emulated), a panic ends the VM.
+const GUEST_CMDLINE: &str = "console=hvc0 panic=-1";
+
+/// Builds the 7.3 guest kernel (or reuses it), the VMM, the driver, the
+/// guest's and the host's initramfs.
+fn prepare(kind: Kind, host_init: &str, guest_cmdline: &str, name: &str) -> Result<Prepared, String> {
+    let k = &linux::BOOKWORM;
+    let guest_image = guest_kernel::build()?;
+    let root = linux::fetch_and_unpack(k)?;
+    linux::ensure_cross_compiler()?;
+    let module = linux::build_module(k, &root)?;
+    let vmm_bin = vmm::build_vmm()?;
+    let dir = linux::linux_dir().join(k.abi).join("pvm");
+    fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Both kinds: the guest's bitmap is ABI.md's (docs/PKVM_GUEST.md,
+    // section 5.3): a normal VM sees the same 0x9d.
+    let guest_init = GUEST_INIT
+        .replace("FEATURES", "0x0000009d")
+        .replace("PROTECTED", if kind.protected() { "1" } else { "0" })
+        .replace("MAILBOX", &MAILBOX_SECTOR.to_string())
+        .replace("GOWORD", GO);
+    let mut guest_extra = Vec::new();
+    if kind.protected() && std::env::var_os("XTASK_NO_SECRET").is_none() {
+        guest_extra.push(("guest-secret", EXEC, vmm::read(&build_secret()?)?));
+    }
+    let guest = vmm::initramfs(k, &root, &guest_init, &[], &guest_extra)?;
+    let mut disk = vmm::disk_image(&dir)?;
+    disk.resize(disk.len() + (1 << 20), 0);
+    let host_init = host_init
+        .replace(
+            "VMMFLAGS",
+            if kind.protected() { "--protected" } else { "" },
+        )
+        .replace("GUESTCMD", guest_cmdline)
+        .replace("MAILBOX", &MAILBOX_SECTOR.to_string())
+        .replace("GOWORD", GO);
+    let extra = [
+        ("pkvm_rs.ko", FILE, vmm::read(&module)?),
+        ("vmm", EXEC, vmm::read(&vmm_bin)?),
+        ("guest/Image", FILE, vmm::read(&guest_image)?),
+        ("guest/initramfs.cpio", FILE, guest),
+        ("guest/disk.img", FILE, disk),
+    ];
+    let host = vmm::initramfs(k, &root, &host_init, &vmm::HOST_MODULES, &extra)?;
+    let initramfs = dir.join(name);
+    fs::write(&initramfs, host).map_err(|e| format!("{}: {e}", initramfs.display()))?;
+    Ok(Prepared {
+        hyp: crate::image::build_images()?.hyp,
+        image: root.join(k.image_path),
+        initramfs,
+    })
+}
+
+/// Builds `guest-secret` (tests/guest-secret) for the guest: a static
+/// aarch64 musl binary, as the VMM is built.
+fn build_secret() -> Result<PathBuf, String> {
+    let status = std::process::Command::new(
+        std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+    )
+    .current_dir(workspace_root())
+    .args(["build", "--release", "-p", "guest-secret", "--target", vmm::TARGET])
+    .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
+    .status()
+    .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building guest-secret failed ({status})"));
+    }
+    Ok(workspace_root()
+        .join("target")
+        .join(vmm::TARGET)
+        .join("release")
+        .join("guest-secret"))
+}
+
+/// The step's name.
+pub fn step_name(kind: Kind, cpu: &str, smp: u32) -> String {
+    match kind {
+        Kind::Protected => format!(
+            "protected Linux guest ({} pKVM guest kernel, VMM, real image, {cpu}, {smp} CPUs)",
+            guest_kernel::VERSION_NAME
+        ),
+        Kind::Normal => format!(
+            "Linux guest in a normal VM ({} pKVM guest kernel, VMM, real image, {cpu}, {smp} CPUs)",
+            guest_kernel::VERSION_NAME
+        ),
+    }
+}
+
+/// The steps of `cargo xtask test`.
+pub fn tests(configs: &[(Kind, &str, u32)]) -> Result<(), String> {
+    let mut prepared: Vec<(Kind, Prepared)> = Vec::new();
+    for &(kind, cpu, smp) in configs {
+        let step = step_name(kind, cpu, smp);
+        if !crate::test_all::selected(&step) {
+            continue;
+        }
+        if !prepared.iter().any(|(k, _)| *k == kind) {
+            println!("==> build: the 7.3 guest kernel, the VMM, the guest's initramfs and disk");
+            let name = if kind.protected() {
+                "host-initramfs-protected.cpio"
+            } else {
+                "host-initramfs-normal.cpio"
+            };
+            let p = prepare(kind, HOST_INIT, GUEST_CMDLINE, name).map_err(|e| {
+                println!("xtask: {e}");
+                step.clone()
+            })?;
+            prepared.push((kind, p));
+        }
+        let Some((_, p)) = prepared.iter().find(|(k, _)| *k == kind) else {
+            continue;
+        };
+        println!("==> {step}");
+        match vmm::boot(p, cpu, smp, false) {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                println!("xtask: {why}");
+                return Err(step);
+            }
+            Err(e) => {
+                println!("xtask: {e}");
+                return Err(step);
+            }
+        }
+    }
+    Ok(())
+}
