@@ -369,6 +369,18 @@ pub fn stats() -> Result<uapi::Stats, Error> {
     Ok(s)
 }
 
+/// The hypervisor's PAGE_QUERY of frame `pfn` (PKVM_RS_PAGE_QUERY).
+pub fn page_query(pfn: u64) -> Result<uapi::PageInfo, Error> {
+    let dev = open_device()?;
+    let mut i = uapi::PageInfo {
+        pfn,
+        ..Default::default()
+    };
+    ioctl(dev.as_raw_fd(), uapi::PAGE_QUERY, &mut i as *mut _ as u64)
+        .map_err(|e| Error(format!("PKVM_RS_PAGE_QUERY of pfn {pfn:#x}: {e}")))?;
+    Ok(i)
+}
+
 /// A window on the protected VM's pages `[base, base + size)` through the
 /// VM file's mmap() (docs/DRIVER.md): a page the guest has not shared
 /// gives SIGBUS, so the devices touch nothing but the guest's buffers in
@@ -598,6 +610,13 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
             pool_memory(&vm, base, size)?
         }
     };
+    if let Some(fifo) = &opts.monitor {
+        let fd = vm
+            .try_clone()
+            .map_err(|e| Error(format!("the VM file: {e}")))?;
+        crate::monitor::start(fifo.clone(), fd)
+            .map_err(|e| Error(format!("starting the monitor: {e}")))?;
+    }
     let bus = Arc::new(Bus {
         mem: device_mem,
         gic: gic.clone(),

@@ -96,9 +96,15 @@ echo "GUEST DONE $status"
 poweroff -f
 "#;
 
-/// The host's `/init`: run the VMM (VMMFLAGS) on the 7.3 guest, check it
-/// ended with 0, every page back with the driver, the guest's file in the
-/// disk image.
+/// The host's `/init`: run the VMM (VMMFLAGS) on the 7.3 guest, its
+/// output also in /vmm.out. In a protected VM (PROTECTED = 1), once the
+/// guest printed its secret's IPA: try to read it through the VMM's
+/// mapping (monitor `peek`: SIGBUS expected), ask the driver who owns it
+/// (monitor `query`: a guest, owner 2), try /dev/mem (refused), then
+/// write the go-ahead into the disk image's mailbox sector. After the VMM
+/// exited with 0: every page back with the driver, none found not zeroed,
+/// the secret's frame the host's again (PAGE_QUERY owner 0), the guest's
+/// file in the disk image.
 const HOST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -109,17 +115,68 @@ status=0
 insmod /pkvm_rs.ko || status=1
 base=$(/vmm stats)
 echo "LINUXHOST driver before: $base"
+# Waits (bounded only as a safety net) until /vmm.out has a line
+# matching $1, or the VMM exited; prints the line.
+await() {
+    n=0
+    while ! grep -q "$1" /vmm.out && ! grep -q '^LINUXHOST vmm exited' /vmm.out; do
+        n=$((n + 1)); [ $n -gt 6000 ] && break; sleep 0.1
+    done
+    grep -m1 "$1" /vmm.out | tr -d '\r'
+}
+mkfifo /monitor
+: >/vmm.out
 if [ $status = 0 ]; then
     echo "LINUXHOST vmm run VMMFLAGS --cpus 2 --mem 192"
     start=$(cut -d' ' -f1 /proc/uptime)
-    /vmm run VMMFLAGS --kernel /guest/Image --initrd /guest/initramfs.cpio --disk /guest/disk.img --cpus 2 --mem 192 --cmdline "GUESTCMD"
-    vmm=$?
-    echo "LINUXHOST vmm exited with $vmm after $start..$(cut -d' ' -f1 /proc/uptime)s"
-    [ $vmm = 0 ] || status=1
+    ( /vmm run VMMFLAGS --kernel /guest/Image --initrd /guest/initramfs.cpio --disk /guest/disk.img --cpus 2 --mem 192 --monitor /monitor --cmdline "GUESTCMD"; echo "LINUXHOST vmm exited with $? after $start..$(cut -d' ' -f1 /proc/uptime)s" ) 2>&1 | tee /vmm.out &
 fi
+pfn=
+if [ $status = 0 ] && [ PROTECTED = 1 ]; then
+    ipa=$(await 'GUEST SECRET ipa=' | sed -n 's/.*SECRET ipa=\(0x[0-9a-f]*\).*/\1/p')
+    if [ -n "$ipa" ]; then
+        exec 3>/monitor
+        echo "peek $ipa" >&3
+        peek=$(await "^vmm monitor: peek $ipa:")
+        echo "LINUXHOST the VMM reading the secret through its mapping: $peek"
+        [ "${peek%SIGBUS*}" != "$peek" ] || status=1
+        echo "query $ipa" >&3
+        q=$(await "^vmm monitor: query $ipa:")
+        pfn=$(echo "$q" | sed -n 's/.* pfn \(0x[0-9a-f]*\) .*/\1/p')
+        owner=$(echo "$q" | sed -n 's/.* owner \([0-9]*\) .*/\1/p')
+        echo "LINUXHOST the secret's page: host pfn $pfn, PAGE_QUERY owner $owner (2: a guest)"
+        [ "$owner" = 2 ] || status=1
+        if [ -n "$pfn" ]; then
+            err=$(dd if=/dev/mem of=/dev/null bs=4096 skip=$((pfn)) count=1 2>&1)
+            e=$?
+            echo "LINUXHOST /dev/mem read of pfn $pfn: exit $e: $(echo $err | head -c 120)"
+            [ $e != 0 ] || status=1
+        else
+            status=1
+        fi
+        if dmesg | grep -q -e 'Internal error' -e 'Unable to handle'; then
+            echo "LINUXHOST the host kernel oopsed"; status=1
+        fi
+        exec 3>&-
+    else
+        echo "LINUXHOST the guest printed no GUEST SECRET line"
+        status=1
+    fi
+    # The go-ahead, whatever happened: the guest then finishes.
+    printf 'GOWORD' | dd of=/guest/disk.img bs=512 seek=MAILBOX conv=notrunc 2>/dev/null
+fi
+wait
+vmm=$(sed -n 's/^LINUXHOST vmm exited with \([0-9]*\) .*/\1/p' /vmm.out)
+[ "$vmm" = 0 ] || status=1
 after=$(/vmm stats)
 echo "LINUXHOST driver after: $after"
 [ "$after" = "$base" ] || status=1
+[ "${after%pages_not_zeroed 0}" != "$after" ] || status=1
+if [ -n "$pfn" ]; then
+    page=$(/vmm page $pfn)
+    echo "LINUXHOST the secret's frame after the VMM exited: $page"
+    [ "${page#*owner 0 host_state 0 }" != "$page" ] || status=1
+fi
 if [ $status = 0 ]; then
     for m in MODULES; do insmod /lib/modules/$m.ko || status=1; done
     mkdir -p /mnt
@@ -155,6 +212,10 @@ impl Kind {
 /// hook cannot be emulated), a panic ends the VM.
 const GUEST_CMDLINE: &str = "console=hvc0 panic=-1";
 
+/// A normal VM's: the UART's early console too (its accesses before the
+/// MMIO guard hook arrive with their syndrome and are emulated).
+const NORMAL_CMDLINE: &str = "console=hvc0 earlycon=uart8250,mmio,0x9000000 panic=-1";
+
 /// Builds the 7.3 guest kernel (or reuses it), the VMM, the driver, the
 /// guest's and the host's initramfs.
 fn prepare(kind: Kind, host_init: &str, guest_cmdline: &str, name: &str) -> Result<Prepared, String> {
@@ -186,6 +247,7 @@ fn prepare(kind: Kind, host_init: &str, guest_cmdline: &str, name: &str) -> Resu
             if kind.protected() { "--protected" } else { "" },
         )
         .replace("GUESTCMD", guest_cmdline)
+        .replace("PROTECTED", if kind.protected() { "1" } else { "0" })
         .replace("MAILBOX", &MAILBOX_SECTOR.to_string())
         .replace("GOWORD", GO);
     let extra = [
@@ -255,7 +317,11 @@ pub fn tests(configs: &[(Kind, &str, u32)]) -> Result<(), String> {
             } else {
                 "host-initramfs-normal.cpio"
             };
-            let p = prepare(kind, HOST_INIT, GUEST_CMDLINE, name).map_err(|e| {
+            let cmdline = match kind {
+                Kind::Protected => GUEST_CMDLINE,
+                Kind::Normal => NORMAL_CMDLINE,
+            };
+            let p = prepare(kind, HOST_INIT, cmdline, name).map_err(|e| {
                 println!("xtask: {e}");
                 step.clone()
             })?;

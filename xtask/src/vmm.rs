@@ -157,11 +157,11 @@ for delay in 0.1 0.5 2; do
     # The driver tears the VM down as the last thread exits; allow it a moment.
     for i in 1 2 3 4 5 6 7 8 9 10; do
         after=$(/vmm stats)
-        [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0" ] && break
+        [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0 pages_not_zeroed 0" ] && break
         sleep 0.5
     done
     echo "LINUXHOST after SIGKILL: $after"
-    [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0" ] || status=1
+    [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0 pages_not_zeroed 0" ] || status=1
 done
 echo "LINUXHOST DONE $status"
 poweroff -f

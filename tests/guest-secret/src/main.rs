@@ -1,6 +1,6 @@
 //! `guest-secret DEVICE SECTOR WORD`: run by a protected guest's `/init`
 //! (xtask/src/pvm.rs). It locks one private page in memory, fills it with
-//! a pattern, prints `SECRET ipa=0x...` (the page's guest-physical
+//! a pattern, prints `GUEST SECRET ipa=0x...` (the page's guest-physical
 //! address, from /proc/self/pagemap), then waits until sector SECTOR of
 //! the block device DEVICE starts with WORD (the host writes it there
 //! when it has finished trying to read the page), and checks the pattern
@@ -97,7 +97,7 @@ fn run(args: &[String]) -> Result<bool, String> {
         *w = pattern(i);
     }
     let ipa = physical(secret.addr())?;
-    println!("SECRET ipa={ipa:#x} pattern {:#018x}.. locked, waiting for the host", pattern(0));
+    println!("GUEST SECRET ipa={ipa:#x} pattern {:#018x}.. locked, waiting for the host", pattern(0));
     let _ = io::stdout().flush();
 
     // O_DIRECT wants an aligned buffer: a page of its own.
@@ -125,7 +125,7 @@ fn run(args: &[String]) -> Result<bool, String> {
         .filter(|&(i, &w)| w != pattern(i))
         .count();
     println!(
-        "SECRET go-ahead after {polls} polls; the page holds its pattern: {}",
+        "GUEST SECRET go-ahead after {polls} polls; the page holds its pattern: {}",
         if changed == 0 {
             "intact".to_string()
         } else {
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            println!("SECRET error: {e}");
+            println!("GUEST SECRET error: {e}");
             ExitCode::from(2)
         }
     }
