@@ -83,9 +83,7 @@ pub fn parse(args: &[String]) -> Result<Command, Error> {
         Some("--help" | "-h" | "help") => return Ok(Command::Help),
         Some("stats") => return Ok(Command::Stats),
         Some("page") => {
-            let v = it
-                .next()
-                .ok_or_else(|| Error("page needs a PFN".into()))?;
+            let v = it.next().ok_or_else(|| Error("page needs a PFN".into()))?;
             return crate::monitor::parse_u64(v)
                 .map(Command::Page)
                 .ok_or_else(|| Error(format!("page {v}: not a number")));

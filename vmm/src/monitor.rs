@@ -10,6 +10,10 @@
 //!   `SIGBUS` instead of dying.
 //! - `query IPA`: the driver's PKVM_RS_GUEST_PAGE: the host frame holding
 //!   the guest's page and the hypervisor's PAGE_QUERY of it.
+//! - `count-shared IPA PAGES`: of the PAGES pages from IPA, how many the
+//!   driver donated and how many of those the guest shared back with
+//!   MEM_SHARE (PAGE_QUERY host state SHARED_BORROWED), by
+//!   PKVM_RS_GUEST_PAGE on each.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -21,6 +25,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Once;
 
 use crate::uapi;
+
+/// PAGE_QUERY host state: the host may access a page the guest shared.
+const HOST_SHARED_BORROWED: u32 = 2;
 
 /// Starts the monitor's thread on `fifo`, for the VM file `vm`.
 pub fn start(fifo: PathBuf, vm: OwnedFd) -> io::Result<()> {
@@ -44,27 +51,40 @@ pub fn start(fifo: PathBuf, vm: OwnedFd) -> io::Result<()> {
 
 /// The answer to one command line.
 fn answer(vm: RawFd, line: &str) -> String {
-    let mut words = line.split_whitespace();
-    let (Some(cmd), Some(arg), None) = (words.next(), words.next(), words.next()) else {
-        return format!("{line}: expected `peek IPA` or `query IPA`");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let usage = || format!("{line}: expected `peek IPA`, `query IPA` or `count-shared IPA PAGES`");
+    let numbers: Option<Vec<u64>> = words.iter().skip(1).map(|w| parse_u64(w)).collect();
+    let Some(numbers) = numbers else {
+        return format!("{line}: not a number");
     };
-    let Some(ipa) = parse_u64(arg) else {
-        return format!("{line}: {arg} is not a number");
-    };
-    match cmd {
-        "peek" => match peek(vm, ipa) {
+    match (words.first().copied(), numbers.as_slice()) {
+        (Some("peek"), &[ipa]) => match peek(vm, ipa) {
             Ok(Some(v)) => format!("peek {ipa:#x}: {v:#018x}"),
             Ok(None) => format!("peek {ipa:#x}: SIGBUS (the host may not read this page)"),
             Err(e) => format!("peek {ipa:#x}: error: {e}"),
         },
-        "query" => match query(vm, ipa) {
+        (Some("query"), &[ipa]) => match query(vm, ipa) {
             Ok(i) => format!(
                 "query {ipa:#x}: pfn {:#x} owner {} host_state {} mem_class {}",
                 i.pfn, i.owner, i.host_state, i.mem_class
             ),
             Err(e) => format!("query {ipa:#x}: error: {e}"),
         },
-        _ => format!("{line}: unknown command `{cmd}`"),
+        (Some("count-shared"), &[ipa, pages]) => {
+            let (mut donated, mut shared) = (0u64, 0u64);
+            for k in 0..pages {
+                if let Ok(i) = query(vm, ipa.saturating_add(k << 12)) {
+                    donated += 1;
+                    shared += u64::from(i.host_state == HOST_SHARED_BORROWED);
+                }
+            }
+            format!(
+                "count-shared {ipa:#x} {pages}: {donated} donated, {shared} shared with the host"
+            )
+        }
+        (Some("peek" | "query" | "count-shared"), _) => usage(),
+        (Some(cmd), _) => format!("{line}: unknown command `{cmd}`"),
+        (None, _) => usage(),
     }
 }
 
@@ -95,8 +115,8 @@ fn query(vm: RawFd, ipa: u64) -> io::Result<uapi::PageInfo> {
 /// `Ok(None)` when the access was a SIGBUS.
 fn peek(vm: RawFd, ipa: u64) -> io::Result<Option<u64>> {
     let page = ipa & !0xfff;
-    let offset = libc::off_t::try_from(page)
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let offset =
+        libc::off_t::try_from(page).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: a new shared read-only mapping of one page of the VM file;
     // the kernel picks the address.
     let p = unsafe {
@@ -112,7 +132,10 @@ fn peek(vm: RawFd, ipa: u64) -> io::Result<Option<u64>> {
     if p == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
-    let at = p.cast::<u8>().wrapping_add((ipa & 0xff8) as usize).cast::<u64>();
+    let at = p
+        .cast::<u8>()
+        .wrapping_add((ipa & 0xff8) as usize)
+        .cast::<u64>();
     let v = guarded_load(at);
     // SAFETY: the mapping made above, no longer used.
     unsafe { libc::munmap(p, 4096) };
@@ -202,6 +225,9 @@ mod tests {
         assert!(answer(-1, "peek 1 2").contains("expected"));
         assert!(answer(-1, "poke 0x1000").contains("unknown command"));
         assert!(answer(-1, "query x").contains("not a number"));
+        assert!(answer(-1, "count-shared 0x1000").contains("expected"));
+        // Nothing donated behind a bad file descriptor.
+        assert!(answer(-1, "count-shared 0x1000 2").contains("0 donated, 0 shared"));
         // A bad file descriptor: the driver's errors come back as text.
         assert!(answer(-1, "query 0x1000").contains("error"));
     }

@@ -199,6 +199,10 @@ fn bench(pkvm: bool, linux_only: bool) -> ExitCode {
             eprintln!("xtask: step `bench: Linux guest ({cpu})` failed: {e}");
             return ExitCode::FAILURE;
         }
+        if let Err(e) = pvm::bench(cpu) {
+            eprintln!("xtask: step `bench: 7.3 pKVM guest kernel ({cpu})` failed: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
 }

@@ -80,7 +80,9 @@ fn physical(va: usize) -> Result<u64, String> {
     let entry = u64::from_le_bytes(entry);
     let pfn = entry & ((1 << 55) - 1);
     if entry >> 63 == 0 || pfn == 0 {
-        return Err(format!("the page is not present (pagemap entry {entry:#x})"));
+        return Err(format!(
+            "the page is not present (pagemap entry {entry:#x})"
+        ));
     }
     Ok(pfn * PAGE as u64)
 }
@@ -97,7 +99,10 @@ fn run(args: &[String]) -> Result<bool, String> {
         *w = pattern(i);
     }
     let ipa = physical(secret.addr())?;
-    println!("GUEST SECRET ipa={ipa:#x} pattern {:#018x}.. locked, waiting for the host", pattern(0));
+    println!(
+        "GUEST SECRET ipa={ipa:#x} pattern {:#018x}.. locked, waiting for the host",
+        pattern(0)
+    );
     let _ = io::stdout().flush();
 
     // O_DIRECT wants an aligned buffer: a page of its own.
