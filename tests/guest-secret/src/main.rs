@@ -21,7 +21,7 @@ use std::time::Duration;
 
 const PAGE: usize = 4096;
 /// The pattern's words: a tag and the word's index.
-const TAG: u64 = 0x5EC2_E7_00_0000_0000;
+const TAG: u64 = 0x5EC2_E700_0000_0000;
 
 fn pattern(i: usize) -> u64 {
     TAG | i as u64
