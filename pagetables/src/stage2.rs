@@ -48,6 +48,7 @@
 
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
 use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2 as Stage2Regime};
+use core::sync::atomic::Ordering;
 
 use crate::desc::{
     attrs, decode_entry, granule, index, invalid_attrs, is_table, is_valid, leaf_attrs, LEAF_LEVEL,
@@ -73,6 +74,12 @@ pub struct Stage2<P: PhysMem> {
     ipa_bits: u32,
     fwb: bool,
     vmid: u16,
+}
+
+/// How [`Stage2::walk_raw`] reports.
+struct RawWalk {
+    skip_empty: bool,
+    fwb: bool,
 }
 
 /// What an update writes into every page of its range.
@@ -894,6 +901,68 @@ impl<P: PhysMem> Stage2<P> {
             cur = part_end;
         }
         Ok(())
+    }
+
+    /// [`Stage2::walk`] reading the descriptors itself rather than through
+    /// aarch64-paging's visitor: the same runs, in the same order, with the
+    /// same entries, except that invalid descriptors without an annotation
+    /// are left out when `skip_empty`. For checkers that walk whole address
+    /// spaces after every step.
+    pub fn walk_raw(
+        &self,
+        ipa: u64,
+        nr_pages: u64,
+        skip_empty: bool,
+        f: &mut dyn FnMut(u64, u64, Entry) -> bool,
+    ) -> Result<(), Error> {
+        let end = self.range(ipa, nr_pages)?;
+        let mut cur = ipa;
+        while cur < end {
+            let root = self.root_for(cur);
+            let part_end = end.min(root.end);
+            let w = RawWalk {
+                skip_empty,
+                fwb: self.fwb,
+            };
+            if !self.walk_raw_in(&w, self.root_level, root.table_pa, cur, part_end, f) {
+                break;
+            }
+            cur = part_end;
+        }
+        Ok(())
+    }
+
+    fn walk_raw_in(
+        &self,
+        w: &RawWalk,
+        level: u8,
+        table_pa: u64,
+        a: u64,
+        b: u64,
+        f: &mut dyn FnMut(u64, u64, Entry) -> bool,
+    ) -> bool {
+        let table = self.pool().table(table_pa);
+        let gran = granule(level);
+        let mut cur = a;
+        while cur < b {
+            let end = ((cur & !(gran - 1)) + gran).min(b);
+            let desc = table[index(cur, level)].load(Ordering::Acquire);
+            if desc == 0 && w.skip_empty {
+                // An invalid descriptor without annotation.
+            } else if is_table(desc, level) {
+                if !self.walk_raw_in(w, level + 1, desc & OA_MASK, cur, end, f) {
+                    return false;
+                }
+            } else {
+                let e = decode_entry(desc, level, cur, w.fwb);
+                let empty = e == Entry::Invalid { annotation: 0 };
+                if !(w.skip_empty && empty) && !f(cur, (end - cur) / PAGE_SIZE, e) {
+                    return false;
+                }
+            }
+            cur = end;
+        }
+        true
     }
 
     /// Tear down: free every table page (all root pages included) and every
