@@ -955,8 +955,8 @@ impl<P: PhysMem> Stage2<P> {
                 }
             } else {
                 let e = decode_entry(desc, level, cur, w.fwb);
-                let empty = e == Entry::Invalid { annotation: 0 };
-                if !(w.skip_empty && empty) && !f(cur, (end - cur) / PAGE_SIZE, e) {
+                let skip = w.skip_empty && e == (Entry::Invalid { annotation: 0 });
+                if !skip && !f(cur, (end - cur) / PAGE_SIZE, e) {
                     return false;
                 }
             }
