@@ -863,6 +863,27 @@ impl<P: PhysMem> Stage2<P> {
         (u.desc, u.level)
     }
 
+    /// Physical address of the descriptor that translates `ipa` (the leaf,
+    /// or the invalid entry at whatever level the walk stops), for tests
+    /// that corrupt a table on purpose to show a checker notices. Outside
+    /// the input address space: `None`.
+    pub fn descriptor_pa(&self, ipa: u64) -> Option<u64> {
+        if ipa >> self.ipa_bits != 0 {
+            return None;
+        }
+        let pool = self.pool();
+        let mut level = self.root_level;
+        let mut table_pa = self.root_for(ipa).table_pa;
+        loop {
+            let desc = pool.read_entry(table_pa, index(ipa, level));
+            if !is_table(desc, level) {
+                return Some(table_pa + 8 * index(ipa, level) as u64);
+            }
+            table_pa = desc & OA_MASK;
+            level += 1;
+        }
+    }
+
     /// Visit the range in maximal runs: f(ipa_of_run_start,
     /// nr_pages_in_run, entry_of_first_page). A run is one descriptor's
     /// overlap with the range (one block, one page, or one invalid
