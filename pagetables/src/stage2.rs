@@ -980,6 +980,14 @@ impl<P: PhysMem> Stage2<P> {
         while cur < b {
             let end = ((cur & !(gran - 1)) + gran).min(b);
             let desc = table[index(cur, level)].load(Ordering::Acquire);
+            if desc == 0 && w.skip_empty {
+                // Invalid, without an annotation: ends a run, reports nothing.
+                if !flush(&mut run, f) {
+                    return false;
+                }
+                cur = end;
+                continue;
+            }
             let next = if is_valid(desc) { desc + gran } else { desc };
             match &mut run {
                 Some((_, run_end, _, want)) if *run_end == cur && *want == desc => {
