@@ -978,16 +978,27 @@ impl<P: PhysMem> Stage2<P> {
             };
         let mut cur = a;
         while cur < b {
-            let end = ((cur & !(gran - 1)) + gran).min(b);
-            let desc = table[index(cur, level)].load(Ordering::Acquire);
-            if desc == 0 && w.skip_empty {
-                // Invalid, without an annotation: ends a run, reports nothing.
+            if w.skip_empty && table[index(cur, level)].load(Ordering::Acquire) == 0 {
+                // Invalid, without an annotation: ends a run, reports
+                // nothing. Skip to the next descriptor that is not empty.
                 if !flush(&mut run, f) {
                     return false;
                 }
-                cur = end;
-                continue;
+                let first = index(cur, level);
+                let last = index(b - 1, level);
+                let Some(k) = table[first..=last]
+                    .iter()
+                    .position(|d| d.load(Ordering::Acquire) != 0)
+                else {
+                    return true;
+                };
+                if k > 0 {
+                    cur = ((cur & !(gran - 1)) + k as u64 * gran).min(b);
+                    continue;
+                }
             }
+            let end = ((cur & !(gran - 1)) + gran).min(b);
+            let desc = table[index(cur, level)].load(Ordering::Acquire);
             let next = if is_valid(desc) { desc + gran } else { desc };
             match &mut run {
                 Some((_, run_end, _, want)) if *run_end == cur && *want == desc => {
