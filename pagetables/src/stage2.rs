@@ -48,6 +48,7 @@
 
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
 use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2 as Stage2Regime};
+use core::sync::atomic::Ordering;
 
 use crate::desc::{
     attrs, decode_entry, granule, index, invalid_attrs, is_table, is_valid, leaf_attrs, LEAF_LEVEL,
@@ -73,6 +74,12 @@ pub struct Stage2<P: PhysMem> {
     ipa_bits: u32,
     fwb: bool,
     vmid: u16,
+}
+
+/// How [`Stage2::walk_raw`] reports.
+struct RawWalk {
+    skip_empty: bool,
+    fwb: bool,
 }
 
 /// What an update writes into every page of its range.
@@ -856,6 +863,27 @@ impl<P: PhysMem> Stage2<P> {
         (u.desc, u.level)
     }
 
+    /// Physical address of the descriptor that translates `ipa` (the leaf,
+    /// or the invalid entry at whatever level the walk stops), for tests
+    /// that corrupt a table on purpose to show a checker notices. Outside
+    /// the input address space: `None`.
+    pub fn descriptor_pa(&self, ipa: u64) -> Option<u64> {
+        if ipa >> self.ipa_bits != 0 {
+            return None;
+        }
+        let pool = self.pool();
+        let mut level = self.root_level;
+        let mut table_pa = self.root_for(ipa).table_pa;
+        loop {
+            let desc = pool.read_entry(table_pa, index(ipa, level));
+            if !is_table(desc, level) {
+                return Some(table_pa + 8 * index(ipa, level) as u64);
+            }
+            table_pa = desc & OA_MASK;
+            level += 1;
+        }
+    }
+
     /// Visit the range in maximal runs: f(ipa_of_run_start,
     /// nr_pages_in_run, entry_of_first_page). A run is one descriptor's
     /// overlap with the range (one block, one page, or one invalid
@@ -894,6 +922,108 @@ impl<P: PhysMem> Stage2<P> {
             cur = part_end;
         }
         Ok(())
+    }
+
+    /// A walk for checkers that read whole address spaces after every step:
+    /// like [`Stage2::walk`], in the same order and with the same entry for
+    /// every page, but reading the descriptors itself rather than through
+    /// aarch64-paging's visitor, and in longer runs: consecutive descriptors
+    /// of one table that map consecutive output addresses with the same
+    /// attributes, or are invalid with the same annotation, make one run.
+    /// Invalid descriptors without an annotation are left out when
+    /// `skip_empty`.
+    pub fn walk_raw(
+        &self,
+        ipa: u64,
+        nr_pages: u64,
+        skip_empty: bool,
+        f: &mut dyn FnMut(u64, u64, Entry) -> bool,
+    ) -> Result<(), Error> {
+        let end = self.range(ipa, nr_pages)?;
+        let mut cur = ipa;
+        while cur < end {
+            let root = self.root_for(cur);
+            let part_end = end.min(root.end);
+            let w = RawWalk {
+                skip_empty,
+                fwb: self.fwb,
+            };
+            if !self.walk_raw_in(&w, self.root_level, root.table_pa, cur, part_end, f) {
+                break;
+            }
+            cur = part_end;
+        }
+        Ok(())
+    }
+
+    fn walk_raw_in(
+        &self,
+        w: &RawWalk,
+        level: u8,
+        table_pa: u64,
+        a: u64,
+        b: u64,
+        f: &mut dyn FnMut(u64, u64, Entry) -> bool,
+    ) -> bool {
+        let table = self.pool().table(table_pa);
+        let gran = granule(level);
+        // The run being built: first address, end, first entry, and the
+        // descriptor that would continue it.
+        let mut run: Option<(u64, u64, Entry, u64)> = None;
+        let flush =
+            |run: &mut Option<(u64, u64, Entry, u64)>,
+             f: &mut dyn FnMut(u64, u64, Entry) -> bool| match run.take() {
+                Some((start, end, e, _)) => f(start, (end - start) / PAGE_SIZE, e),
+                None => true,
+            };
+        let mut cur = a;
+        while cur < b {
+            if w.skip_empty && table[index(cur, level)].load(Ordering::Acquire) == 0 {
+                // Invalid, without an annotation: ends a run, reports
+                // nothing. Skip to the next descriptor that is not empty.
+                if !flush(&mut run, f) {
+                    return false;
+                }
+                let first = index(cur, level);
+                let last = index(b - 1, level);
+                let Some(k) = table[first..=last]
+                    .iter()
+                    .position(|d| d.load(Ordering::Acquire) != 0)
+                else {
+                    return true;
+                };
+                if k > 0 {
+                    cur = ((cur & !(gran - 1)) + k as u64 * gran).min(b);
+                    continue;
+                }
+            }
+            let end = ((cur & !(gran - 1)) + gran).min(b);
+            let desc = table[index(cur, level)].load(Ordering::Acquire);
+            let next = if is_valid(desc) { desc + gran } else { desc };
+            match &mut run {
+                Some((_, run_end, _, want)) if *run_end == cur && *want == desc => {
+                    *run_end = end;
+                    *want = next;
+                }
+                _ => {
+                    if !flush(&mut run, f) {
+                        return false;
+                    }
+                    if is_table(desc, level) {
+                        if !self.walk_raw_in(w, level + 1, desc & OA_MASK, cur, end, f) {
+                            return false;
+                        }
+                    } else {
+                        let e = decode_entry(desc, level, cur, w.fwb);
+                        if !(w.skip_empty && e == (Entry::Invalid { annotation: 0 })) {
+                            run = Some((cur, end, e, next));
+                        }
+                    }
+                }
+            }
+            cur = end;
+        }
+        flush(&mut run, f)
     }
 
     /// Tear down: free every table page (all root pages included) and every
