@@ -151,7 +151,10 @@ if [ $status = 0 ] && [ PROTECTED = 1 ]; then
         [ "$owner" = 2 ] || status=1
         echo "count-shared 0x80000000 49152" >&3
         c=$(await "^vmm monitor: count-shared")
-        echo "LINUXHOST guest RAM pages at the guest's /init: ${c#*: }"
+        echo "LINUXHOST guest RAM pages at the guest's /init: ${c##*: }"
+        # At least the restricted DMA pool (8 MiB) is shared back.
+        shared=$(echo "${c##*: }" | sed -n 's/.* donated, \([0-9]*\) shared.*/\1/p')
+        [ "${shared:-0}" -ge 2048 ] || status=1
         if [ -n "$pfn" ]; then
             err=$(dd if=/dev/mem of=/dev/null bs=4096 skip=$((pfn)) count=1 2>&1)
             e=$?
@@ -404,6 +407,12 @@ fn bench_one(kind: Kind, cpu: &str) -> Result<Figures, String> {
         timeout: linux::TIMEOUT,
     };
     let out = run.run(&crate::deps::qemu_binary(), false)?;
+    for l in out.text.lines() {
+        let l = l.trim_end();
+        if l.starts_with("LINUXHOST") || l.starts_with("GUEST") || l.starts_with("vmm") {
+            println!("{l}");
+        }
+    }
     if let Some(why) = vmm::judge(&out.text, out.timed_out) {
         return Err(why);
     }
