@@ -407,6 +407,8 @@ fn bench_one(kind: Kind, cpu: &str) -> Result<Figures, String> {
         timeout: linux::TIMEOUT,
     };
     let out = run.run(&crate::deps::qemu_binary(), false)?;
+    let log = p.initramfs.with_extension("console.txt");
+    let _ = fs::write(&log, &out.text);
     for l in out.text.lines() {
         let l = l.trim_end();
         if l.starts_with("LINUXHOST") || l.starts_with("GUEST") || l.starts_with("vmm") {
