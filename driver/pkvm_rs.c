@@ -565,8 +565,15 @@ static long vcpu_run(struct vcpu *v)
 			continue;
 		}
 		if (exit == PKVM_RS_EXIT_MEM_FAULT &&
-		    handle_mem_fault(vm, READ_ONCE(v->run->fault_ipa)))
+		    handle_mem_fault(vm, READ_ONCE(v->run->fault_ipa))) {
+			/*
+			 * A protected guest zeroing its memory faults page
+			 * after page: without this the loop can hold the CPU
+			 * for seconds (an RCU stall on a non-preemptible host).
+			 */
+			cond_resched();
 			continue;
+		}
 		/* MMIO, HVC, SYSTEM_EVENT, FATAL, MEM_FAULT: the VMM's. */
 		err = 0;
 		break;
