@@ -193,15 +193,13 @@ fn bench(pkvm: bool, linux_only: bool) -> ExitCode {
     // XTASK_ONLY picks among them as it does among the test steps.
     for cpu in ["max", "cortex-a57"] {
         let steps: [(String, &dyn Fn() -> Result<(), String>); 3] = [
-            (
-                format!("bench: Linux host ({cpu})"),
-                &|| linux_bench::bench(cpu, pkvm),
-            ),
+            (format!("bench: Linux host ({cpu})"), &|| {
+                linux_bench::bench(cpu, pkvm)
+            }),
             (format!("bench: Linux guest ({cpu})"), &|| vmm::bench(cpu)),
-            (
-                format!("bench: 7.3 pKVM guest kernel ({cpu})"),
-                &|| pvm::bench(cpu),
-            ),
+            (format!("bench: 7.3 pKVM guest kernel ({cpu})"), &|| {
+                pvm::bench(cpu)
+            }),
         ];
         for (name, run) in steps {
             if !test_all::selected(&name) {
