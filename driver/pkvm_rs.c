@@ -562,6 +562,13 @@ static long vcpu_run(struct vcpu *v)
 				err = -EINTR;
 				break;
 			}
+			/*
+			 * wfi_sleep() returns at once while an inject_irq the
+			 * hypervisor has not taken waits in the run page (or
+			 * the deadline passed): let the scheduler (and RCU)
+			 * in before the next run.
+			 */
+			cond_resched();
 			continue;
 		}
 		if (exit == PKVM_RS_EXIT_MEM_FAULT &&
