@@ -357,6 +357,15 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
 
     /// Visit every page of [pfn, pfn+nr) with its host state and entry.
     fn for_host_pages(&self, pfn: u64, nr: u64, f: &mut dyn FnMut(u64, HostState, Entry)) {
+        // One page: one lookup, not a range walk (the same entry; outside
+        // the address space the walk visits nothing, and so does this).
+        if nr == 1 {
+            if pfn < 1 << (self.host.ipa_bits() - 12) {
+                let e = self.host.lookup(pa(pfn));
+                f(pfn, self.host_state_of(pfn, e), e);
+            }
+            return;
+        }
         let _ = self.host.walk(pa(pfn), nr, &mut |ipa, n, e| {
             for i in 0..n {
                 let p = (ipa >> 12) + i;

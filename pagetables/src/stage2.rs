@@ -51,7 +51,7 @@ use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2 as Sta
 
 use crate::desc::{
     attrs, decode_entry, granule, index, invalid_attrs, is_table, is_valid, leaf_attrs, LEAF_LEVEL,
-    OA_LIMIT, OA_MASK, PAGE_SIZE, PERM_BITS,
+    OA_LIMIT, OA_MASK, PAGE_SIZE, PERM_BITS, TABLE_OR_PAGE,
 };
 use crate::geometry::{effective_ipa_bits, stage2_root_geometry, RootGeometry, MAX_ROOT_PAGES};
 use crate::pool::{drain_list, PoolTranslation};
@@ -201,6 +201,8 @@ struct Unit {
     desc: u64,
     /// `desc` is a table whose span lies inside the searched range.
     table: bool,
+    /// The table page holding `desc`.
+    table_pa: u64,
 }
 
 /// A valid block that straddles the range and was broken: its mapping
@@ -436,6 +438,7 @@ impl<P: PhysMem> Stage2<P> {
                     end,
                     desc,
                     table,
+                    table_pa,
                 };
             }
             table_pa = desc & OA_MASK;
@@ -488,6 +491,7 @@ impl<P: PhysMem> Stage2<P> {
                     end: start + gran,
                     desc,
                     table: false,
+                    table_pa,
                 };
                 if !(skip_held && w.holds(&u, cur)) {
                     n += w.tables_for(level, cur, end);
@@ -663,6 +667,9 @@ impl<P: PhysMem> Stage2<P> {
         mnt: &mut dyn Maintenance,
     ) -> Result<(), Error> {
         let (w, end) = self.map_write(ipa, pa, nr_pages, leaf, allow_blocks)?;
+        if nr_pages == 1 && self.write_one_page(&w, ipa, mnt) {
+            return Ok(());
+        }
         self.check_pool(&w, ipa, end)?;
         let new = w.attrs();
 
@@ -719,6 +726,9 @@ impl<P: PhysMem> Stage2<P> {
         mnt: &mut dyn Maintenance,
     ) -> Result<(), Error> {
         let (w, end) = self.invalid_write(ipa, nr_pages, annotation)?;
+        if nr_pages == 1 && self.write_one_page(&w, ipa, mnt) {
+            return Ok(());
+        }
         self.check_pool(&w, ipa, end)?;
 
         // Break: only a valid block sticking out of the range needs it;
@@ -745,6 +755,49 @@ impl<P: PhysMem> Stage2<P> {
             self.complete(&mut tlb, true, mnt);
         }
         Ok(())
+    }
+
+    /// The one-page update of `w` at `ipa` when a last-level table already
+    /// holds the page's descriptor: no table page is needed (so no count),
+    /// no block straddles the page, and the generic walk, `map_range` and
+    /// their range iterators are skipped. The descriptor, the barriers and
+    /// the invalidations are exactly those of the generic path: a valid
+    /// page whose output address or memory attributes change is broken
+    /// first (invalid, `dsb`, `tlbi_ipa`, `dsb`), a valid page removed or
+    /// whose permissions change is invalidated after the write, and a
+    /// write over an invalid entry needs only the `dsb` that publishes it.
+    /// Returns false, having done nothing, when the page sits in a block or
+    /// an invalid descriptor above the last level.
+    fn write_one_page(&mut self, w: &Write, ipa: u64, mnt: &mut dyn Maintenance) -> bool {
+        let u = self.unit_at(ipa, 0, 0, false);
+        if u.level != LEAF_LEVEL {
+            return false;
+        }
+        if w.holds(&u, ipa) {
+            return true;
+        }
+        let idx = index(ipa, LEAF_LEVEL);
+        let new = match *w {
+            Write::Map { .. } => w.pa_at(ipa) | w.attrs() | TABLE_OR_PAGE,
+            Write::Invalid { attrs } => attrs,
+        };
+        let mut tlb = TlbBatch::new();
+        if is_valid(u.desc) {
+            let unmap = matches!(w, Write::Invalid { .. });
+            let in_place = unmap
+                || (u.desc & OA_MASK == w.pa_at(ipa) && bbm_safe(attrs(u.desc), w.attrs()));
+            if !in_place {
+                // Break: the generic path's `break_leaf` and `complete`.
+                self.pool().write_entry(u.table_pa, idx, 0);
+                tlb.add(u.start, LEAF_LEVEL);
+                self.complete(&mut tlb, false, mnt);
+            } else if unmap || (u.desc ^ w.attrs()) & PERM_BITS != 0 {
+                tlb.add(u.start, LEAF_LEVEL);
+            }
+        }
+        self.pool().write_entry(u.table_pa, idx, new);
+        self.complete(&mut tlb, true, mnt);
+        true
     }
 
     /// Re-create, after their break, the parts of straddling blocks outside

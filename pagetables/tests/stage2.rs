@@ -479,6 +479,57 @@ fn page_changes_bbm_or_in_place() {
     assert!(mnt.ev.is_empty());
 }
 
+/// A one-page update whose descriptor sits in a last-level table takes no
+/// table page (it works with an empty pool) and writes only that
+/// descriptor; a page inside a block still needs its split counted first.
+#[test]
+fn one_page_updates_in_a_leaf_table_need_no_pool() {
+    // The leaf table for [0, 2 MiB): a level-2 and a level-3 table under
+    // the level-1 root, the whole pool.
+    let (mem2, mut s2b) = setup(39, true, 2);
+    s2b.map(0x3000, 0x5000_3000, 1, wb(), false, &mut Rec::new())
+        .unwrap();
+    assert_eq!(s2b.pool_len(), 0);
+    let pte = desc_pa(&mem2, &s2b, 0x4000, 3);
+    let before = mem2.snapshot();
+    // An annotated invalid entry next to it: mapped, then annotated again,
+    // with the empty pool.
+    s2b.set_invalid(0x4000, 1, 9, &mut Rec::new()).unwrap();
+    assert_eq!(mem2.read(pte), 9 << 2);
+    let mut mnt = Rec::new();
+    s2b.map(0x4000, 0x5000_4000, 1, wb(), false, &mut mnt)
+        .unwrap();
+    assert_eq!(mnt.ev, vec![Ev::Dsb]);
+    assert_eq!(s2b.lookup(0x4000), mapped(0x5000_4000, wb(), 3));
+    let mut mnt = Rec::watching(&mem2, pte);
+    s2b.set_invalid(0x4000, 1, 0, &mut mnt).unwrap();
+    assert_eq!(mnt.ev, vec![Ev::Dsb, Ev::Ipa(0x4000, 3), Ev::Dsb]);
+    assert_eq!(mnt.seen, vec![0]);
+    // Only that descriptor changed, and it is back to what it was.
+    assert!(mem2.snapshot() == before);
+    assert_eq!(s2b.pool_len(), 0);
+    assert_eq!(s2b.lookup(0x3000), mapped(0x5000_3000, wb(), 3));
+
+    // One page inside a block: the split needs two table pages (level 2
+    // and level 3 under the level-1 block), the pool has one: NoMem,
+    // nothing written.
+    let (mem, mut s2) = setup(39, true, 1);
+    s2.map(GIB, GIB, 512 * 512, wb(), true, &mut Rec::new())
+        .unwrap();
+    let before = mem.snapshot();
+    let ro = leaf(R, MemType::NormalWb, PageState::Owned);
+    assert!(matches!(
+        s2.map(GIB + 0x5000, GIB + 0x5000, 1, ro, true, &mut Rec::new()),
+        Err(Error::NoMem { .. })
+    ));
+    assert!(matches!(
+        s2.set_invalid(GIB + 0x5000, 1, 0, &mut Rec::new()),
+        Err(Error::NoMem { .. })
+    ));
+    assert!(mem.snapshot() == before);
+    assert_eq!(s2.lookup(GIB + 0x5000), mapped(GIB + 0x5000, wb(), 1));
+}
+
 #[test]
 fn block_permission_change_in_place() {
     let (mem, mut s2) = setup(39, true, 8);
