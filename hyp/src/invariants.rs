@@ -2,7 +2,6 @@
 //! by asking the core what it believes). Tests call [`check`] after every
 //! step; it is plain code so the EL2 image could run it in a debug build.
 
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -14,7 +13,7 @@ use crate::owner::HostAnnotation;
 use crate::Hypervisor;
 
 /// Who maps a page, and how.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Use {
     /// usize::MAX = host, else VM slot.
     space: usize,
@@ -28,173 +27,276 @@ fn cacheable(m: MemType) -> bool {
     matches!(m, MemType::NormalWb | MemType::Stage1)
 }
 
+/// A run of pages `[start, start + n)` (pfns) with the same use.
+#[derive(Clone, Copy, Debug)]
+struct Run<T> {
+    start: u64,
+    n: u64,
+    what: T,
+}
+
+impl<T> Run<T> {
+    fn end(&self) -> u64 {
+        self.start + self.n
+    }
+}
+
 /// Check I1–I4 over every tracked page and every guest mapping.
-/// `pages` limits the host-side scan to these pfn ranges (start, count);
-/// guest stage-2s are always walked whole.
+/// `pages` limits the host-side scan to these pfn ranges (start, count;
+/// sorted and disjoint); guest stage-2s are always walked whole.
+///
+/// The tables are read run by run (one descriptor at a time, a block
+/// being one run), and the checks run once per stretch of pages over
+/// which nothing changes: no run, scope range or platform region starts
+/// or ends inside it. Everything a check looks at is then the same for
+/// every page of the stretch, except the share count, which is read per
+/// page where it matters.
 pub fn check<P: PhysMem, M: Maintenance>(
     hv: &Hypervisor<P, M>,
     pages: &[(u64, u64)],
 ) -> Result<(), String> {
-    let mut uses: BTreeMap<u64, Vec<Use>> = BTreeMap::new();
-    let mut host_annot: BTreeMap<u64, HostAnnotation> = BTreeMap::new();
+    // The host's entries in scope: its mappings, its annotations, and
+    // for S1 whether each run is the host's to reach.
+    let mut uses: Vec<Run<Use>> = Vec::new();
+    let mut annots: Vec<Run<HostAnnotation>> = Vec::new();
+    let mut host_reach: Vec<Run<bool>> = Vec::new();
+    let mut err = None;
     for &(start, n) in pages {
-        let _ = hv.host_stage2().walk(start << 12, n, &mut |ipa, cnt, e| {
-            // Unannotated invalid runs are host owned, not faulted in: only
-            // mappings and pages someone else owns are recorded.
-            if e == (Entry::Invalid { annotation: 0 }) {
-                return true;
-            }
-            for k in 0..cnt {
-                let pfn = (ipa >> 12) + k;
+        let _ = hv
+            .host_stage2()
+            .walk_raw(start << 12, n, false, &mut |ipa, cnt, e| {
+                let pfn = ipa >> 12;
                 match e {
                     Entry::Mapped { pa, leaf, .. } => {
-                        if pa + k * 4096 != pfn << 12 {
-                            host_annot.insert(pfn, HostAnnotation::None);
+                        if pa != ipa {
+                            err = Some(format!("host maps {pfn:#x} at another output address"));
+                            return false;
                         }
-                        uses.entry(pfn).or_default().push(Use {
-                            space: HOST,
-                            state: leaf.state,
-                            memtype: leaf.memtype,
+                        uses.push(Run {
+                            start: pfn,
+                            n: cnt,
+                            what: Use {
+                                space: HOST,
+                                state: leaf.state,
+                                memtype: leaf.memtype,
+                            },
                         });
                     }
-                    Entry::Invalid { annotation } => {
-                        host_annot.insert(pfn, HostAnnotation::decode(annotation));
-                    }
+                    // Unannotated invalid runs are host owned, not faulted in.
+                    Entry::Invalid { annotation: 0 } => {}
+                    Entry::Invalid { annotation } => annots.push(Run {
+                        start: pfn,
+                        n: cnt,
+                        what: HostAnnotation::decode(annotation),
+                    }),
                 }
-            }
-            true
-        });
+                let reach = !matches!(e, Entry::Invalid { annotation } if annotation != 0);
+                host_reach.push(Run {
+                    start: pfn,
+                    n: cnt,
+                    what: reach,
+                });
+                true
+            });
+        if let Some(e) = err.take() {
+            return Err(e);
+        }
     }
     for (slot, vm) in hv.vms() {
         let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
-        let _ = vm.stage2().walk(0, ipa_pages, &mut |_, cnt, e| {
+        let _ = vm.stage2().walk_raw(0, ipa_pages, true, &mut |_, cnt, e| {
             if let Entry::Mapped { pa, leaf, .. } = e {
-                for k in 0..cnt {
-                    uses.entry((pa >> 12) + k).or_default().push(Use {
-                        space: slot,
-                        state: leaf.state,
-                        memtype: leaf.memtype,
-                    });
+                let what = Use {
+                    space: slot,
+                    state: leaf.state,
+                    memtype: leaf.memtype,
+                };
+                // Pages mapped one by one to consecutive frames make one run.
+                match uses.last_mut() {
+                    Some(r) if r.what == what && r.end() == pa >> 12 => r.n += cnt,
+                    _ => uses.push(Run {
+                        start: pa >> 12,
+                        n: cnt,
+                        what,
+                    }),
                 }
             }
             true
         });
     }
-    let in_scope = |pfn: u64| pages.iter().any(|&(s, n)| pfn >= s && pfn < s + n);
-    for (&pfn, us) in &uses {
-        let (class, _) = hv.platform().classify(pfn);
-        // I3: HYP pages are mapped in no stage-2.
-        if class == MemClass::Hyp {
-            return Err(format!("I3: HYP page {pfn:#x} mapped: {us:?}"));
+
+    // Every point where what a page sees can change.
+    let mut bounds: Vec<u64> = Vec::with_capacity(2 * (uses.len() + annots.len() + pages.len()));
+    for r in &uses {
+        bounds.extend([r.start, r.end()]);
+    }
+    for a in &annots {
+        bounds.extend([a.start, a.end()]);
+    }
+    for &(s, n) in pages {
+        bounds.extend([s, s + n]);
+    }
+    for r in hv.platform().regions() {
+        bounds.extend([r.base_pfn, r.base_pfn + r.nr_pages]);
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    uses.sort_by_key(|r| r.start);
+
+    // Sweep: `active` holds the uses covering the current stretch.
+    let mut active: Vec<Use> = Vec::new();
+    let mut live: Vec<Run<Use>> = Vec::new();
+    let mut next = 0;
+    let mut ann = 0;
+    for w in bounds.windows(2) {
+        let (lo, hi) = (w[0], w[1]);
+        live.retain(|r| r.end() > lo);
+        while next < uses.len() && uses[next].start <= lo {
+            if uses[next].end() > lo {
+                live.push(uses[next]);
+            }
+            next += 1;
         }
-        if matches!(host_annot.get(&pfn), Some(HostAnnotation::None))
-            && us.iter().any(|u| u.space == HOST)
-        {
-            return Err(format!("host maps {pfn:#x} at another output address"));
+        if live.is_empty() {
+            continue;
         }
-        // I1/I2: exactly one owner among the mappings, or an owner elsewhere.
-        let owners: Vec<&Use> = us
-            .iter()
-            .filter(|u| matches!(u.state, PageState::Owned | PageState::SharedOwned))
-            .collect();
-        let borrowers = us
-            .iter()
-            .filter(|u| u.state == PageState::SharedBorrowed)
-            .count();
-        let host_owns_unmapped =
-            in_scope(pfn) && matches!(host_annot.get(&pfn), None | Some(HostAnnotation::None));
-        if owners.len() > 1 {
+        active.clear();
+        active.extend(live.iter().map(|r| r.what));
+        while ann < annots.len() && annots[ann].end() <= lo {
+            ann += 1;
+        }
+        let annot = annots.get(ann).filter(|a| a.start <= lo).map(|a| a.what);
+        let in_scope = pages.iter().any(|&(s, n)| lo >= s && lo < s + n);
+        check_stretch(hv, lo, hi, &active, annot, in_scope)?;
+    }
+    check_dma_view(hv, pages, &host_reach)
+}
+
+/// The checks of [`check`] for the pages `[lo, hi)`, which all have the
+/// uses `us` (not empty), the host annotation `annot` and the same class
+/// and scope.
+fn check_stretch<P: PhysMem, M: Maintenance>(
+    hv: &Hypervisor<P, M>,
+    lo: u64,
+    hi: u64,
+    us: &[Use],
+    annot: Option<HostAnnotation>,
+    in_scope: bool,
+) -> Result<(), String> {
+    let pfn = lo;
+    let (class, _) = hv.platform().classify(pfn);
+    // I3: HYP pages are mapped in no stage-2.
+    if class == MemClass::Hyp {
+        return Err(format!("I3: HYP page {pfn:#x} mapped: {us:?}"));
+    }
+    // I1/I2: exactly one owner among the mappings, or an owner elsewhere.
+    let owners: Vec<&Use> = us
+        .iter()
+        .filter(|u| matches!(u.state, PageState::Owned | PageState::SharedOwned))
+        .collect();
+    let borrowers = us
+        .iter()
+        .filter(|u| u.state == PageState::SharedBorrowed)
+        .count();
+    let host_owns_unmapped = in_scope && matches!(annot, None | Some(HostAnnotation::None));
+    if owners.len() > 1 {
+        return Err(format!(
+            "I1: page {pfn:#x} has {} owners: {us:?}",
+            owners.len()
+        ));
+    }
+    if owners.is_empty() && borrowers > 0 && in_scope && !host_owns_unmapped {
+        // The owner must then be the host with no mapping: impossible,
+        // since a shared page is mapped SHARED_OWNED by its owner.
+        return Err(format!(
+            "I2: borrowed page {pfn:#x} has no owner mapping: {us:?}"
+        ));
+    }
+    if let Some(o) = owners.first() {
+        let shared = o.state == PageState::SharedOwned;
+        if o.space == HOST && shared {
+            for p in lo..hi {
+                let (count, _) = hv.page_meta(p);
+                // I2: SHARED_OWNED exactly when someone borrows it (the
+                // hypervisor borrows host pages with count 0 and holds no
+                // stage-2 mapping of them).
+                let hyp_borrow = count == 0 && class == MemClass::Ram;
+                if borrowers == 0 && !hyp_borrow {
+                    return Err(format!("I2: {p:#x} SHARED_OWNED with no borrower: {us:?}"));
+                }
+                if count as usize != borrowers && count != 0 {
+                    return Err(format!(
+                        "share count {count} of {p:#x} but {borrowers} borrowers"
+                    ));
+                }
+            }
+        } else if shared && borrowers == 0 {
             return Err(format!(
-                "I1: page {pfn:#x} has {} owners: {us:?}",
-                owners.len()
+                "I2: {pfn:#x} SHARED_OWNED with no borrower: {us:?}"
             ));
         }
-        if owners.is_empty() && borrowers > 0 && in_scope(pfn) && !host_owns_unmapped {
-            // The owner must then be the host with no mapping: impossible,
-            // since a shared page is mapped SHARED_OWNED by its owner.
-            return Err(format!(
-                "I2: borrowed page {pfn:#x} has no owner mapping: {us:?}"
-            ));
+        if !shared && borrowers > 0 {
+            return Err(format!("I2: {pfn:#x} OWNED but borrowed: {us:?}"));
         }
-        if let Some(o) = owners.first() {
-            let shared = o.state == PageState::SharedOwned;
-            let (count, _) = hv.page_meta(pfn);
-            // I2: SHARED_OWNED exactly when someone borrows it (the
-            // hypervisor borrows host pages with count 0 and holds no
-            // stage-2 mapping of them).
-            let hyp_borrow = o.space == HOST && shared && count == 0 && class == MemClass::Ram;
-            if shared && borrowers == 0 && !hyp_borrow {
-                return Err(format!(
-                    "I2: {pfn:#x} SHARED_OWNED with no borrower: {us:?}"
-                ));
-            }
-            if !shared && borrowers > 0 {
-                return Err(format!("I2: {pfn:#x} OWNED but borrowed: {us:?}"));
-            }
-            if o.space == HOST && shared && count as usize != borrowers && count != 0 {
-                return Err(format!(
-                    "share count {count} of {pfn:#x} but {borrowers} borrowers"
-                ));
-            }
-            // I3: a guest-owned page is mapped elsewhere only if shared.
-            if o.space != HOST && !shared && us.len() > 1 {
-                return Err(format!("I3: guest page {pfn:#x} mapped elsewhere: {us:?}"));
-            }
-        }
-        // A guest-owned page (host annotation names a guest) is in that
-        // guest's table and nowhere else unless shared.
-        if let Some(HostAnnotation::Guest(slot)) = host_annot.get(&pfn) {
-            if !us.iter().any(|u| u.space == *slot) {
-                return Err(format!(
-                    "I1: {pfn:#x} annotated for VM slot {slot} which does not map it"
-                ));
-            }
-        }
-        if matches!(
-            host_annot.get(&pfn),
-            Some(HostAnnotation::Hyp | HostAnnotation::Reclaimable)
-        ) {
-            return Err(format!(
-                "I3: hypervisor/reclaimable page {pfn:#x} mapped: {us:?}"
-            ));
-        }
-        // I4: one memory type across all live mappings (Stage1 on the
-        // host's private RAM is its own, unshared, mapping).
-        if us.len() > 1 {
-            let first = us[0].memtype;
-            if us.iter().any(|u| {
-                cacheable(u.memtype) != cacheable(first)
-                    || (!cacheable(first) && u.memtype != first)
-            }) {
-                return Err(format!(
-                    "I4: {pfn:#x} mapped with several memory types: {us:?}"
-                ));
-            }
-            if us.iter().any(|u| u.memtype == MemType::Stage1) {
-                return Err(format!(
-                    "I4: shared page {pfn:#x} left to stage 1's type: {us:?}"
-                ));
-            }
-        }
-        // Shared device pages: the host's entry follows the guest type (D7).
-        if class == MemClass::Mmio
-            && us.iter().any(|u| {
-                u.space == HOST && u.state == PageState::Owned && u.memtype != MemType::Device
-            })
-        {
-            return Err(format!("D7: host-private MMIO {pfn:#x} not Device: {us:?}"));
+        // I3: a guest-owned page is mapped elsewhere only if shared.
+        if o.space != HOST && !shared && us.len() > 1 {
+            return Err(format!("I3: guest page {pfn:#x} mapped elsewhere: {us:?}"));
         }
     }
-    check_dma_view(hv, pages)
+    // A guest-owned page (host annotation names a guest) is in that
+    // guest's table and nowhere else unless shared.
+    if let Some(HostAnnotation::Guest(slot)) = annot {
+        if !us.iter().any(|u| u.space == slot) {
+            return Err(format!(
+                "I1: {pfn:#x} annotated for VM slot {slot} which does not map it"
+            ));
+        }
+    }
+    if matches!(
+        annot,
+        Some(HostAnnotation::Hyp | HostAnnotation::Reclaimable)
+    ) {
+        return Err(format!(
+            "I3: hypervisor/reclaimable page {pfn:#x} mapped: {us:?}"
+        ));
+    }
+    // I4: one memory type across all live mappings (Stage1 on the
+    // host's private RAM is its own, unshared, mapping).
+    if us.len() > 1 {
+        let first = us[0].memtype;
+        if us.iter().any(|u| {
+            cacheable(u.memtype) != cacheable(first) || (!cacheable(first) && u.memtype != first)
+        }) {
+            return Err(format!(
+                "I4: {pfn:#x} mapped with several memory types: {us:?}"
+            ));
+        }
+        if us.iter().any(|u| u.memtype == MemType::Stage1) {
+            return Err(format!(
+                "I4: shared page {pfn:#x} left to stage 1's type: {us:?}"
+            ));
+        }
+    }
+    // Shared device pages: the host's entry follows the guest type (D7).
+    if class == MemClass::Mmio
+        && us
+            .iter()
+            .any(|u| u.space == HOST && u.state == PageState::Owned && u.memtype != MemType::Device)
+    {
+        return Err(format!("D7: host-private MMIO {pfn:#x} not Device: {us:?}"));
+    }
+    Ok(())
 }
 
 /// S1: the DMA view maps exactly the RAM and COHERENT pages the host may
-/// reach, each at its own address. Both tables are walked run by run: a
-/// host entry that is valid, or invalid without an annotation, is the
-/// host's (`Hypervisor::host_may_dma`).
+/// reach, each at its own address. `host` is the host's table over
+/// `pages`, run by run: a run that is valid, or invalid without an
+/// annotation, is the host's (`Hypervisor::host_may_dma`). The view is
+/// walked once per range and matched against it.
 fn check_dma_view<P: PhysMem, M: Maintenance>(
     hv: &Hypervisor<P, M>,
     pages: &[(u64, u64)],
+    host: &[Run<bool>],
 ) -> Result<(), String> {
     let Some(view) = hv.dma_view() else {
         return Ok(());
@@ -210,29 +312,33 @@ fn check_dma_view<P: PhysMem, M: Maintenance>(
             if lo >= hi {
                 continue;
             }
-            let _ = hv
-                .host_stage2()
-                .walk(lo << 12, hi - lo, &mut |ipa, cnt, e| {
-                    let host = match e {
-                        Entry::Mapped { .. } => true,
-                        Entry::Invalid { annotation } => annotation == 0,
+            // The first host run that ends after `lo`.
+            let mut h = host.partition_point(|x| x.end() <= lo);
+            let _ = view.stage2().walk_raw(lo << 12, hi - lo, false, &mut |vipa, vcnt, ve| {
+                let (vlo, vhi) = (vipa >> 12, (vipa >> 12) + vcnt);
+                while let Some(x) = host.get(h).filter(|x| x.start < vhi) {
+                    let reach = x.what;
+                    let ok = match ve {
+                        Entry::Mapped { pa, .. } => reach && pa == vipa,
+                        Entry::Invalid { .. } => !reach,
                     };
-                    let _ = view.stage2().walk(ipa, cnt, &mut |vipa, vcnt, ve| {
-                        let ok = match ve {
-                            Entry::Mapped { pa, .. } => host && pa == vipa,
-                            Entry::Invalid { .. } => !host,
-                        };
-                        if !ok {
-                            err = Some(format!(
-                                "S1: DMA view {ve:?} for {:?} pages {:#x}+{vcnt}, host entry {e:?}",
-                                r.class,
-                                vipa >> 12
-                            ));
-                        }
-                        ok
-                    });
-                    err.is_none()
-                });
+                    if !ok {
+                        err = Some(format!(
+                            "S1: DMA view {ve:?} for {:?} pages {:#x}+{vcnt}, host reaches {reach} at {:#x}+{}",
+                            r.class,
+                            vlo,
+                            x.start.max(vlo),
+                            x.end().min(vhi) - x.start.max(vlo)
+                        ));
+                        return false;
+                    }
+                    if x.end() > vhi {
+                        break;
+                    }
+                    h += 1;
+                }
+                true
+            });
             if let Some(e) = err.take() {
                 return Err(e);
             }

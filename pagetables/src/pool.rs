@@ -99,6 +99,18 @@ impl<P: PhysMem> PoolTranslation<P> {
         unsafe { AtomicU64::from_ptr(ptr) }
     }
 
+    /// The 512 descriptors of the table page at `table_pa`, for walks that
+    /// read many of them.
+    pub(crate) fn table(&self, table_pa: u64) -> &[AtomicU64] {
+        debug_assert!(table_pa.is_multiple_of(PAGE_SIZE));
+        let ptr = self.phys.phys_to_virt(table_pa).cast::<AtomicU64>();
+        // SAFETY: as for `word`: a page this stage-2 owns, mapped readable
+        // and writable, 4 KiB aligned, for its whole size (512 words), and
+        // only ever accessed through atomics (`AtomicU64` has the layout of
+        // `u64`).
+        unsafe { core::slice::from_raw_parts(ptr, 512) }
+    }
+
     /// Descriptor `idx` of the table page at `table_pa`.
     pub(crate) fn read_entry(&self, table_pa: u64, idx: usize) -> u64 {
         self.word(table_pa, idx).load(Ordering::Acquire)

@@ -48,6 +48,7 @@
 
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
 use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2 as Stage2Regime};
+use core::sync::atomic::Ordering;
 
 use crate::desc::{
     attrs, decode_entry, granule, index, invalid_attrs, is_table, is_valid, leaf_attrs, LEAF_LEVEL,
@@ -73,6 +74,12 @@ pub struct Stage2<P: PhysMem> {
     ipa_bits: u32,
     fwb: bool,
     vmid: u16,
+}
+
+/// How [`Stage2::walk_raw`] reports.
+struct RawWalk {
+    skip_empty: bool,
+    fwb: bool,
 }
 
 /// What an update writes into every page of its range.
@@ -909,6 +916,27 @@ impl<P: PhysMem> Stage2<P> {
         (u.desc, u.level)
     }
 
+    /// Physical address of the descriptor that translates `ipa` (the leaf,
+    /// or the invalid entry at whatever level the walk stops), for tests
+    /// that corrupt a table on purpose to show a checker notices. Outside
+    /// the input address space: `None`.
+    pub fn descriptor_pa(&self, ipa: u64) -> Option<u64> {
+        if ipa >> self.ipa_bits != 0 {
+            return None;
+        }
+        let pool = self.pool();
+        let mut level = self.root_level;
+        let mut table_pa = self.root_for(ipa).table_pa;
+        loop {
+            let desc = pool.read_entry(table_pa, index(ipa, level));
+            if !is_table(desc, level) {
+                return Some(table_pa + 8 * index(ipa, level) as u64);
+            }
+            table_pa = desc & OA_MASK;
+            level += 1;
+        }
+    }
+
     /// Visit the range in maximal runs: f(ipa_of_run_start,
     /// nr_pages_in_run, entry_of_first_page). A run is one descriptor's
     /// overlap with the range (one block, one page, or one invalid
@@ -947,6 +975,68 @@ impl<P: PhysMem> Stage2<P> {
             cur = part_end;
         }
         Ok(())
+    }
+
+    /// [`Stage2::walk`] reading the descriptors itself rather than through
+    /// aarch64-paging's visitor: the same runs, in the same order, with the
+    /// same entries, except that invalid descriptors without an annotation
+    /// are left out when `skip_empty`. For checkers that walk whole address
+    /// spaces after every step.
+    pub fn walk_raw(
+        &self,
+        ipa: u64,
+        nr_pages: u64,
+        skip_empty: bool,
+        f: &mut dyn FnMut(u64, u64, Entry) -> bool,
+    ) -> Result<(), Error> {
+        let end = self.range(ipa, nr_pages)?;
+        let mut cur = ipa;
+        while cur < end {
+            let root = self.root_for(cur);
+            let part_end = end.min(root.end);
+            let w = RawWalk {
+                skip_empty,
+                fwb: self.fwb,
+            };
+            if !self.walk_raw_in(&w, self.root_level, root.table_pa, cur, part_end, f) {
+                break;
+            }
+            cur = part_end;
+        }
+        Ok(())
+    }
+
+    fn walk_raw_in(
+        &self,
+        w: &RawWalk,
+        level: u8,
+        table_pa: u64,
+        a: u64,
+        b: u64,
+        f: &mut dyn FnMut(u64, u64, Entry) -> bool,
+    ) -> bool {
+        let table = self.pool().table(table_pa);
+        let gran = granule(level);
+        let mut cur = a;
+        while cur < b {
+            let end = ((cur & !(gran - 1)) + gran).min(b);
+            let desc = table[index(cur, level)].load(Ordering::Acquire);
+            if desc == 0 && w.skip_empty {
+                // An invalid descriptor without annotation.
+            } else if is_table(desc, level) {
+                if !self.walk_raw_in(w, level + 1, desc & OA_MASK, cur, end, f) {
+                    return false;
+                }
+            } else {
+                let e = decode_entry(desc, level, cur, w.fwb);
+                let skip = w.skip_empty && e == (Entry::Invalid { annotation: 0 });
+                if !skip && !f(cur, (end - cur) / PAGE_SIZE, e) {
+                    return false;
+                }
+            }
+            cur = end;
+        }
+        true
     }
 
     /// Tear down: free every table page (all root pages included) and every

@@ -160,6 +160,27 @@ impl World {
             })
             .unwrap();
         assert_eq!(seen, n);
+        // The raw walker reports the same runs, and without the empty ones
+        // when asked.
+        for skip_empty in [false, true] {
+            let mut runs = Vec::new();
+            self.s2
+                .walk(self.lo, n, &mut |a, cnt, e| {
+                    if !(skip_empty && e == (Entry::Invalid { annotation: 0 })) {
+                        runs.push((a, cnt, e));
+                    }
+                    true
+                })
+                .unwrap();
+            let mut raw = Vec::new();
+            self.s2
+                .walk_raw(self.lo, n, skip_empty, &mut |a, cnt, e| {
+                    raw.push((a, cnt, e));
+                    true
+                })
+                .unwrap();
+            assert_eq!(raw, runs, "skip_empty {skip_empty}");
+        }
     }
 
     fn step(&mut self) {
