@@ -48,6 +48,7 @@
 
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
 use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2 as Stage2Regime};
+use core::cell::Cell;
 use core::sync::atomic::Ordering;
 
 use crate::desc::{
@@ -74,6 +75,22 @@ pub struct Stage2<P: PhysMem> {
     ipa_bits: u32,
     fwb: bool,
     vmid: u16,
+    /// Descriptor writes so far (wrapping): a [`LastLookup`] taken at
+    /// another count is stale.
+    writes: u64,
+    /// Where [`Stage2::lookup`] last found a page's descriptor, so that a
+    /// one-page update of that page right after it (the core checks a
+    /// page's state, then changes it) does not walk the tables again.
+    last_lookup: Cell<Option<LastLookup>>,
+}
+
+/// The descriptor [`Stage2::lookup`] found for a page, valid while no
+/// descriptor was written since (`writes` unchanged).
+#[derive(Clone, Copy)]
+struct LastLookup {
+    page: u64,
+    writes: u64,
+    unit: Unit,
 }
 
 /// How [`Stage2::walk_raw`] reports.
@@ -327,6 +344,8 @@ impl<P: PhysMem> Stage2<P> {
             ipa_bits,
             fwb,
             vmid,
+            writes: 0,
+            last_lookup: Cell::new(None),
         }
     }
 
@@ -623,6 +642,7 @@ impl<P: PhysMem> Stage2<P> {
     /// `[a, b)` is split at the root pages' boundaries; each part goes to
     /// its root's `RootTable` relative to the root's base.
     fn put(&mut self, a: u64, b: u64, pa: u64, attrs: u64, constraints: Constraints) {
+        self.writes = self.writes.wrapping_add(1);
         let flags = Stage2Attributes::from_bits_retain(attrs as usize);
         let mut cur = a;
         while cur < b {
@@ -776,7 +796,18 @@ impl<P: PhysMem> Stage2<P> {
     /// Returns false, having done nothing, when the page sits in a block or
     /// an invalid descriptor above the last level.
     fn write_one_page(&mut self, w: &Write, ipa: u64, mnt: &mut dyn Maintenance) -> bool {
-        let u = self.unit_at(ipa, 0, 0, false);
+        // The lookup just before (the core's state check) found where the
+        // descriptor lives; no descriptor was written since, so the tables
+        // above it are the same. The descriptor itself is read again.
+        let u = match self.last_lookup.take() {
+            Some(l) if l.page == ipa && l.writes == self.writes => Unit {
+                desc: self
+                    .pool()
+                    .read_entry(l.unit.table_pa, index(ipa, l.unit.level)),
+                ..l.unit
+            },
+            _ => self.unit_at(ipa, 0, 0, false),
+        };
         if u.level != LEAF_LEVEL {
             return false;
         }
@@ -788,11 +819,12 @@ impl<P: PhysMem> Stage2<P> {
             Write::Map { .. } => w.pa_at(ipa) | w.attrs() | TABLE_OR_PAGE,
             Write::Invalid { attrs } => attrs,
         };
+        self.writes = self.writes.wrapping_add(1);
         let mut tlb = TlbBatch::new();
         if is_valid(u.desc) {
             let unmap = matches!(w, Write::Invalid { .. });
-            let in_place = unmap
-                || (u.desc & OA_MASK == w.pa_at(ipa) && bbm_safe(attrs(u.desc), w.attrs()));
+            let in_place =
+                unmap || (u.desc & OA_MASK == w.pa_at(ipa) && bbm_safe(attrs(u.desc), w.attrs()));
             if !in_place {
                 // Break: the generic path's `break_leaf` and `complete`.
                 self.pool().write_entry(u.table_pa, idx, 0);
@@ -902,6 +934,11 @@ impl<P: PhysMem> Stage2<P> {
         }
         let page = ipa & !(PAGE_SIZE - 1);
         let u = self.unit_at(page, 0, 0, false);
+        self.last_lookup.set(Some(LastLookup {
+            page,
+            writes: self.writes,
+            unit: u,
+        }));
         decode_entry(u.desc, u.level, page, self.fwb)
     }
 

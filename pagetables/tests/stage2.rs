@@ -530,6 +530,39 @@ fn one_page_updates_in_a_leaf_table_need_no_pool() {
     assert_eq!(s2.lookup(GIB + 0x5000), mapped(GIB + 0x5000, wb(), 1));
 }
 
+/// A lookup remembers where the page's descriptor lives for the one-page
+/// update that follows it; any write in between (here: the page's
+/// last-level table detached, then reused) makes the update walk again.
+#[test]
+fn one_page_update_after_lookup_sees_tables_changed_since() {
+    let (mem, mut s2) = setup(39, true, 4);
+    s2.map(0x3000, 0x5000_3000, 1, wb(), false, &mut Rec::new())
+        .unwrap();
+    let old_leaf_table = desc_pa(&mem, &s2, 0x3000, 3) & !0xfff;
+    assert!(matches!(s2.lookup(0x3000), Entry::Mapped { .. }));
+    // The whole 2 MiB: the last-level table is detached (back to the pool).
+    s2.set_invalid(0, 512, 0, &mut Rec::new()).unwrap();
+    // Two pages elsewhere take table pages (the detached one among them:
+    // the pool hands out the page freed last).
+    s2.map(MIB2 + 0x1000, 0x5020_1000, 2, wb(), false, &mut Rec::new())
+        .unwrap();
+    assert_eq!(desc_pa(&mem, &s2, MIB2, 3) & !0xfff, old_leaf_table);
+    // The remembered table must not be written through.
+    s2.map(0x3000, 0x6000_3000, 1, wb(), false, &mut Rec::new())
+        .unwrap();
+    assert_eq!(s2.lookup(0x3000), mapped(0x6000_3000, wb(), 3));
+    assert_eq!(s2.lookup(MIB2 + 0x1000), mapped(0x5020_1000, wb(), 3));
+    assert_eq!(s2.lookup(MIB2 + 0x3000), Entry::Invalid { annotation: 0 });
+    assert_eq!(s2.lookup(0x4000), Entry::Invalid { annotation: 0 });
+    // The same with a lookup right before an unmap of another page of the
+    // same table: the update of the looked-up page still lands.
+    assert!(matches!(s2.lookup(0x3000), Entry::Mapped { .. }));
+    s2.set_invalid(0x5000, 2, 4, &mut Rec::new()).unwrap();
+    s2.set_invalid(0x3000, 1, 5, &mut Rec::new()).unwrap();
+    assert_eq!(s2.lookup(0x3000), Entry::Invalid { annotation: 5 });
+    assert_eq!(s2.lookup(0x5000), Entry::Invalid { annotation: 4 });
+}
+
 #[test]
 fn block_permission_change_in_place() {
     let (mem, mut s2) = setup(39, true, 8);
