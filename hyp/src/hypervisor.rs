@@ -361,7 +361,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         // the address space the walk visits nothing, and so does this).
         if nr == 1 {
             if pfn < 1 << (self.host.ipa_bits() - 12) {
-                let e = self.host.lookup(pa(pfn));
+                let e = self.host.lookup_for_update(pa(pfn));
                 f(pfn, self.host_state_of(pfn, e), e);
             }
             return;

@@ -78,13 +78,13 @@ pub struct Stage2<P: PhysMem> {
     /// Descriptor writes so far (wrapping): a [`LastLookup`] taken at
     /// another count is stale.
     writes: u64,
-    /// Where [`Stage2::lookup`] last found a page's descriptor, so that a
+    /// Where [`Stage2::lookup_for_update`] last found a page's descriptor, so that a
     /// one-page update of that page right after it (the core checks a
     /// page's state, then changes it) does not walk the tables again.
     last_lookup: Cell<Option<LastLookup>>,
 }
 
-/// The descriptor [`Stage2::lookup`] found for a page, valid while no
+/// The descriptor [`Stage2::lookup_for_update`] found for a page, valid while no
 /// descriptor was written since (`writes` unchanged).
 #[derive(Clone, Copy)]
 struct LastLookup {
@@ -820,7 +820,15 @@ impl<P: PhysMem> Stage2<P> {
             Write::Invalid { attrs } => attrs,
         };
         self.writes = self.writes.wrapping_add(1);
-        let mut tlb = TlbBatch::new();
+        // The generic path's `complete` for one TLBI by IPA (no table was
+        // detached, so no page waits for it).
+        let vmid = self.vmid;
+        let invalidate = |mnt: &mut dyn Maintenance| {
+            mnt.dsb();
+            mnt.tlbi_ipa(vmid, u.start, LEAF_LEVEL);
+            mnt.dsb();
+        };
+        let mut tlbi_after = false;
         if is_valid(u.desc) {
             let unmap = matches!(w, Write::Invalid { .. });
             let in_place =
@@ -828,14 +836,17 @@ impl<P: PhysMem> Stage2<P> {
             if !in_place {
                 // Break: the generic path's `break_leaf` and `complete`.
                 self.pool().write_entry(u.table_pa, idx, 0);
-                tlb.add(u.start, LEAF_LEVEL);
-                self.complete(&mut tlb, false, mnt);
-            } else if unmap || (u.desc ^ w.attrs()) & PERM_BITS != 0 {
-                tlb.add(u.start, LEAF_LEVEL);
+                invalidate(mnt);
+            } else {
+                tlbi_after = unmap || (u.desc ^ w.attrs()) & PERM_BITS != 0;
             }
         }
         self.pool().write_entry(u.table_pa, idx, new);
-        self.complete(&mut tlb, true, mnt);
+        if tlbi_after {
+            invalidate(mnt);
+        } else {
+            mnt.dsb();
+        }
         true
     }
 
@@ -929,6 +940,19 @@ impl<P: PhysMem> Stage2<P> {
     /// The entry translating one page (the page containing `ipa`). Outside
     /// the input address space: `Invalid { annotation: 0 }`.
     pub fn lookup(&self, ipa: u64) -> Entry {
+        if ipa >> self.ipa_bits != 0 {
+            return Entry::Invalid { annotation: 0 };
+        }
+        let page = ipa & !(PAGE_SIZE - 1);
+        let u = self.unit_at(page, 0, 0, false);
+        decode_entry(u.desc, u.level, page, self.fwb)
+    }
+
+    /// [`Stage2::lookup`] of a page about to be updated on its own: where
+    /// its descriptor lives is remembered, and a one-page `map` or
+    /// `set_invalid` of the page that follows with no write in between
+    /// reuses it instead of walking the tables again.
+    pub fn lookup_for_update(&self, ipa: u64) -> Entry {
         if ipa >> self.ipa_bits != 0 {
             return Entry::Invalid { annotation: 0 };
         }

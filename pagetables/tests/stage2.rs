@@ -530,7 +530,7 @@ fn one_page_updates_in_a_leaf_table_need_no_pool() {
     assert_eq!(s2.lookup(GIB + 0x5000), mapped(GIB + 0x5000, wb(), 1));
 }
 
-/// A lookup remembers where the page's descriptor lives for the one-page
+/// `lookup_for_update` remembers where the page's descriptor lives for the one-page
 /// update that follows it; any write in between (here: the page's
 /// last-level table detached, then reused) makes the update walk again.
 #[test]
@@ -539,7 +539,7 @@ fn one_page_update_after_lookup_sees_tables_changed_since() {
     s2.map(0x3000, 0x5000_3000, 1, wb(), false, &mut Rec::new())
         .unwrap();
     let old_leaf_table = desc_pa(&mem, &s2, 0x3000, 3) & !0xfff;
-    assert!(matches!(s2.lookup(0x3000), Entry::Mapped { .. }));
+    assert!(matches!(s2.lookup_for_update(0x3000), Entry::Mapped { .. }));
     // The whole 2 MiB: the last-level table is detached (back to the pool).
     s2.set_invalid(0, 512, 0, &mut Rec::new()).unwrap();
     // Two pages elsewhere take table pages (the detached one among them:
@@ -556,7 +556,7 @@ fn one_page_update_after_lookup_sees_tables_changed_since() {
     assert_eq!(s2.lookup(0x4000), Entry::Invalid { annotation: 0 });
     // The same with a lookup right before an unmap of another page of the
     // same table: the update of the looked-up page still lands.
-    assert!(matches!(s2.lookup(0x3000), Entry::Mapped { .. }));
+    assert!(matches!(s2.lookup_for_update(0x3000), Entry::Mapped { .. }));
     s2.set_invalid(0x5000, 2, 4, &mut Rec::new()).unwrap();
     s2.set_invalid(0x3000, 1, 5, &mut Rec::new()).unwrap();
     assert_eq!(s2.lookup(0x3000), Entry::Invalid { annotation: 5 });
