@@ -17,7 +17,6 @@ use hyp::{Trap, VcpuContext};
 use crate::sysreg::ec;
 use crate::{gic, sysreg, HOST_REGS};
 
-
 /// EL1 registers switched with the vCPU, in `VcpuContext::sys` order.
 /// (PSTATE is word 0; word 31 says the context has been initialised.)
 const SYS_SPSR: usize = 0;

@@ -132,19 +132,16 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
     let mpidrs =
         platform::cpu_mpidrs(blob).unwrap_or_else(|_| stop("bad /cpus in the device tree"));
     // Stacks and per-CPU records for exactly the CPUs of the device tree.
-    let area = hyp::cpu_area::CpuArea::plan(
-        mpidrs.len(),
-        stacks_room.0 as u64,
-        stacks_room.1 as u64,
-    )
-    .unwrap_or_else(|e| {
-        stop_fmt(format_args!(
-            "{} ({} CPUs, at most {})",
-            e.message(),
-            mpidrs.len(),
-            hyp::cpu_area::MAX_CPUS
-        ))
-    });
+    let area =
+        hyp::cpu_area::CpuArea::plan(mpidrs.len(), stacks_room.0 as u64, stacks_room.1 as u64)
+            .unwrap_or_else(|e| {
+                stop_fmt(format_args!(
+                    "{} ({} CPUs, at most {})",
+                    e.message(),
+                    mpidrs.len(),
+                    hyp::cpu_area::MAX_CPUS
+                ))
+            });
     mmu::map_stacks(&area);
     if let Err(e) = percpu::set_cpus(&mpidrs) {
         stop(e);

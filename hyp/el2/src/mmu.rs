@@ -90,13 +90,7 @@ pub fn map(start: usize, end: usize, flags: El23Attributes) {
 /// Build the identity map of the hypervisor region but `[hole_start,
 /// hole_end)` (the room for the other CPUs' stacks) and the UART, turn the
 /// MMU and caches on, and publish the settings for secondary CPUs.
-pub fn enable(
-    hyp_start: usize,
-    hyp_end: usize,
-    hole: (usize, usize),
-    uart: usize,
-    pa_range: u64,
-) {
+pub fn enable(hyp_start: usize, hyp_end: usize, hole: (usize, usize), uart: usize, pa_range: u64) {
     // SAFETY: single-threaded boot; MAP is written once here.
     unsafe { *(&raw mut MAP) = Some(Mapping::new(StaticTables, 1, El2)) };
     // SAFETY: linker-defined symbols; only their addresses are used.
