@@ -9,6 +9,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 pub use hyp::cpu_area::MAX_CPUS;
@@ -34,7 +35,28 @@ pub struct PerCpu {
     id: [AtomicU64; 5],
     /// This CPU's GIC redistributor SGI frame (`gic::init_cpu`).
     pub sgi_frame: AtomicUsize,
+    /// The VCPU_RUN in progress on this CPU ([`with_run_state`]).
+    run: UnsafeCell<RunState>,
+    /// [`Self::run`] is lent out.
+    run_busy: AtomicBool,
 }
+
+/// What a VCPU_RUN keeps while the guest runs: the vCPU's context and the
+/// host's saved state. About 3 KiB; kept per CPU and reused from run to
+/// run, so a run neither zeroes nor moves it (a `Run` and a `Loaded` on the
+/// stack cost about 1,100 instructions of memset and memcpy per run).
+/// Nothing in it is read before the run writes it: `vcpu_run_begin_in`
+/// copies the vCPU's context in, `guest::load` saves the host's state.
+pub struct RunState {
+    pub run: hyp::Run,
+    pub loaded: crate::guest::Loaded,
+}
+
+// SAFETY: the only non-Sync field is `run`, an UnsafeCell that only the CPU
+// owning the record touches (`with_run_state` takes the record of the
+// calling CPU, by TPIDR_EL2), never twice at once (`run_busy`); the other
+// fields are atomics.
+unsafe impl Sync for PerCpu {}
 
 impl PerCpu {
     fn new(mpidr: u64) -> Self {
@@ -46,8 +68,29 @@ impl PerCpu {
             probed: AtomicBool::new(false),
             id: [const { AtomicU64::new(0) }; 5],
             sgi_frame: AtomicUsize::new(0),
+            run: UnsafeCell::new(RunState {
+                run: hyp::Run::idle(),
+                loaded: crate::guest::Loaded::new(),
+            }),
+            run_busy: AtomicBool::new(false),
         }
     }
+}
+
+/// Lend `f` the calling CPU's [`RunState`]. `None` if the CPU has no record
+/// or its state is lent out already (neither happens: TPIDR_EL2 holds a
+/// valid index from boot, and EL2 code does not nest).
+pub fn with_run_state<R>(f: impl FnOnce(&mut RunState) -> R) -> Option<R> {
+    let c = cpu(sysreg::tpidr_el2() as usize)?;
+    if c.run_busy.swap(true, Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: the record is this CPU's, and `run_busy` was clear and is now
+    // set, so no other reference to the state exists until it is cleared
+    // below; no other CPU takes this record (TPIDR_EL2 differs per CPU).
+    let r = f(unsafe { &mut *c.run.get() });
+    c.run_busy.store(false, Ordering::Release);
+    Some(r)
 }
 
 /// One record per CPU of the device tree, set once at boot.
