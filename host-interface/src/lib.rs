@@ -34,6 +34,8 @@ mod run_page;
 pub mod vm_flags;
 
 #[cfg(test)]
+mod pinned;
+#[cfg(test)]
 mod tests;
 
 pub use errno::Errno;

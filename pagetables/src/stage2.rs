@@ -1038,11 +1038,14 @@ impl<P: PhysMem> Stage2<P> {
         Ok(())
     }
 
-    /// [`Stage2::walk`] reading the descriptors itself rather than through
-    /// aarch64-paging's visitor: the same runs, in the same order, with the
-    /// same entries, except that invalid descriptors without an annotation
-    /// are left out when `skip_empty`. For checkers that walk whole address
-    /// spaces after every step.
+    /// A walk for checkers that read whole address spaces after every step:
+    /// like [`Stage2::walk`], in the same order and with the same entry for
+    /// every page, but reading the descriptors itself rather than through
+    /// aarch64-paging's visitor, and in longer runs: consecutive descriptors
+    /// of one table that map consecutive output addresses with the same
+    /// attributes, or are invalid with the same annotation, make one run.
+    /// Invalid descriptors without an annotation are left out when
+    /// `skip_empty`.
     pub fn walk_raw(
         &self,
         ipa: u64,
@@ -1078,26 +1081,63 @@ impl<P: PhysMem> Stage2<P> {
     ) -> bool {
         let table = self.pool().table(table_pa);
         let gran = granule(level);
+        // The run being built: first address, end, first entry, and the
+        // descriptor that would continue it.
+        let mut run: Option<(u64, u64, Entry, u64)> = None;
+        let flush =
+            |run: &mut Option<(u64, u64, Entry, u64)>,
+             f: &mut dyn FnMut(u64, u64, Entry) -> bool| match run.take() {
+                Some((start, end, e, _)) => f(start, (end - start) / PAGE_SIZE, e),
+                None => true,
+            };
         let mut cur = a;
         while cur < b {
-            let end = ((cur & !(gran - 1)) + gran).min(b);
-            let desc = table[index(cur, level)].load(Ordering::Acquire);
-            if desc == 0 && w.skip_empty {
-                // An invalid descriptor without annotation.
-            } else if is_table(desc, level) {
-                if !self.walk_raw_in(w, level + 1, desc & OA_MASK, cur, end, f) {
+            if w.skip_empty && table[index(cur, level)].load(Ordering::Acquire) == 0 {
+                // Invalid, without an annotation: ends a run, reports
+                // nothing. Skip to the next descriptor that is not empty.
+                if !flush(&mut run, f) {
                     return false;
                 }
-            } else {
-                let e = decode_entry(desc, level, cur, w.fwb);
-                let skip = w.skip_empty && e == (Entry::Invalid { annotation: 0 });
-                if !skip && !f(cur, (end - cur) / PAGE_SIZE, e) {
-                    return false;
+                let first = index(cur, level);
+                let last = index(b - 1, level);
+                let Some(k) = table[first..=last]
+                    .iter()
+                    .position(|d| d.load(Ordering::Acquire) != 0)
+                else {
+                    return true;
+                };
+                if k > 0 {
+                    cur = ((cur & !(gran - 1)) + k as u64 * gran).min(b);
+                    continue;
+                }
+            }
+            let end = ((cur & !(gran - 1)) + gran).min(b);
+            let desc = table[index(cur, level)].load(Ordering::Acquire);
+            let next = if is_valid(desc) { desc + gran } else { desc };
+            match &mut run {
+                Some((_, run_end, _, want)) if *run_end == cur && *want == desc => {
+                    *run_end = end;
+                    *want = next;
+                }
+                _ => {
+                    if !flush(&mut run, f) {
+                        return false;
+                    }
+                    if is_table(desc, level) {
+                        if !self.walk_raw_in(w, level + 1, desc & OA_MASK, cur, end, f) {
+                            return false;
+                        }
+                    } else {
+                        let e = decode_entry(desc, level, cur, w.fwb);
+                        if !(w.skip_empty && e == (Entry::Invalid { annotation: 0 })) {
+                            run = Some((cur, end, e, next));
+                        }
+                    }
                 }
             }
             cur = end;
         }
-        true
+        flush(&mut run, f)
     }
 
     /// Tear down: free every table page (all root pages included) and every

@@ -145,8 +145,12 @@ if [ $status = 0 ]; then
     [ $? = 2 ] || status=1
 fi
 # Kill a VMM at several points: while it sets the VM up, early in the
-# guest's boot, later in it. Every page must come back each time.
-for delay in 0.1 0.5 2; do
+# guest's boot, later in it, and at three random points in its first 3 s
+# (printed, so a failure can be replayed). Every page must come back each
+# time.
+r1=$((RANDOM % 3000)); r2=$((RANDOM % 3000)); r3=$((RANDOM % 3000))
+for ms in 100 500 2000 $r1 $r2 $r3; do
+    delay=$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))
     [ $status = 0 ] || break
     /vmm run --kernel /guest/Image --initrd /guest/initramfs.cpio --cpus 2 --mem 64 >/dev/null 2>&1 &
     pid=$!
