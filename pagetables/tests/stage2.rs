@@ -799,3 +799,22 @@ fn level0_root_whole_entries() {
         512 * (1 + 512 * (1 + 512)) - 1
     );
 }
+
+/// The refusals explain themselves: their messages carry the counts.
+#[test]
+fn errors_display_what_went_wrong() {
+    use pagetables::Error;
+    assert_eq!(
+        Error::NoMem {
+            needed: 3,
+            available: 1
+        }
+        .to_string(),
+        "stage-2 needs 3 table pages, pool holds 1"
+    );
+    assert_eq!(
+        Error::Range.to_string(),
+        "address range outside the stage-2 or malformed"
+    );
+    assert_eq!(Error::Annotation.to_string(), "annotation above 1023");
+}
