@@ -818,3 +818,25 @@ fn errors_display_what_went_wrong() {
     );
     assert_eq!(Error::Annotation.to_string(), "annotation above 1023");
 }
+
+/// A table page freed when an invalid block replaces it goes back to the
+/// pool once the maintenance for it was issued: the pool gets back every
+/// page it lent.
+#[test]
+fn a_table_replaced_by_a_block_returns_to_the_pool() {
+    let (_m, mut s2) = setup(39, true, 8);
+    let mut mnt = Rec::new();
+    let (tables, pool) = (s2.table_pages(), s2.pool_len());
+    // 2 MiB as 512 pages: a level-2 and a level-3 table from the pool.
+    s2.map(MIB2, 0x40_0000_0000, 512, wb(), false, &mut mnt)
+        .unwrap();
+    assert_eq!((s2.table_pages(), s2.pool_len()), (tables + 2, pool - 2));
+    // The whole 2 MiB made invalid: one invalid level-2 descriptor, and
+    // the level-3 table, detached, is free again after its TLB maintenance.
+    s2.set_invalid(MIB2, 512, 5, &mut mnt).unwrap();
+    assert_eq!(
+        runs(&s2, MIB2, 512),
+        [(MIB2, 512, Entry::Invalid { annotation: 5 })]
+    );
+    assert_eq!((s2.table_pages(), s2.pool_len()), (tables + 1, pool - 1));
+}
