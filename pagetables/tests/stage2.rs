@@ -840,3 +840,12 @@ fn a_table_replaced_by_a_block_returns_to_the_pool() {
     );
     assert_eq!((s2.table_pages(), s2.pool_len()), (tables + 1, pool - 1));
 }
+
+/// The table says whether it was built for FWB, both ways.
+#[test]
+fn fwb_is_what_the_table_was_built_with() {
+    for fwb in [false, true] {
+        let (_m, s2) = setup(39, fwb, 0);
+        assert_eq!(s2.fwb(), fwb);
+    }
+}
