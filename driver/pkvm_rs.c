@@ -24,6 +24,7 @@
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
+#include <linux/string.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
 #include <linux/wait.h>
@@ -60,6 +61,14 @@
 #define CREATE_ORDER		4
 /* VM_TOPUP: 4 pages at a time, on -ENOMEM. */
 #define TOPUP_ORDER		2
+/*
+ * Pool pages kept for the guest's own calls: MMIO_GUARD of a device page
+ * may need stage-2 table pages, and the hypervisor cannot ask the host
+ * for more from inside a guest call (it answers INVALID_PARAMETER, and
+ * Linux warns). Device pages of one VM span a few 2 MiB blocks: a table
+ * page each, and one for their 1 GiB block.
+ */
+#define GUEST_CALL_RESERVE	16
 /* Top-ups one call may need before it gives up. */
 #define TOPUP_TRIES		8
 /* Largest region: 4 GiB. */
@@ -72,6 +81,7 @@ static atomic64_t pages_allocated = ATOMIC64_INIT(0);
 static atomic64_t pages_pinned = ATOMIC64_INIT(0);
 static atomic64_t pages_leaked = ATOMIC64_INIT(0);
 static atomic64_t live_vms = ATOMIC64_INIT(0);
+static atomic64_t pages_not_zeroed = ATOMIC64_INIT(0);
 
 struct chunk {
 	struct list_head node;
@@ -139,6 +149,24 @@ static void free_counted(struct page *p, unsigned int order)
 	atomic64_sub(1UL << order, &pages_allocated);
 }
 
+/*
+ * A page the hypervisor just gave back (RECLAIM): ABI.md says it scrubbed
+ * it. Check, count each page that is not all zero, and free it anyway
+ * (it is the host's again; nothing of the guest should be in it).
+ */
+static void free_reclaimed(struct page *p, unsigned int order)
+{
+	unsigned long i;
+
+	for (i = 0; i < (1UL << order); i++)
+		if (memchr_inv(page_address(p + i), 0, PAGE_SIZE)) {
+			pr_err("pkvm_rs: reclaimed page at pfn %#lx is not zeroed\n",
+			       page_to_pfn(p + i));
+			atomic64_inc(&pages_not_zeroed);
+		}
+	free_counted(p, order);
+}
+
 /* A page the hypervisor would not give back: never touched again. */
 static void leak(struct page *p, unsigned int order, const char *why, long err)
 {
@@ -171,6 +199,20 @@ static int vm_topup(struct vm *vm)
 		return err;
 	}
 	list_add(&c->node, &vm->pool);
+	return 0;
+}
+
+/* VM_TOPUP of at least `pages` pages, TOPUP_ORDER at a time. */
+static int vm_topup_pages(struct vm *vm, u64 pages)
+{
+	u64 done;
+	int err;
+
+	for (done = 0; done < pages; done += 1UL << TOPUP_ORDER) {
+		err = vm_topup(vm);
+		if (err)
+			return err;
+	}
 	return 0;
 }
 
@@ -229,7 +271,7 @@ static void vm_teardown(struct vm *vm)
 		if (e)
 			leak(c->page, c->order, "pool", e);
 		else
-			free_counted(c->page, c->order);
+			free_reclaimed(c->page, c->order);
 		list_del(&c->node);
 		kfree(c);
 	}
@@ -239,7 +281,7 @@ static void vm_teardown(struct vm *vm)
 		if (e)
 			leak(p, 0, "guest page", e);
 		else
-			free_counted(p, 0);
+			free_reclaimed(p, 0);
 	}
 	xa_destroy(&vm->donated);
 	list_for_each_entry_safe(r, rn, &vm->regions, node) {
@@ -355,6 +397,13 @@ static long set_memory(struct vm *vm, struct pkvm_rs_memory __user *argp)
 				goto out;
 			}
 		}
+		/*
+		 * The tables the rest of the region will need as the guest
+		 * touches it (one per 2 MiB, a few above), so that those
+		 * donations never eat the guest-call reserve. Best effort:
+		 * without it a guest call may fail, nothing else does.
+		 */
+		vm_topup_pages(vm, (nr - i) / 512 + 4 + GUEST_CALL_RESERVE);
 		err = 0;
 		goto out;
 	}
@@ -383,6 +432,8 @@ static long set_memory(struct vm *vm, struct pkvm_rs_memory __user *argp)
 		r->shared++;
 	}
 	list_add(&r->node, &vm->regions);
+	/* Best effort: without the reserve a guest call may fail. */
+	vm_topup_pages(vm, GUEST_CALL_RESERVE);
 	mutex_unlock(&vm->lock);
 	return 0;
 
@@ -511,11 +562,25 @@ static long vcpu_run(struct vcpu *v)
 				err = -EINTR;
 				break;
 			}
+			/*
+			 * wfi_sleep() returns at once while an inject_irq the
+			 * hypervisor has not taken waits in the run page (or
+			 * the deadline passed): let the scheduler (and RCU)
+			 * in before the next run.
+			 */
+			cond_resched();
 			continue;
 		}
 		if (exit == PKVM_RS_EXIT_MEM_FAULT &&
-		    handle_mem_fault(vm, READ_ONCE(v->run->fault_ipa)))
+		    handle_mem_fault(vm, READ_ONCE(v->run->fault_ipa))) {
+			/*
+			 * A protected guest zeroing its memory faults page
+			 * after page: without this the loop can hold the CPU
+			 * for seconds (an RCU stall on a non-preemptible host).
+			 */
+			cond_resched();
 			continue;
+		}
 		/* MMIO, HVC, SYSTEM_EVENT, FATAL, MEM_FAULT: the VMM's. */
 		err = 0;
 		break;
@@ -637,6 +702,51 @@ out_free:
 	return err;
 }
 
+/* PAGE_QUERY of `pfn` into `info`; the hypervisor's error otherwise. */
+static long page_query(u64 pfn, struct pkvm_rs_page_info *info)
+{
+	struct arm_smccc_1_2_regs args = { .a0 = HC_PAGE_QUERY, .a1 = pfn }, out;
+
+	arm_smccc_1_2_hvc(&args, &out);
+	if (out.a0 != 0)
+		return -EOPNOTSUPP;
+	if (out.a1 != 0)
+		return (long)out.a1;
+	info->pfn = pfn;
+	info->owner = out.a2;
+	info->host_state = out.a3;
+	info->mem_class = out.a4;
+	info->reserved = 0;
+	return 0;
+}
+
+/*
+ * PKVM_RS_GUEST_PAGE: where a protected guest's page is and who holds it.
+ * Only PAGE_QUERY: the page itself is never touched, since a kernel access
+ * to a page a guest owns is an external abort.
+ */
+static long guest_page(struct vm *vm, struct pkvm_rs_page_info __user *argp)
+{
+	struct pkvm_rs_page_info info;
+	struct page *p;
+	long err;
+
+	if (copy_from_user(&info, argp, sizeof(info)))
+		return -EFAULT;
+	if (!vm->protected)
+		return -ENODEV;
+	if (info.ipa >= (1ULL << IPA_BITS))
+		return -EINVAL;
+	/* The xarray is safe to read without vm->lock (see vm_mem_fault). */
+	p = xa_load(&vm->donated, info.ipa >> PAGE_SHIFT);
+	if (!p)
+		return -ENOENT;
+	err = page_query(page_to_pfn(p), &info);
+	if (err)
+		return err;
+	return copy_to_user(argp, &info, sizeof(info)) ? -EFAULT : 0;
+}
+
 static long vm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 {
 	struct vm *vm = f->private_data;
@@ -656,6 +766,8 @@ static long vm_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 			kick(v);
 		mutex_unlock(&vm->lock);
 		return v ? 0 : -ENOENT;
+	case PKVM_RS_GUEST_PAGE:
+		return guest_page(vm, (void __user *)arg);
 	default:
 		return -ENOTTY;
 	}
@@ -783,7 +895,9 @@ out_free:
 static long dev_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 {
 	void __user *argp = (void __user *)arg;
+	struct pkvm_rs_page_info info;
 	struct pkvm_rs_stats s;
+	long err;
 
 	switch (cmd) {
 	case PKVM_RS_GET_VERSION:
@@ -794,7 +908,15 @@ static long dev_ioctl(struct file *f, unsigned int cmd, unsigned long arg)
 		s.pages_pinned = atomic64_read(&pages_pinned);
 		s.pages_leaked = atomic64_read(&pages_leaked);
 		s.vms = atomic64_read(&live_vms);
+		s.pages_not_zeroed = atomic64_read(&pages_not_zeroed);
 		return copy_to_user(argp, &s, sizeof(s)) ? -EFAULT : 0;
+	case PKVM_RS_PAGE_QUERY:
+		if (copy_from_user(&info, argp, sizeof(info)))
+			return -EFAULT;
+		err = page_query(info.pfn, &info);
+		if (err)
+			return err;
+		return copy_to_user(argp, &info, sizeof(info)) ? -EFAULT : 0;
 	case PKVM_RS_CREATE_VM:
 		return create_vm(argp);
 	default:

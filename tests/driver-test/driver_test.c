@@ -197,11 +197,12 @@ static void expect_nothing_held(const char *name)
 		usleep(10000);
 	}
 	check(!s.pages_allocated && !s.pages_pinned && !s.vms &&
-	      !s.pages_leaked, name,
-	      "allocated %llu, pinned %llu, leaked %llu, VMs %llu",
+	      !s.pages_leaked && !s.pages_not_zeroed, name,
+	      "allocated %llu, pinned %llu, leaked %llu, VMs %llu, not zeroed %llu",
 	      (unsigned long long)s.pages_allocated,
 	      (unsigned long long)s.pages_pinned,
-	      (unsigned long long)s.pages_leaked, (unsigned long long)s.vms);
+	      (unsigned long long)s.pages_leaked, (unsigned long long)s.vms,
+	      (unsigned long long)s.pages_not_zeroed);
 }
 
 static int create_vm(uint64_t flags)

@@ -18,8 +18,9 @@ vmm: run a Linux guest on the pkvm-rs hypervisor, through /dev/pkvm-rs
 
 Usage:
   vmm run --kernel FILE [--initrd FILE] [--disk FILE] [--cpus N] [--mem MIB]
-          [--cmdline STRING] [--protected]
+          [--cmdline STRING] [--protected] [--monitor FIFO]
   vmm stats
+  vmm page PFN
   vmm --help
 
 Options of `run`:
@@ -31,6 +32,11 @@ Options of `run`:
   --cmdline STRING  the kernel command line
                     (default: \"console=ttyS0 earlycon=uart8250,mmio,0x9000000 panic=-1\";
                     with --protected \"console=ttyS0 panic=-1\")
+  --monitor FIFO    read commands from the named pipe FIFO, one a line,
+                    and answer each on standard output (`vmm monitor: `):
+                    `peek IPA` reads guest memory through the VMM's own
+                    mapping (protected VMs; SIGBUS is caught and reported),
+                    `query IPA` the driver's PKVM_RS_GUEST_PAGE
   --protected       a protected VM: its memory is donated (the hypervisor
                     takes it from the host), the virtio devices use a
                     restricted DMA pool the guest shares back; needs a
@@ -38,7 +44,9 @@ Options of `run`:
                     MEM_SHARE) and CONFIG_DMA_RESTRICTED_POOL
 
 `stats` prints what the driver holds now, over all VMs: pages allocated,
-pages pinned, pages leaked, live VMs.
+pages pinned, pages leaked, live VMs, and reclaimed pages found not zeroed.
+`page PFN` prints the hypervisor's PAGE_QUERY of a physical frame (owner,
+host state, memory class).
 
 The guest gets a 16550 UART (ttyS0) and a virtio console (hvc0), both
 printed on standard output, a GICv3 and PSCI. The VMM exits 0 when the
@@ -55,6 +63,7 @@ pub struct Options {
     pub mem_mib: u64,
     pub cmdline: String,
     pub protected: bool,
+    pub monitor: Option<PathBuf>,
 }
 
 /// What the command line asks.
@@ -62,6 +71,7 @@ pub struct Options {
 pub enum Command {
     Help,
     Stats,
+    Page(u64),
     Run(Options),
 }
 
@@ -72,6 +82,12 @@ pub fn parse(args: &[String]) -> Result<Command, Error> {
         None => return Err(Error("no command (try `vmm --help`)".into())),
         Some("--help" | "-h" | "help") => return Ok(Command::Help),
         Some("stats") => return Ok(Command::Stats),
+        Some("page") => {
+            let v = it.next().ok_or_else(|| Error("page needs a PFN".into()))?;
+            return crate::monitor::parse_u64(v)
+                .map(Command::Page)
+                .ok_or_else(|| Error(format!("page {v}: not a number")));
+        }
         Some("run") => {}
         Some(other) => {
             return Err(Error(format!(
@@ -89,6 +105,7 @@ pub fn parse(args: &[String]) -> Result<Command, Error> {
         mem_mib: 256,
         cmdline: DEFAULT_CMDLINE.into(),
         protected: false,
+        monitor: None,
     };
     while let Some(a) = it.next() {
         let mut value = || {
@@ -103,6 +120,7 @@ pub fn parse(args: &[String]) -> Result<Command, Error> {
             "--disk" => o.disk = Some(PathBuf::from(value()?)),
             "--cmdline" => cmdline = Some(value()?),
             "--protected" => o.protected = true,
+            "--monitor" => o.monitor = Some(PathBuf::from(value()?)),
             "--cpus" => {
                 let v = value()?;
                 o.cpus = v
@@ -162,6 +180,7 @@ mod tests {
                 mem_mib: 128,
                 cmdline: PROTECTED_CMDLINE.into(),
                 protected: true,
+                monitor: None,
             })
         );
     }
@@ -204,6 +223,13 @@ mod tests {
             .0
             .contains("--frobnicate"));
         assert!(parse(&args("start")).is_err());
+        assert_eq!(parse(&args("page 0x1000")).unwrap(), Command::Page(0x1000));
+        assert!(parse(&args("page")).is_err());
+        assert!(parse(&args("page x")).is_err());
+        let Command::Run(o) = parse(&args("run --kernel I --monitor /m")).unwrap() else {
+            panic!("not a run");
+        };
+        assert_eq!(o.monitor, Some("/m".into()));
         assert!(parse(&[]).is_err());
     }
 }

@@ -10,6 +10,7 @@ mod cli;
 mod fdt;
 mod gic;
 mod layout;
+mod monitor;
 mod uapi;
 mod virtio;
 mod vm;
@@ -30,8 +31,21 @@ fn main() -> ExitCode {
         Ok(cli::Command::Stats) => match vm::stats() {
             Ok(s) => {
                 println!(
-                    "pages_allocated {} pages_pinned {} pages_leaked {} vms {}",
-                    s.pages_allocated, s.pages_pinned, s.pages_leaked, s.vms
+                    "pages_allocated {} pages_pinned {} pages_leaked {} vms {} pages_not_zeroed {}",
+                    s.pages_allocated, s.pages_pinned, s.pages_leaked, s.vms, s.pages_not_zeroed
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vmm: {}", e.0);
+                ExitCode::FAILURE
+            }
+        },
+        Ok(cli::Command::Page(pfn)) => match vm::page_query(pfn) {
+            Ok(i) => {
+                println!(
+                    "pfn {:#x} owner {} host_state {} mem_class {}",
+                    i.pfn, i.owner, i.host_state, i.mem_class
                 );
                 ExitCode::SUCCESS
             }

@@ -32,6 +32,19 @@ pub struct Stats {
     pub pages_pinned: u64,
     pub pages_leaked: u64,
     pub vms: u64,
+    pub pages_not_zeroed: u64,
+}
+
+/// `struct pkvm_rs_page_info`: PKVM_RS_PAGE_QUERY and PKVM_RS_GUEST_PAGE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PageInfo {
+    pub ipa: u64,
+    pub pfn: u64,
+    pub owner: u32,
+    pub host_state: u32,
+    pub mem_class: u32,
+    pub reserved: u32,
 }
 
 /// `struct pkvm_rs_create_vm`.
@@ -97,17 +110,25 @@ const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
 pub const GET_VERSION: u64 = ioc(IOC_READ, 0x00, size_of::<Version>());
 pub const GET_STATS: u64 = ioc(IOC_READ, 0x01, size_of::<Stats>());
 pub const CREATE_VM: u64 = ioc(IOC_WRITE, 0x02, size_of::<CreateVm>());
+pub const PAGE_QUERY: u64 = ioc(IOC_READ | IOC_WRITE, 0x03, size_of::<PageInfo>());
 pub const SET_MEMORY: u64 = ioc(IOC_WRITE, 0x10, size_of::<Memory>());
 pub const CREATE_VCPU: u64 = ioc(0, 0x11, 0);
 pub const KICK_VCPU: u64 = ioc(0, 0x12, 0);
+pub const GUEST_PAGE: u64 = ioc(IOC_READ | IOC_WRITE, 0x13, size_of::<PageInfo>());
 pub const RUN: u64 = ioc(0, 0x20, 0);
 
 const_assert_eq!(size_of::<Version>(), 24);
 const_assert_eq!(offset_of!(Version, hyp_features), 8);
 const_assert_eq!(offset_of!(Version, max_vms), 16);
 const_assert_eq!(offset_of!(Version, max_vcpus), 20);
-const_assert_eq!(size_of::<Stats>(), 32);
+const_assert_eq!(size_of::<Stats>(), 40);
 const_assert_eq!(offset_of!(Stats, vms), 24);
+const_assert_eq!(offset_of!(Stats, pages_not_zeroed), 32);
+const_assert_eq!(size_of::<PageInfo>(), 32);
+const_assert_eq!(offset_of!(PageInfo, pfn), 8);
+const_assert_eq!(offset_of!(PageInfo, owner), 16);
+const_assert_eq!(offset_of!(PageInfo, host_state), 20);
+const_assert_eq!(offset_of!(PageInfo, mem_class), 24);
 const_assert_eq!(size_of::<CreateVm>(), 8);
 const_assert_eq!(size_of::<Memory>(), 40);
 const_assert_eq!(offset_of!(Memory, size), 8);
@@ -126,8 +147,10 @@ mod tests {
     fn ioctl_numbers_match_the_header() {
         // Values of the C macros, computed by hand from _IOR/_IOW/_IO.
         assert_eq!(GET_VERSION, 0x8018_B700);
-        assert_eq!(GET_STATS, 0x8020_B701);
+        assert_eq!(GET_STATS, 0x8028_B701);
         assert_eq!(CREATE_VM, 0x4008_B702);
+        assert_eq!(PAGE_QUERY, 0xC020_B703);
+        assert_eq!(GUEST_PAGE, 0xC020_B713);
         assert_eq!(SET_MEMORY, 0x4028_B710);
         assert_eq!(CREATE_VCPU, 0xB711);
         assert_eq!(KICK_VCPU, 0xB712);

@@ -369,6 +369,18 @@ pub fn stats() -> Result<uapi::Stats, Error> {
     Ok(s)
 }
 
+/// The hypervisor's PAGE_QUERY of frame `pfn` (PKVM_RS_PAGE_QUERY).
+pub fn page_query(pfn: u64) -> Result<uapi::PageInfo, Error> {
+    let dev = open_device()?;
+    let mut i = uapi::PageInfo {
+        pfn,
+        ..Default::default()
+    };
+    ioctl(dev.as_raw_fd(), uapi::PAGE_QUERY, &mut i as *mut _ as u64)
+        .map_err(|e| Error(format!("PKVM_RS_PAGE_QUERY of pfn {pfn:#x}: {e}")))?;
+    Ok(i)
+}
+
 /// A window on the protected VM's pages `[base, base + size)` through the
 /// VM file's mmap() (docs/DRIVER.md): a page the guest has not shared
 /// gives SIGBUS, so the devices touch nothing but the guest's buffers in
@@ -504,28 +516,34 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
         ioctl(dev.as_raw_fd(), uapi::CREATE_VM, &create as *const _ as u64)
             .map_err(|e| Error(format!("PKVM_RS_CREATE_VM: {e}")))?,
     );
-    for region in mem.iter() {
-        let base = region.start_addr();
+    // (base, size, image_size) of each SET_MEMORY. A protected VM's image
+    // is copied in and the rest of RAM comes zeroed as the guest touches
+    // it; the DMA pool is a region of its own, donated whole (from the
+    // VMM's zeroed buffer) before the first run: the guest MEM_SHAREs
+    // every page of it before touching any, and ABI.md refuses
+    // MEM_SHARE of an IPA with nothing mapped.
+    let regions: Vec<(u64, u64, u64)> = match dma_pool {
+        Some((pool, pool_size)) => vec![
+            (RAM_BASE, pool - RAM_BASE, image_end - RAM_BASE),
+            (pool, pool_size, pool_size),
+        ],
+        None => mem.iter().map(|r| (r.start_addr().0, r.len(), 0)).collect(),
+    };
+    for (base, size, image_size) in regions {
         let host = mem
-            .get_host_address(base)
+            .get_host_address(GuestAddress(base))
             .map_err(|e| Error(format!("{e}")))?;
         let m = uapi::Memory {
-            guest_phys: base.0,
-            size: region.len(),
+            guest_phys: base,
+            size,
             userspace_addr: host as u64,
-            // A protected VM's image is copied in; the rest comes zeroed.
-            image_size: if opts.protected {
-                image_end - RAM_BASE
-            } else {
-                0
-            },
+            image_size,
             prot: uapi::PROT_RWX,
         };
         ioctl(vm.as_raw_fd(), uapi::SET_MEMORY, &m as *const _ as u64).map_err(|e| {
             Error(format!(
-                "PKVM_RS_SET_MEMORY of {} MiB at {:#x}: {e}",
-                region.len() >> 20,
-                base.0
+                "PKVM_RS_SET_MEMORY of {} MiB at {base:#x}: {e}",
+                size >> 20,
             ))
         })?;
     }
@@ -566,19 +584,21 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
         gic: gic.clone(),
         injector: injector.clone(),
     };
+    let transport = |d: Box<dyn crate::virtio::VirtioDevice>| {
+        let t = MmioTransport::new(d).map_err(|e| Error(format!("{e:?}")))?;
+        Ok::<_, Error>(Mutex::new(if opts.protected {
+            t.with_access_platform()
+        } else {
+            t
+        }))
+    };
     let mut virtio = vec![(
-        Mutex::new(
-            MmioTransport::new(Box::new(Console::new(Box::new(Stdout))))
-                .map_err(|e| Error(format!("{e:?}")))?,
-        ),
+        transport(Box::new(Console::new(Box::new(Stdout))))?,
         line(VIRTIO_SPI_BASE),
     )];
     if let Some(f) = disk {
         let b = Block::new(f).map_err(|e| Error(format!("--disk: {e}")))?;
-        virtio.push((
-            Mutex::new(MmioTransport::new(Box::new(b)).map_err(|e| Error(format!("{e:?}")))?),
-            line(VIRTIO_SPI_BASE + 1),
-        ));
+        virtio.push((transport(Box::new(b))?, line(VIRTIO_SPI_BASE + 1)));
     }
     // What the devices see of guest memory: a normal VM's is the VMM's
     // own; a protected VM's only through the VM file's window on the pages
@@ -590,6 +610,13 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
             pool_memory(&vm, base, size)?
         }
     };
+    if let Some(fifo) = &opts.monitor {
+        let fd = vm
+            .try_clone()
+            .map_err(|e| Error(format!("the VM file: {e}")))?;
+        crate::monitor::start(fifo.clone(), fd)
+            .map_err(|e| Error(format!("starting the monitor: {e}")))?;
+    }
     let bus = Arc::new(Bus {
         mem: device_mem,
         gic: gic.clone(),

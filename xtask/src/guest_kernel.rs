@@ -28,6 +28,8 @@ use crate::{deps, workspace_root};
 /// trixie-backports host kernel, [`linux::TRIXIE`]).
 pub const SOURCE_PACKAGE: &str = "linux-source-7.3";
 pub const SOURCE_VERSION: &str = "7.3.4-1~bpo13+1";
+/// What a step calls this kernel.
+pub const VERSION_NAME: &str = "7.3";
 /// The tarball inside the package and the directory it unpacks to.
 const TARBALL: &str = "./usr/src/linux-source-7.3.tar.xz";
 const TREE: &str = "linux-source-7.3";
@@ -311,8 +313,7 @@ fn configure_and_build(tree: &Path, build: &Path, fragment_file: &Path) -> Resul
 
 /// Builds the guest kernel if its stamp is not current, and returns the
 /// path of its arm64 `Image`. For other xtask steps (the protected-guest
-/// boots on the hypervisor, which do not exist yet).
-#[allow(dead_code)]
+/// boots on the hypervisor, xtask/src/pvm.rs).
 pub fn build() -> Result<PathBuf, String> {
     build_timed().map(|(image, _)| image)
 }

@@ -28,6 +28,7 @@ mod linux;
 mod linux_bench;
 mod mutants;
 mod process;
+mod pvm;
 mod qemu;
 mod test_all;
 mod vmm;
@@ -189,14 +190,25 @@ fn bench(pkvm: bool, linux_only: bool) -> ExitCode {
     }
     // The Linux host, on max and on cortex-a57 (no FWB).
     deps::ensure_qemu();
+    // XTASK_ONLY picks among them as it does among the test steps.
     for cpu in ["max", "cortex-a57"] {
-        if let Err(e) = linux_bench::bench(cpu, pkvm) {
-            eprintln!("xtask: step `bench: Linux host ({cpu})` failed: {e}");
-            return ExitCode::FAILURE;
-        }
-        if let Err(e) = vmm::bench(cpu) {
-            eprintln!("xtask: step `bench: Linux guest ({cpu})` failed: {e}");
-            return ExitCode::FAILURE;
+        let steps: [(String, &dyn Fn() -> Result<(), String>); 3] = [
+            (format!("bench: Linux host ({cpu})"), &|| {
+                linux_bench::bench(cpu, pkvm)
+            }),
+            (format!("bench: Linux guest ({cpu})"), &|| vmm::bench(cpu)),
+            (format!("bench: 7.3 pKVM guest kernel ({cpu})"), &|| {
+                pvm::bench(cpu)
+            }),
+        ];
+        for (name, run) in steps {
+            if !test_all::selected(&name) {
+                continue;
+            }
+            if let Err(e) = run() {
+                eprintln!("xtask: step `{name}` failed: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     ExitCode::SUCCESS

@@ -37,6 +37,13 @@ const VMM_CONFIGS: [(&linux::Kernel, &str, u32); 2] = [
     (&linux::BOOKWORM, "max", 2),
     (&linux::BOOKWORM, "cortex-a57", 2),
 ];
+/// The 7.3 pKVM guest kernel: protected on max and cortex-a57 (no FWB),
+/// and once in a normal VM.
+const PVM_CONFIGS: [(crate::pvm::Kind, &str, u32); 3] = [
+    (crate::pvm::Kind::Protected, "max", 2),
+    (crate::pvm::Kind::Protected, "cortex-a57", 2),
+    (crate::pvm::Kind::Normal, "max", 2),
+];
 
 /// The bare-metal crates and their targets.
 const BARE_METAL: [(&str, &str); 2] = [
@@ -161,7 +168,8 @@ fn steps(total: &mut Counts) -> Result<(), String> {
     image::real_image_tests(&files, total)?;
     linux::tests(&LINUX_CONFIGS, total)?;
     vmm::tests(&VMM_CONFIGS)?;
-    crate::guest_kernel::test()
+    crate::guest_kernel::test()?;
+    crate::pvm::tests(&PVM_CONFIGS)
 }
 
 /// Whether step `name` runs: always, unless the developer's `XTASK_ONLY`

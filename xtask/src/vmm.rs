@@ -21,11 +21,11 @@ use crate::qemu::{mte_supported, QemuRun};
 use crate::{deps, image, workspace_root};
 
 /// The VMM's target: a static binary the busybox host runs as is.
-const TARGET: &str = "aarch64-unknown-linux-musl";
+pub(crate) const TARGET: &str = "aarch64-unknown-linux-musl";
 /// What the guest writes to its disk and the host looks for.
-const MESSAGE: &str = "written by the guest through virtio-blk";
+pub(crate) const MESSAGE: &str = "written by the guest through virtio-blk";
 /// The guest's closing line.
-const GUEST_DONE: &str = "GUEST DONE ";
+pub(crate) const GUEST_DONE: &str = "GUEST DONE ";
 /// The guest's modules, in load order (dependencies first), from the same
 /// linux-image package as the kernel.
 const GUEST_MODULES: [&str; 8] = [
@@ -39,7 +39,7 @@ const GUEST_MODULES: [&str; 8] = [
     "fs/ext4/ext4",
 ];
 /// The host's modules for looking into the disk image.
-const HOST_MODULES: [&str; 6] = [
+pub(crate) const HOST_MODULES: [&str; 6] = [
     "drivers/block/loop",
     "lib/crc16",
     "fs/mbcache",
@@ -161,11 +161,11 @@ for ms in 100 500 2000 $r1 $r2 $r3; do
     # The driver tears the VM down as the last thread exits; allow it a moment.
     for i in 1 2 3 4 5 6 7 8 9 10; do
         after=$(/vmm stats)
-        [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0" ] && break
+        [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0 pages_not_zeroed 0" ] && break
         sleep 0.5
     done
     echo "LINUXHOST after SIGKILL: $after"
-    [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0" ] || status=1
+    [ "$after" = "pages_allocated 0 pages_pinned 0 pages_leaked 0 vms 0 pages_not_zeroed 0" ] || status=1
 done
 echo "LINUXHOST DONE $status"
 poweroff -f
@@ -230,7 +230,7 @@ pub fn build_vmm() -> Result<PathBuf, String> {
         .join("vmm"))
 }
 
-fn read(p: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read(p: &Path) -> Result<Vec<u8>, String> {
     fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
 }
 
@@ -247,7 +247,7 @@ fn short(m: &str) -> &str {
 
 /// A busybox initramfs with `init` and `modules` (as /lib/modules/NAME.ko)
 /// and `extra` files.
-fn initramfs(
+pub(crate) fn initramfs(
     k: &Kernel,
     root: &Path,
     init: &str,
@@ -284,7 +284,7 @@ fn initramfs(
 }
 
 /// An empty ext2 file system image of 16 MiB, made with `mke2fs`.
-fn disk_image(dir: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn disk_image(dir: &Path) -> Result<Vec<u8>, String> {
     let path = dir.join("disk.img");
     let _ = fs::remove_file(&path);
     let out = Command::new("mke2fs")
@@ -304,9 +304,9 @@ fn disk_image(dir: &Path) -> Result<Vec<u8>, String> {
 
 /// Everything a run needs.
 pub struct Prepared {
-    hyp: PathBuf,
-    image: PathBuf,
-    initramfs: PathBuf,
+    pub(crate) hyp: PathBuf,
+    pub(crate) image: PathBuf,
+    pub(crate) initramfs: PathBuf,
 }
 
 /// Fetches and builds everything: the kernel packages, the driver, the

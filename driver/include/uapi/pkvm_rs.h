@@ -13,7 +13,9 @@
  *  - a vCPU file, from PKVM_RS_CREATE_VCPU: mmap()ed at offset 0 it is the
  *    vCPU's run page (struct pkvm_rs_run); PKVM_RS_RUN runs it.
  *
- * No ioctl takes or returns a physical address.
+ * Only the two page-inspection ioctls (PKVM_RS_PAGE_QUERY and
+ * PKVM_RS_GUEST_PAGE, for tests and diagnostics on a root-only device)
+ * take or return a physical frame number; nothing else does.
  */
 #ifndef _UAPI_PKVM_RS_H
 #define _UAPI_PKVM_RS_H
@@ -49,6 +51,28 @@ struct pkvm_rs_stats {
 	__u64 pages_leaked;	/* pages the hypervisor did not give back
 				 * (never freed; 0 unless something is wrong) */
 	__u64 vms;		/* live VMs */
+	__u64 pages_not_zeroed;	/* pages the hypervisor gave back (RECLAIM)
+				 * holding non-zero bytes, since the module
+				 * was loaded (freed anyway; 0 unless the
+				 * hypervisor failed to scrub) */
+};
+
+/*
+ * /dev/pkvm-rs, PKVM_RS_PAGE_QUERY: the hypervisor's PAGE_QUERY of the
+ * frame `pfn` (in). VM file, PKVM_RS_GUEST_PAGE: `ipa` (in) is a guest
+ * address of this protected VM whose page the driver donated; `pfn` (out)
+ * is that page's frame, and the rest its PAGE_QUERY. The driver never
+ * touches the page itself. owner/host_state/mem_class are ABI.md's
+ * PAGE_QUERY values (owner 0 host, 1 hypervisor, 2 a guest, 3 none; host
+ * state 0 OWNED, 1 SHARED_OWNED, 2 SHARED_BORROWED, 3 NOPAGE).
+ */
+struct pkvm_rs_page_info {
+	__u64 ipa;		/* PKVM_RS_GUEST_PAGE: in */
+	__u64 pfn;		/* PKVM_RS_PAGE_QUERY: in; GUEST_PAGE: out */
+	__u32 owner;		/* out */
+	__u32 host_state;	/* out */
+	__u32 mem_class;	/* out */
+	__u32 reserved;		/* 0 */
 };
 
 /* /dev/pkvm-rs, PKVM_RS_CREATE_VM: returns a new VM file descriptor. */
@@ -135,6 +159,7 @@ struct pkvm_rs_run {
 #define PKVM_RS_GET_VERSION	_IOR(PKVM_RS_IOCTL_TYPE, 0x00, struct pkvm_rs_version)
 #define PKVM_RS_GET_STATS	_IOR(PKVM_RS_IOCTL_TYPE, 0x01, struct pkvm_rs_stats)
 #define PKVM_RS_CREATE_VM	_IOW(PKVM_RS_IOCTL_TYPE, 0x02, struct pkvm_rs_create_vm)
+#define PKVM_RS_PAGE_QUERY	_IOWR(PKVM_RS_IOCTL_TYPE, 0x03, struct pkvm_rs_page_info)
 
 /* VM file */
 #define PKVM_RS_SET_MEMORY	_IOW(PKVM_RS_IOCTL_TYPE, 0x10, struct pkvm_rs_memory)
@@ -143,6 +168,8 @@ struct pkvm_rs_run {
 /* Wakes vCPU `arg` (an index) from a WFI sleep, or makes its current run
  * end early so that it sees a new inject_irq. */
 #define PKVM_RS_KICK_VCPU	_IO(PKVM_RS_IOCTL_TYPE, 0x12)
+/* Protected VMs: the frame and PAGE_QUERY of a donated guest page. */
+#define PKVM_RS_GUEST_PAGE	_IOWR(PKVM_RS_IOCTL_TYPE, 0x13, struct pkvm_rs_page_info)
 
 /* vCPU file: run until an exit the VMM must handle; 0 and the exit in the
  * run page, or -1 with errno (EINTR: a signal is pending). */

@@ -11,7 +11,7 @@
 pub mod block;
 pub mod console;
 
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_CONFIG_GENERATION, VIRTIO_MMIO_DEVICE_FEATURES, VIRTIO_MMIO_DEVICE_FEATURES_SEL,
     VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES_SEL,
@@ -66,6 +66,9 @@ pub struct MmioTransport {
     driver_features: u64,
     status: u32,
     interrupt_status: u32,
+    /// Offer VIRTIO_F_ACCESS_PLATFORM: the driver must reach memory
+    /// through its DMA API (a protected guest's bounce pool).
+    access_platform: bool,
 }
 
 impl MmioTransport {
@@ -85,11 +88,22 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             interrupt_status: 0,
+            access_platform: false,
         })
     }
 
+    /// The transport of a protected VM's device: it also offers
+    /// VIRTIO_F_ACCESS_PLATFORM, without which a guest puts private
+    /// addresses in its rings instead of using its restricted DMA pool
+    /// (docs/PKVM_GUEST.md, section 4).
+    pub fn with_access_platform(mut self) -> Self {
+        self.access_platform = true;
+        self
+    }
+
     fn all_features(&self) -> u64 {
-        self.device.features() | (1 << VIRTIO_F_VERSION_1)
+        let platform = u64::from(self.access_platform) << VIRTIO_F_ACCESS_PLATFORM;
+        self.device.features() | (1 << VIRTIO_F_VERSION_1) | platform
     }
 
     fn selected(&mut self) -> Option<&mut Queue> {
@@ -310,5 +324,19 @@ pub(crate) mod tests {
         t.write(u64::from(VIRTIO_MMIO_STATUS), 0, &d.mem);
         assert_eq!(t.read(u64::from(VIRTIO_MMIO_QUEUE_READY), 4), 0);
         assert_eq!(t.read(u64::from(VIRTIO_MMIO_STATUS), 4), 0);
+    }
+
+    #[test]
+    fn protected_transport_offers_access_platform() {
+        let d = Driver::new();
+        let mut t = MmioTransport::new(Box::new(console::Console::new(Box::new(Vec::new()))))
+            .unwrap()
+            .with_access_platform();
+        t.write(u64::from(VIRTIO_MMIO_DEVICE_FEATURES_SEL), 1, &d.mem);
+        // Bit 32 (VERSION_1) and bit 33 (ACCESS_PLATFORM).
+        assert_eq!(t.read(u64::from(VIRTIO_MMIO_DEVICE_FEATURES), 4), 0b11);
+        t.write(u64::from(VIRTIO_MMIO_DRIVER_FEATURES_SEL), 1, &d.mem);
+        t.write(u64::from(VIRTIO_MMIO_DRIVER_FEATURES), 0b11, &d.mem);
+        assert_eq!(t.driver_features, 0b11 << 32);
     }
 }
