@@ -499,14 +499,22 @@ static void kick(struct vcpu *v)
 
 /* The guest is idle: sleep until its timer, an interrupt to inject, a kick
  * or a signal. */
-static long wfi_sleep(struct vcpu *v)
+/*
+ * After a WFI exit: sleep until the run page's timer deadline, a kick, or a
+ * new interrupt request. `declined` is the inject_irq the run started with:
+ * if it is still there, the hypervisor did not take it (it takes every
+ * request of a powered vCPU, so this vCPU is powered off and waits for the
+ * guest's CPU_ON, whose kick wakes it), and it is no reason to run again.
+ */
+static long wfi_sleep(struct vcpu *v, u64 declined)
 {
 	u64 deadline = READ_ONCE(v->run->timer_deadline);
+	u64 irq = READ_ONCE(v->run->inject_irq);
 	u64 now, rate, ticks;
 	ktime_t timeout;
 	long ret;
 
-	if (atomic_xchg(&v->kicked, 0) || READ_ONCE(v->run->inject_irq))
+	if (atomic_xchg(&v->kicked, 0) || (irq && irq != declined))
 		return 0;
 	if (deadline == U64_MAX)
 		return wait_event_interruptible(v->wq,
@@ -528,7 +536,7 @@ static long vcpu_run(struct vcpu *v)
 {
 	struct vm *vm = v->vm;
 	struct arm_smccc_res res;
-	u64 exit, kicks;
+	u64 exit, kicks, request;
 	long err;
 	int i;
 
@@ -541,6 +549,7 @@ static long vcpu_run(struct vcpu *v)
 		}
 		preempt_disable();
 		WRITE_ONCE(v->cpu, smp_processor_id());
+		request = READ_ONCE(v->run->inject_irq);
 		err = hyp_call(HC_VCPU_RUN, vm->handle, v->index, 0, 0, 0, &res);
 		WRITE_ONCE(v->cpu, -1);
 		preempt_enable();
@@ -557,7 +566,7 @@ static long vcpu_run(struct vcpu *v)
 			continue;
 		}
 		if (exit == PKVM_RS_EXIT_WFI) {
-			err = wfi_sleep(v);
+			err = wfi_sleep(v, request);
 			if (err) {
 				err = -EINTR;
 				break;

@@ -357,6 +357,15 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
 
     /// Visit every page of [pfn, pfn+nr) with its host state and entry.
     fn for_host_pages(&self, pfn: u64, nr: u64, f: &mut dyn FnMut(u64, HostState, Entry)) {
+        // One page: one lookup, not a range walk (the same entry; outside
+        // the address space the walk visits nothing, and so does this).
+        if nr == 1 {
+            if pfn < 1 << (self.host.ipa_bits() - 12) {
+                let e = self.host.lookup_for_update(pa(pfn));
+                f(pfn, self.host_state_of(pfn, e), e);
+            }
+            return;
+        }
         let _ = self.host.walk(pa(pfn), nr, &mut |ipa, n, e| {
             for i in 0..n {
                 let p = (ipa >> 12) + i;
@@ -432,9 +441,10 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             .map_err(|()| Errno::EINVAL)
     }
 
-    fn require_ram(&self, pfn: u64, nr: u64) -> Result<(), Errno> {
+    /// The range is RAM, inside one region: that region's index.
+    fn require_ram(&self, pfn: u64, nr: u64) -> Result<Option<usize>, Errno> {
         match self.class_of(pfn, nr)? {
-            (MemClass::Ram, _) => Ok(()),
+            (MemClass::Ram, region) => Ok(region),
             _ => Err(Errno::EINVAL),
         }
     }
@@ -600,12 +610,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     fn unshare_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
-        self.require_ram(pfn, nr)?;
+        let region = self.require_ram(pfn, nr)?;
         let mut v = Verdict::default();
         self.for_host_pages(pfn, nr, &mut |p, s, _| {
             if !host_may(Op::UnshareHyp, s) {
                 v.note(Errno::EPERM);
-            } else if self.meta.pinned(self.platform.tracked_index(p)) {
+            } else if self.meta.pinned(self.platform.tracked_index_in(region, p)) {
                 v.note(Errno::EBUSY);
             }
         });

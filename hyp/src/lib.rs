@@ -12,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod cpu_area;
 pub mod debugregs;
 pub mod dma;
 mod hypervisor;

@@ -395,6 +395,16 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         if vm.dead {
             return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Fatal)));
         }
+        if !c.powered {
+            // Powered off (a protected VM's secondary before the guest's
+            // CPU_ON, or any vCPU after its CPU_OFF): nothing runs and
+            // nothing is taken. An interrupt request stays in the run page
+            // for the first run after CPU_ON (which starts the vCPU afresh),
+            // and no timer can wake it: the host sleeps until the CPU_ON
+            // names it in `kick_vcpus`.
+            run_write(&self.phys, run_pfn, run_off!(timer_deadline), u64::MAX);
+            return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Wfi)));
+        }
         run.ctx = c.ctx;
         let ctx = &mut run.ctx;
         if !c.started {
@@ -402,9 +412,6 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             // from the host: a protected VM's secondary waits, powered off,
             // for the guest's CPU_ON, and once a vCPU has run the host never
             // sets its registers again (RULES.md S4).
-            if !c.powered {
-                return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Wfi)));
-            }
             let entry = run_read(&self.phys, run_pfn, run_off!(entry));
             let x0 = run_read(&self.phys, run_pfn, run_off!(x0));
             if vm.protected && !Self::guest_owns(&vm.s2, entry) {
@@ -427,10 +434,6 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         c.started = true;
         c.pending = Pending::None;
         take_sgis(c, ctx);
-        if !c.powered {
-            c.ctx = *ctx;
-            return Ok(Err(self.exit_without_running(run_pfn, ExitReason::Wfi)));
-        }
         c.running = true;
         run.slot = slot;
         run.index = i;

@@ -121,4 +121,17 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_ipa_space_is_clamped_to_43_bits_only_below_44_pa_bits() {
+        // From 44 PA bits level 0 is allowed: the IPA size stays.
+        assert_eq!(effective_ipa_bits(48, 44), 48);
+        assert_eq!(effective_ipa_bits(44, 44), 44);
+        // Below, 16 concatenated level-1 tables reach 43 bits at most.
+        assert_eq!(effective_ipa_bits(48, 43), 43);
+        assert_eq!(effective_ipa_bits(40, 40), 40);
+        // Always within 32..=48.
+        assert_eq!(effective_ipa_bits(20, 48), 32);
+        assert_eq!(effective_ipa_bits(60, 52), 48);
+    }
 }

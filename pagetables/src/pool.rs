@@ -116,6 +116,12 @@ impl<P: PhysMem> PoolTranslation<P> {
         self.word(table_pa, idx).load(Ordering::Acquire)
     }
 
+    /// Write descriptor `idx` of the table page at `table_pa` (Release, as
+    /// aarch64-paging writes descriptors: the walker sees the entry whole).
+    pub(crate) fn write_entry(&self, table_pa: u64, idx: usize, desc: u64) {
+        self.word(table_pa, idx).store(desc, Ordering::Release);
+    }
+
     fn zero_page(&self, pa: u64) {
         for i in 0..512 {
             self.word(pa, i).store(0, Ordering::Relaxed);

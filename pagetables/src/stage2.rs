@@ -48,11 +48,12 @@
 
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
 use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2 as Stage2Regime};
+use core::cell::Cell;
 use core::sync::atomic::Ordering;
 
 use crate::desc::{
     attrs, decode_entry, granule, index, invalid_attrs, is_table, is_valid, leaf_attrs, LEAF_LEVEL,
-    OA_LIMIT, OA_MASK, PAGE_SIZE, PERM_BITS,
+    OA_LIMIT, OA_MASK, PAGE_SIZE, PERM_BITS, TABLE_OR_PAGE,
 };
 use crate::geometry::{effective_ipa_bits, stage2_root_geometry, RootGeometry, MAX_ROOT_PAGES};
 use crate::pool::{drain_list, PoolTranslation};
@@ -74,6 +75,22 @@ pub struct Stage2<P: PhysMem> {
     ipa_bits: u32,
     fwb: bool,
     vmid: u16,
+    /// Descriptor writes so far (wrapping): a [`LastLookup`] taken at
+    /// another count is stale.
+    writes: u64,
+    /// Where [`Stage2::lookup_for_update`] last found a page's descriptor, so that a
+    /// one-page update of that page right after it (the core checks a
+    /// page's state, then changes it) does not walk the tables again.
+    last_lookup: Cell<Option<LastLookup>>,
+}
+
+/// The descriptor [`Stage2::lookup_for_update`] found for a page, valid while no
+/// descriptor was written since (`writes` unchanged).
+#[derive(Clone, Copy)]
+struct LastLookup {
+    page: u64,
+    writes: u64,
+    unit: Unit,
 }
 
 /// How [`Stage2::walk_raw`] reports.
@@ -208,6 +225,8 @@ struct Unit {
     desc: u64,
     /// `desc` is a table whose span lies inside the searched range.
     table: bool,
+    /// The table page holding `desc`.
+    table_pa: u64,
 }
 
 /// A valid block that straddles the range and was broken: its mapping
@@ -325,6 +344,8 @@ impl<P: PhysMem> Stage2<P> {
             ipa_bits,
             fwb,
             vmid,
+            writes: 0,
+            last_lookup: Cell::new(None),
         }
     }
 
@@ -443,6 +464,7 @@ impl<P: PhysMem> Stage2<P> {
                     end,
                     desc,
                     table,
+                    table_pa,
                 };
             }
             table_pa = desc & OA_MASK;
@@ -495,6 +517,7 @@ impl<P: PhysMem> Stage2<P> {
                     end: start + gran,
                     desc,
                     table: false,
+                    table_pa,
                 };
                 if !(skip_held && w.holds(&u, cur)) {
                     n += w.tables_for(level, cur, end);
@@ -619,6 +642,7 @@ impl<P: PhysMem> Stage2<P> {
     /// `[a, b)` is split at the root pages' boundaries; each part goes to
     /// its root's `RootTable` relative to the root's base.
     fn put(&mut self, a: u64, b: u64, pa: u64, attrs: u64, constraints: Constraints) {
+        self.writes = self.writes.wrapping_add(1);
         let flags = Stage2Attributes::from_bits_retain(attrs as usize);
         let mut cur = a;
         while cur < b {
@@ -670,6 +694,9 @@ impl<P: PhysMem> Stage2<P> {
         mnt: &mut dyn Maintenance,
     ) -> Result<(), Error> {
         let (w, end) = self.map_write(ipa, pa, nr_pages, leaf, allow_blocks)?;
+        if nr_pages == 1 && self.write_one_page(&w, ipa, mnt) {
+            return Ok(());
+        }
         self.check_pool(&w, ipa, end)?;
         let new = w.attrs();
 
@@ -726,6 +753,9 @@ impl<P: PhysMem> Stage2<P> {
         mnt: &mut dyn Maintenance,
     ) -> Result<(), Error> {
         let (w, end) = self.invalid_write(ipa, nr_pages, annotation)?;
+        if nr_pages == 1 && self.write_one_page(&w, ipa, mnt) {
+            return Ok(());
+        }
         self.check_pool(&w, ipa, end)?;
 
         // Break: only a valid block sticking out of the range needs it;
@@ -752,6 +782,72 @@ impl<P: PhysMem> Stage2<P> {
             self.complete(&mut tlb, true, mnt);
         }
         Ok(())
+    }
+
+    /// The one-page update of `w` at `ipa` when a last-level table already
+    /// holds the page's descriptor: no table page is needed (so no count),
+    /// no block straddles the page, and the generic walk, `map_range` and
+    /// their range iterators are skipped. The descriptor, the barriers and
+    /// the invalidations are exactly those of the generic path: a valid
+    /// page whose output address or memory attributes change is broken
+    /// first (invalid, `dsb`, `tlbi_ipa`, `dsb`), a valid page removed or
+    /// whose permissions change is invalidated after the write, and a
+    /// write over an invalid entry needs only the `dsb` that publishes it.
+    /// Returns false, having done nothing, when the page sits in a block or
+    /// an invalid descriptor above the last level.
+    fn write_one_page(&mut self, w: &Write, ipa: u64, mnt: &mut dyn Maintenance) -> bool {
+        // The lookup just before (the core's state check) found where the
+        // descriptor lives; no descriptor was written since, so the tables
+        // above it are the same. The descriptor itself is read again.
+        let u = match self.last_lookup.take() {
+            Some(l) if l.page == ipa && l.writes == self.writes => Unit {
+                desc: self
+                    .pool()
+                    .read_entry(l.unit.table_pa, index(ipa, l.unit.level)),
+                ..l.unit
+            },
+            _ => self.unit_at(ipa, 0, 0, false),
+        };
+        if u.level != LEAF_LEVEL {
+            return false;
+        }
+        if w.holds(&u, ipa) {
+            return true;
+        }
+        let idx = index(ipa, LEAF_LEVEL);
+        let new = match *w {
+            Write::Map { .. } => w.pa_at(ipa) | w.attrs() | TABLE_OR_PAGE,
+            Write::Invalid { attrs } => attrs,
+        };
+        self.writes = self.writes.wrapping_add(1);
+        // The generic path's `complete` for one TLBI by IPA (no table was
+        // detached, so no page waits for it).
+        let vmid = self.vmid;
+        let invalidate = |mnt: &mut dyn Maintenance| {
+            mnt.dsb();
+            mnt.tlbi_ipa(vmid, u.start, LEAF_LEVEL);
+            mnt.dsb();
+        };
+        let mut tlbi_after = false;
+        if is_valid(u.desc) {
+            let unmap = matches!(w, Write::Invalid { .. });
+            let in_place =
+                unmap || (u.desc & OA_MASK == w.pa_at(ipa) && bbm_safe(attrs(u.desc), w.attrs()));
+            if !in_place {
+                // Break: the generic path's `break_leaf` and `complete`.
+                self.pool().write_entry(u.table_pa, idx, 0);
+                invalidate(mnt);
+            } else {
+                tlbi_after = unmap || (u.desc ^ w.attrs()) & PERM_BITS != 0;
+            }
+        }
+        self.pool().write_entry(u.table_pa, idx, new);
+        if tlbi_after {
+            invalidate(mnt);
+        } else {
+            mnt.dsb();
+        }
+        true
     }
 
     /// Re-create, after their break, the parts of straddling blocks outside
@@ -849,6 +945,24 @@ impl<P: PhysMem> Stage2<P> {
         }
         let page = ipa & !(PAGE_SIZE - 1);
         let u = self.unit_at(page, 0, 0, false);
+        decode_entry(u.desc, u.level, page, self.fwb)
+    }
+
+    /// [`Stage2::lookup`] of a page about to be updated on its own: where
+    /// its descriptor lives is remembered, and a one-page `map` or
+    /// `set_invalid` of the page that follows with no write in between
+    /// reuses it instead of walking the tables again.
+    pub fn lookup_for_update(&self, ipa: u64) -> Entry {
+        if ipa >> self.ipa_bits != 0 {
+            return Entry::Invalid { annotation: 0 };
+        }
+        let page = ipa & !(PAGE_SIZE - 1);
+        let u = self.unit_at(page, 0, 0, false);
+        self.last_lookup.set(Some(LastLookup {
+            page,
+            writes: self.writes,
+            unit: u,
+        }));
         decode_entry(u.desc, u.level, page, self.fwb)
     }
 

@@ -479,6 +479,90 @@ fn page_changes_bbm_or_in_place() {
     assert!(mnt.ev.is_empty());
 }
 
+/// A one-page update whose descriptor sits in a last-level table takes no
+/// table page (it works with an empty pool) and writes only that
+/// descriptor; a page inside a block still needs its split counted first.
+#[test]
+fn one_page_updates_in_a_leaf_table_need_no_pool() {
+    // The leaf table for [0, 2 MiB): a level-2 and a level-3 table under
+    // the level-1 root, the whole pool.
+    let (mem2, mut s2b) = setup(39, true, 2);
+    s2b.map(0x3000, 0x5000_3000, 1, wb(), false, &mut Rec::new())
+        .unwrap();
+    assert_eq!(s2b.pool_len(), 0);
+    let pte = desc_pa(&mem2, &s2b, 0x4000, 3);
+    let before = mem2.snapshot();
+    // An annotated invalid entry next to it: mapped, then annotated again,
+    // with the empty pool.
+    s2b.set_invalid(0x4000, 1, 9, &mut Rec::new()).unwrap();
+    assert_eq!(mem2.read(pte), 9 << 2);
+    let mut mnt = Rec::new();
+    s2b.map(0x4000, 0x5000_4000, 1, wb(), false, &mut mnt)
+        .unwrap();
+    assert_eq!(mnt.ev, vec![Ev::Dsb]);
+    assert_eq!(s2b.lookup(0x4000), mapped(0x5000_4000, wb(), 3));
+    let mut mnt = Rec::watching(&mem2, pte);
+    s2b.set_invalid(0x4000, 1, 0, &mut mnt).unwrap();
+    assert_eq!(mnt.ev, vec![Ev::Dsb, Ev::Ipa(0x4000, 3), Ev::Dsb]);
+    assert_eq!(mnt.seen, vec![0]);
+    // Only that descriptor changed, and it is back to what it was.
+    assert!(mem2.snapshot() == before);
+    assert_eq!(s2b.pool_len(), 0);
+    assert_eq!(s2b.lookup(0x3000), mapped(0x5000_3000, wb(), 3));
+
+    // One page inside a block: the split needs two table pages (level 2
+    // and level 3 under the level-1 block), the pool has one: NoMem,
+    // nothing written.
+    let (mem, mut s2) = setup(39, true, 1);
+    s2.map(GIB, GIB, 512 * 512, wb(), true, &mut Rec::new())
+        .unwrap();
+    let before = mem.snapshot();
+    let ro = leaf(R, MemType::NormalWb, PageState::Owned);
+    assert!(matches!(
+        s2.map(GIB + 0x5000, GIB + 0x5000, 1, ro, true, &mut Rec::new()),
+        Err(Error::NoMem { .. })
+    ));
+    assert!(matches!(
+        s2.set_invalid(GIB + 0x5000, 1, 0, &mut Rec::new()),
+        Err(Error::NoMem { .. })
+    ));
+    assert!(mem.snapshot() == before);
+    assert_eq!(s2.lookup(GIB + 0x5000), mapped(GIB + 0x5000, wb(), 1));
+}
+
+/// `lookup_for_update` remembers where the page's descriptor lives for the one-page
+/// update that follows it; any write in between (here: the page's
+/// last-level table detached, then reused) makes the update walk again.
+#[test]
+fn one_page_update_after_lookup_sees_tables_changed_since() {
+    let (mem, mut s2) = setup(39, true, 4);
+    s2.map(0x3000, 0x5000_3000, 1, wb(), false, &mut Rec::new())
+        .unwrap();
+    let old_leaf_table = desc_pa(&mem, &s2, 0x3000, 3) & !0xfff;
+    assert!(matches!(s2.lookup_for_update(0x3000), Entry::Mapped { .. }));
+    // The whole 2 MiB: the last-level table is detached (back to the pool).
+    s2.set_invalid(0, 512, 0, &mut Rec::new()).unwrap();
+    // Two pages elsewhere take table pages (the detached one among them:
+    // the pool hands out the page freed last).
+    s2.map(MIB2 + 0x1000, 0x5020_1000, 2, wb(), false, &mut Rec::new())
+        .unwrap();
+    assert_eq!(desc_pa(&mem, &s2, MIB2, 3) & !0xfff, old_leaf_table);
+    // The remembered table must not be written through.
+    s2.map(0x3000, 0x6000_3000, 1, wb(), false, &mut Rec::new())
+        .unwrap();
+    assert_eq!(s2.lookup(0x3000), mapped(0x6000_3000, wb(), 3));
+    assert_eq!(s2.lookup(MIB2 + 0x1000), mapped(0x5020_1000, wb(), 3));
+    assert_eq!(s2.lookup(MIB2 + 0x3000), Entry::Invalid { annotation: 0 });
+    assert_eq!(s2.lookup(0x4000), Entry::Invalid { annotation: 0 });
+    // The same with a lookup right before an unmap of another page of the
+    // same table: the update of the looked-up page still lands.
+    assert!(matches!(s2.lookup_for_update(0x3000), Entry::Mapped { .. }));
+    s2.set_invalid(0x5000, 2, 4, &mut Rec::new()).unwrap();
+    s2.set_invalid(0x3000, 1, 5, &mut Rec::new()).unwrap();
+    assert_eq!(s2.lookup(0x3000), Entry::Invalid { annotation: 5 });
+    assert_eq!(s2.lookup(0x5000), Entry::Invalid { annotation: 4 });
+}
+
 #[test]
 fn block_permission_change_in_place() {
     let (mem, mut s2) = setup(39, true, 8);
@@ -714,4 +798,54 @@ fn level0_root_whole_entries() {
         s2.tables_needed(0, all, false),
         512 * (1 + 512 * (1 + 512)) - 1
     );
+}
+
+/// The refusals explain themselves: their messages carry the counts.
+#[test]
+fn errors_display_what_went_wrong() {
+    use pagetables::Error;
+    assert_eq!(
+        Error::NoMem {
+            needed: 3,
+            available: 1
+        }
+        .to_string(),
+        "stage-2 needs 3 table pages, pool holds 1"
+    );
+    assert_eq!(
+        Error::Range.to_string(),
+        "address range outside the stage-2 or malformed"
+    );
+    assert_eq!(Error::Annotation.to_string(), "annotation above 1023");
+}
+
+/// A table page freed when an invalid block replaces it goes back to the
+/// pool once the maintenance for it was issued: the pool gets back every
+/// page it lent.
+#[test]
+fn a_table_replaced_by_a_block_returns_to_the_pool() {
+    let (_m, mut s2) = setup(39, true, 8);
+    let mut mnt = Rec::new();
+    let (tables, pool) = (s2.table_pages(), s2.pool_len());
+    // 2 MiB as 512 pages: a level-2 and a level-3 table from the pool.
+    s2.map(MIB2, 0x40_0000_0000, 512, wb(), false, &mut mnt)
+        .unwrap();
+    assert_eq!((s2.table_pages(), s2.pool_len()), (tables + 2, pool - 2));
+    // The whole 2 MiB made invalid: one invalid level-2 descriptor, and
+    // the level-3 table, detached, is free again after its TLB maintenance.
+    s2.set_invalid(MIB2, 512, 5, &mut mnt).unwrap();
+    assert_eq!(
+        runs(&s2, MIB2, 512),
+        [(MIB2, 512, Entry::Invalid { annotation: 5 })]
+    );
+    assert_eq!((s2.table_pages(), s2.pool_len()), (tables + 1, pool - 1));
+}
+
+/// The table says whether it was built for FWB, both ways.
+#[test]
+fn fwb_is_what_the_table_was_built_with() {
+    for fwb in [false, true] {
+        let (_m, s2) = setup(39, fwb, 0);
+        assert_eq!(s2.fwb(), fwb);
+    }
 }

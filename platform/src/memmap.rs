@@ -408,6 +408,19 @@ impl Platform {
         Some(base + (pfn - self.regions[i].base_pfn))
     }
 
+    /// [`Self::tracked_index`] of a page already known to lie in region
+    /// `region` (as [`Self::range_class`] or [`Self::classify`] found it):
+    /// O(1). `None` when it does not lie there or the region is untracked.
+    pub fn tracked_index_in(&self, region: Option<usize>, pfn: u64) -> Option<u64> {
+        let i = region?;
+        let r = self.regions.get(i)?;
+        if !r.contains(pfn) {
+            return None;
+        }
+        let base = (*self.dense_base.get(i)?)?;
+        Some(base + (pfn - r.base_pfn))
+    }
+
     /// The host's RAM as (base, size) in bytes, in address order, for
     /// rewriting the host's device tree.
     pub fn host_ram(&self) -> impl Iterator<Item = (u64, u64)> + '_ {

@@ -269,6 +269,14 @@ fn tracked_index_dense_and_consistent() {
     for pfn in 0..p.pa_pages() + 2 {
         let (class, region) = p.classify(pfn);
         let want_tracked = region.is_some_and(|i| regions[i].is_tracked());
+        // Given the region `classify` found, the O(1) lookup agrees; given
+        // any other region, it finds nothing.
+        assert_eq!(p.tracked_index_in(region, pfn), p.tracked_index(pfn));
+        for other in [None, Some(0), Some(2), Some(regions.len())] {
+            if other != region {
+                assert_eq!(p.tracked_index_in(other, pfn), None, "pfn {pfn:#x}");
+            }
+        }
         match p.tracked_index(pfn) {
             Some(d) => {
                 assert!(want_tracked, "pfn {pfn:#x} ({class:?})");

@@ -298,6 +298,9 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
         "fuzz (real image, max, 8 CPUs)",
         total,
     )?;
+    // The device tree's CPU count sizes the stacks: the limit boots and
+    // probes every CPU, one more is refused with a boot error.
+    cpu_limit_step(&images, total)?;
     // Devices reach what the host owns and nothing else (RULES.md S1).
     for model in crate::test_all::CPU_MODELS {
         let step = format!("DMA isolation (real image, {model})");
@@ -327,6 +330,57 @@ pub fn real_image_tests(files: &[PathBuf], total: &mut Counts) -> Result<(), Str
         "guest ABI fuzz (real image, max, 2 CPUs)",
         total,
     )?;
+    Ok(())
+}
+
+/// The hypervisor alone (no host image) on `max` with 256 CPUs, the limit
+/// (`hyp::cpu_area::MAX_CPUS`): every CPU gets a stack and answers the
+/// probe; with 257 the boot stops with its error.
+fn cpu_limit_step(images: &Images, total: &mut Counts) -> Result<(), String> {
+    let step = "CPU count (real image, max, 256 and 257 CPUs)";
+    if !crate::test_all::selected(step) {
+        return Ok(());
+    }
+    println!("==> {step}");
+    let checks = [
+        (256, "hyp: 256 CPUs; features on every CPU"),
+        (
+            257,
+            "hyp: cannot boot: more CPUs in the device tree than the hypervisor supports (256)",
+        ),
+    ];
+    let mut counts = Counts::default();
+    for (smp, want) in checks {
+        let run = QemuRun {
+            cpu: "max".into(),
+            mte: false,
+            smmu: true,
+            smp,
+            kernel: images.hyp.clone(),
+            initrd: None,
+            loader: Vec::new(),
+            extra: Vec::new(),
+            timeout: Duration::from_secs(120),
+        };
+        let out = run
+            .run(&deps::qemu_binary(), false)
+            .map_err(|e| format!("{step}: {e}"))?;
+        let ok = !out.timed_out
+            && out.text.lines().any(|l| l.starts_with(want))
+            && !out.text.contains("did not answer");
+        if ok {
+            counts.passed += 1;
+            println!("PASS {smp} CPUs: {want}");
+        } else {
+            counts.failed += 1;
+            println!("FAIL {smp} CPUs: want `{want}`; the console:\n{}", out.text);
+        }
+    }
+    println!("{counts}");
+    *total += counts;
+    if counts.failed != 0 {
+        return Err(step.into());
+    }
     Ok(())
 }
 

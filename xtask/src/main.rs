@@ -192,7 +192,7 @@ fn bench(pkvm: bool, linux_only: bool) -> ExitCode {
     deps::ensure_qemu();
     // XTASK_ONLY picks among them as it does among the test steps.
     for cpu in ["max", "cortex-a57"] {
-        let steps: [(String, &dyn Fn() -> Result<(), String>); 3] = [
+        let steps: [(String, &BenchStep); 3] = [
             (format!("bench: Linux host ({cpu})"), &|| {
                 linux_bench::bench(cpu, pkvm)
             }),
@@ -213,6 +213,9 @@ fn bench(pkvm: bool, linux_only: bool) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// One step of `cargo xtask bench --linux`.
+type BenchStep<'a> = dyn Fn() -> Result<(), String> + 'a;
 
 /// The core's benchmarks: the simulator's, then the real image's.
 fn core_bench() -> ExitCode {

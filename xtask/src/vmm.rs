@@ -102,9 +102,9 @@ poweroff -f
 
 /// The host's `/init`: load the driver, run the VMM and check it ended
 /// with 0, find the guest's file in the disk image, check the VMM's
-/// refusals, then kill further VMMs at three points (setting up, early and
-/// later in the guest's boot) and check that the driver holds no page
-/// after each.
+/// refusals, then kill further VMMs at six points (setting up, early and
+/// later in the guest's boot, and three random ones) and check that the
+/// driver holds no page after each.
 const HOST_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc

@@ -2,10 +2,13 @@
 //! image stands on.
 //!
 //! - `_start`: the arm64 Image header, then the primary CPU's entry (x0 = the
-//!   device tree): zero BSS, take CPU 0's stack, call `rust_primary_main`.
+//!   device tree): zero BSS, take the boot stack ([`BOOT_STACK`], CPU 0's
+//!   for good), call `rust_primary_main`.
 //! - `secondary_entry`: where our own PSCI CPU_ON starts other CPUs (x0 = CPU
-//!   index): take that CPU's stack, turn the MMU on with the primary's
-//!   EL2 tables ([`BOOT_PARAMS`]), call `rust_secondary_main`.
+//!   index): take that CPU's stack, which the boot CPU placed from the
+//!   device tree's CPU count (`hyp::cpu_area`; its base is
+//!   `BOOT_PARAMS[4]`), turn the MMU on with the primary's EL2 tables
+//!   ([`BOOT_PARAMS`]), call `rust_secondary_main`.
 //! - `el2_vectors`: a synchronous exception from EL1 first goes through a
 //!   fast path that answers host HVCs outside the host-call range with
 //!   NOT_SUPPORTED (x0 only), and HYP_VERSION and HYP_FEATURES, without
@@ -15,27 +18,27 @@
 use core::arch::global_asm;
 use core::sync::atomic::AtomicU64;
 
-/// Most CPUs the image runs on.
-pub const MAX_CPUS: usize = 64;
-/// Usable stack per CPU.
-pub const STACK_SIZE: usize = 32 * 1024;
-/// Each CPU's stack has an unmapped guard page below it.
-pub const GUARD_SIZE: usize = 4096;
-const STACK_SLOT: usize = STACK_SIZE + GUARD_SIZE;
+use hyp::cpu_area::{GUARD_SIZE, SLOT_SIZE, STACK_SIZE};
 
-/// Stacks of every CPU, each preceded by its guard page.
+/// The boot CPU's stack, with its guard page below it (in BSS): the only
+/// stack in the image; the others are placed at boot (`hyp::cpu_area`).
 #[repr(C, align(4096))]
-pub struct Stacks(pub [[u8; STACK_SLOT]; MAX_CPUS]);
+pub struct BootStack(pub [u8; (GUARD_SIZE + STACK_SIZE) as usize]);
 
-/// Per-CPU stacks (in BSS).
+/// CPU 0's stack (in BSS).
 #[no_mangle]
-pub static mut STACKS: Stacks = Stacks([[0; STACK_SLOT]; MAX_CPUS]);
+pub static mut BOOT_STACK: BootStack = BootStack([0; (GUARD_SIZE + STACK_SIZE) as usize]);
 
-/// What a secondary CPU needs to turn its MMU on: MAIR_EL2, TCR_EL2,
-/// TTBR0_EL2, SCTLR_EL2, written by the primary and cleaned to PoC before
-/// any secondary starts (they read it with the MMU off).
+/// What a secondary CPU needs before its MMU is on: MAIR_EL2, TCR_EL2,
+/// TTBR0_EL2, SCTLR_EL2, and the base of the secondaries' stacks
+/// (`CpuArea::stacks_base`), written by the primary and cleaned to PoC
+/// before any secondary starts (they read it with the MMU off).
 #[no_mangle]
-pub static BOOT_PARAMS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+pub static BOOT_PARAMS: BootParams = BootParams([const { AtomicU64::new(0) }; 5]);
+
+/// [`BOOT_PARAMS`]: one cache line, so one clean to PoC publishes it.
+#[repr(C, align(64))]
+pub struct BootParams(pub [AtomicU64; 5]);
 
 /// HYP_FEATURES x2 (the core's `feature_bits`), for the vector's answer;
 /// written once at boot, before the host runs.
@@ -104,13 +107,20 @@ secondary_entry:
 3:  wfe
     b       3b
 
-// x0 = CPU index: sp = top of that CPU's stack. Clobbers x1, x2.
+// x0 = CPU index: sp = top of that CPU's stack: the boot stack for CPU 0
+// (also when the host turns it off and on again), else
+// BOOT_PARAMS[4] + index * slot. Clobbers x1, x2.
 set_stack:
-    adrp    x1, STACKS
-    add     x1, x1, :lo12:STACKS
+    cbnz    x0, 6f
+    adrp    x1, BOOT_STACK
+    add     x1, x1, :lo12:BOOT_STACK
+    add     sp, x1, #{boot_stack_size}
+    ret
+6:  adrp    x1, BOOT_PARAMS
+    add     x1, x1, :lo12:BOOT_PARAMS
+    ldr     x1, [x1, #32]
     mov     x2, #{slot}
     madd    x1, x0, x2, x1
-    add     x1, x1, x2
     mov     sp, x1
     ret
 
@@ -248,7 +258,7 @@ el2_serror:
     stp     x0, x1, [sp, #-16]!
     mrs     x0, tpidr_el2
     adrp    x1, GUEST_SERROR
-    add     x1, x1, :lo12:GUEST_SERROR
+    ldr     x1, [x1, :lo12:GUEST_SERROR]
     add     x1, x1, x0, lsl #3
     mov     x0, #1
     str     x0, [x1]
@@ -278,7 +288,8 @@ eret_to_host:
     isb
     eret
 "#,
-    slot = const STACK_SLOT,
+    slot = const SLOT_SIZE,
+    boot_stack_size = const GUARD_SIZE + STACK_SIZE,
     version = const hyp::HYP_VERSION,
     max_vms = const hyp::MAX_VMS,
     max_vcpus = const hyp::MAX_VCPUS,

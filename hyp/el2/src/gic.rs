@@ -31,7 +31,6 @@ use hyp::vgic::{self, VgicContext, MAX_APRS, MAX_LRS};
 use hyp::{Trap, VcpuContext};
 use platform::GicFacts;
 
-use crate::entry::MAX_CPUS;
 use crate::{mmu, sysreg};
 
 /// INTIDs of the PPIs the hypervisor uses; 0 until [`init`].
@@ -39,8 +38,6 @@ static MAINTENANCE: AtomicU32 = AtomicU32::new(0);
 static VTIMER: AtomicU32 = AtomicU32::new(0);
 static HYPTIMER: AtomicU32 = AtomicU32::new(0);
 static GICR: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
-/// Each CPU's redistributor SGI/PPI frame (0: not found).
-static SGI_FRAME: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
 /// Index of CNTV_CTL_EL0 and CNTV_CVAL_EL0 in `VcpuContext::sys` (see
 /// `guest.rs`).
@@ -139,7 +136,9 @@ pub fn init_cpu(index: usize) {
             while read32(at + GICR_WAKER) & (1 << 2) != 0 {
                 core::hint::spin_loop();
             }
-            SGI_FRAME[index].store(at + FRAME, Ordering::Relaxed);
+            if let Some(c) = crate::percpu::cpu(index) {
+                c.sgi_frame.store(at + FRAME, Ordering::Relaxed);
+            }
             break;
         }
         if typer & (1 << 4) != 0 {
@@ -159,8 +158,11 @@ pub fn init_cpu(index: usize) {
     }
 }
 
+/// This CPU's redistributor SGI/PPI frame (0: not found), kept in its
+/// per-CPU record.
 fn sgi_frame() -> usize {
-    SGI_FRAME[sysreg::tpidr_el2() as usize % MAX_CPUS].load(Ordering::Relaxed)
+    crate::percpu::cpu(sysreg::tpidr_el2() as usize)
+        .map_or(0, |c| c.sgi_frame.load(Ordering::Relaxed))
 }
 
 macro_rules! sys {

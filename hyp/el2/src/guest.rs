@@ -11,18 +11,11 @@
 //! core. [`unload`] puts everything back the other way.
 
 use core::arch::{asm, global_asm};
-use core::sync::atomic::AtomicU64;
 
 use hyp::{Trap, VcpuContext};
 
-use crate::entry::MAX_CPUS;
 use crate::sysreg::ec;
 use crate::{gic, sysreg, HOST_REGS};
-
-/// Per CPU: an SError reached EL2 during [`__serror_window`] (set by the
-/// vector `el2_serror`).
-#[no_mangle]
-pub static GUEST_SERROR: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// EL1 registers switched with the vCPU, in `VcpuContext::sys` order.
 /// (PSTATE is word 0; word 31 says the context has been initialised.)
@@ -299,7 +292,7 @@ __guest_exit:
 __serror_window:
     mrs     x1, tpidr_el2
     adrp    x2, GUEST_SERROR
-    add     x2, x2, :lo12:GUEST_SERROR
+    ldr     x2, [x2, :lo12:GUEST_SERROR]
     str     xzr, [x2, x1, lsl #3]
     dsb     sy
     isb

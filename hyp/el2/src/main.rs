@@ -89,11 +89,14 @@ pub fn park() -> ! {
 #[no_mangle]
 extern "C" fn rust_primary_main(dtb: u64) -> ! {
     let pa_range = sysreg::id_aa64mmfr0_el1() & 0xf;
-    mmu::enable(HYP_BASE, HYP_END, UART_BASE, pa_range);
-    console::init(UART_BASE);
-    println!("pkvm-rs hypervisor {} at EL2", env!("CARGO_PKG_VERSION"));
     // SAFETY: linker symbol; only its address is used.
     let image_end = unsafe { &__image_end as *const u8 as usize };
+    // The room between the image and the heap holds the other CPUs'
+    // stacks, mapped once the device tree says how many there are.
+    let stacks_room = (image_end.next_multiple_of(4096), HEAP_BASE);
+    mmu::enable(HYP_BASE, HYP_END, stacks_room, UART_BASE, pa_range);
+    console::init(UART_BASE);
+    println!("pkvm-rs hypervisor {} at EL2", env!("CARGO_PKG_VERSION"));
     if image_end > HEAP_BASE {
         stop("image overlaps the heap");
     }
@@ -128,13 +131,24 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
 
     let mpidrs =
         platform::cpu_mpidrs(blob).unwrap_or_else(|_| stop("bad /cpus in the device tree"));
+    // Stacks and per-CPU records for exactly the CPUs of the device tree.
+    let area =
+        hyp::cpu_area::CpuArea::plan(mpidrs.len(), stacks_room.0 as u64, stacks_room.1 as u64)
+            .unwrap_or_else(|e| {
+                stop_fmt(format_args!(
+                    "{} ({} CPUs, at most {})",
+                    e.message(),
+                    mpidrs.len(),
+                    hyp::cpu_area::MAX_CPUS
+                ))
+            });
+    mmu::map_stacks(&area);
     if let Err(e) = percpu::set_cpus(&mpidrs) {
         stop(e);
     }
-    let mut ids = [None; entry::MAX_CPUS];
-    percpu::probe_all(&mut ids);
+    let ids = percpu::probe_all();
     let mut cpu: Option<CpuFeatures> = None;
-    for (i, r) in ids.iter().enumerate().take(mpidrs.len()) {
+    for (i, r) in ids.iter().enumerate() {
         match r {
             Some(r) => {
                 let f = CpuFeatures::from_id_regs(r);

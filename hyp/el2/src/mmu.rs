@@ -1,7 +1,9 @@
 //! The hypervisor's own stage-1 (EL2) translation: an identity map built
 //! from a static pool of table pages, so the MMU can go on before anything
 //! takes a lock or allocates. Image text is read-only and executable, every
-//! other page execute-never, the stack guard pages unmapped.
+//! other page execute-never, the boot stack's guard page unmapped. The room
+//! between the image and the heap stays unmapped until the boot CPU maps
+//! the other CPUs' stacks there ([`map_stacks`]), their guard pages never.
 
 #![allow(
     clippy::deref_addrof,
@@ -14,7 +16,9 @@ use aarch64_paging::descriptor::{El23Attributes, PhysicalAddress};
 use aarch64_paging::paging::{Constraints, El2, MemoryRegion, PageTable, Translation};
 use aarch64_paging::Mapping;
 
-use crate::entry::{BOOT_PARAMS, GUARD_SIZE, MAX_CPUS, STACKS, STACK_SIZE};
+use hyp::cpu_area::{CpuArea, GUARD_SIZE};
+
+use crate::entry::{BOOT_PARAMS, BOOT_STACK};
 use crate::sysreg;
 
 const TABLE_PAGES: usize = 64;
@@ -83,9 +87,10 @@ pub fn map(start: usize, end: usize, flags: El23Attributes) {
         .expect("EL2 map");
 }
 
-/// Build the identity map of the hypervisor region and the UART, turn the
+/// Build the identity map of the hypervisor region but `[hole_start,
+/// hole_end)` (the room for the other CPUs' stacks) and the UART, turn the
 /// MMU and caches on, and publish the settings for secondary CPUs.
-pub fn enable(hyp_start: usize, hyp_end: usize, uart: usize, pa_range: u64) {
+pub fn enable(hyp_start: usize, hyp_end: usize, hole: (usize, usize), uart: usize, pa_range: u64) {
     // SAFETY: single-threaded boot; MAP is written once here.
     unsafe { *(&raw mut MAP) = Some(Mapping::new(StaticTables, 1, El2)) };
     // SAFETY: linker-defined symbols; only their addresses are used.
@@ -95,14 +100,12 @@ pub fn enable(hyp_start: usize, hyp_end: usize, uart: usize, pa_range: u64) {
     map(hyp_start, image, NORMAL);
     map(image, text_end, (NORMAL | ro) - El23Attributes::XN);
     map(text_end, rodata_end, NORMAL | ro);
-    map(rodata_end, hyp_end, NORMAL);
-    // Stack guard pages: unmapped, so an overflow faults instead of
-    // corrupting the neighbour.
-    let stacks = (&raw const STACKS) as usize;
-    for cpu in 0..MAX_CPUS {
-        let guard = stacks + cpu * (STACK_SIZE + GUARD_SIZE);
-        map(guard, guard + GUARD_SIZE, El23Attributes::empty());
-    }
+    map(rodata_end, hole.0, NORMAL);
+    map(hole.1, hyp_end, NORMAL);
+    // The boot stack's guard page: unmapped, so an overflow faults instead
+    // of corrupting what lies below.
+    let guard = (&raw const BOOT_STACK) as usize;
+    map(guard, guard + GUARD_SIZE as usize, El23Attributes::empty());
     map(uart, uart + 4096, DEVICE);
 
     // SAFETY: single-threaded boot.
@@ -121,10 +124,10 @@ pub fn enable(hyp_start: usize, hyp_end: usize, uart: usize, pa_range: u64) {
         25 | (1 << 8) | (1 << 10) | (3 << 12) | (pa_range.min(5) << 16) | (1 << 23) | (1 << 31);
     // RES1 bits, then M, C, SA, I.
     let sctlr = 0x30c5_0830 | 1 | (1 << 2) | (1 << 3) | (1 << 12) | (u64::from(mte2) << 43);
-    BOOT_PARAMS[0].store(mair, core::sync::atomic::Ordering::Relaxed);
-    BOOT_PARAMS[1].store(tcr, core::sync::atomic::Ordering::Relaxed);
-    BOOT_PARAMS[2].store(root, core::sync::atomic::Ordering::Relaxed);
-    BOOT_PARAMS[3].store(sctlr, core::sync::atomic::Ordering::Relaxed);
+    BOOT_PARAMS.0[0].store(mair, core::sync::atomic::Ordering::Relaxed);
+    BOOT_PARAMS.0[1].store(tcr, core::sync::atomic::Ordering::Relaxed);
+    BOOT_PARAMS.0[2].store(root, core::sync::atomic::Ordering::Relaxed);
+    BOOT_PARAMS.0[3].store(sctlr, core::sync::atomic::Ordering::Relaxed);
     sysreg::dsb_ish();
     // SAFETY: the map covers everything the image touches from here on
     // (text, data, BSS, stacks, the UART); identity mapping keeps every
@@ -143,6 +146,23 @@ pub fn enable(hyp_start: usize, hyp_end: usize, uart: usize, pa_range: u64) {
         .expect("EL2 map")
         .mark_active();
     // Secondaries read BOOT_PARAMS with their MMU off: push it to PoC.
+    sysreg::dc_civac((&raw const BOOT_PARAMS) as u64);
+    sysreg::dsb_ish();
+}
+
+/// Map the stacks of CPUs 1.. (not their guard pages), in the hole
+/// [`enable`] left, and publish their base for `secondary_entry`. Only the
+/// primary CPU at boot, before any other CPU starts.
+pub fn map_stacks(area: &CpuArea) {
+    for i in 1..area.cpus() {
+        if let Some((lo, hi)) = area.stack(i) {
+            map(lo as usize, hi as usize, NORMAL);
+        }
+    }
+    BOOT_PARAMS.0[4].store(area.stacks_base(), core::sync::atomic::Ordering::Relaxed);
+    sysreg::dsb_ish();
+    // Read with the MMU off, as the rest of BOOT_PARAMS (one cache line:
+    // 40 bytes, 64-byte aligned).
     sysreg::dc_civac((&raw const BOOT_PARAMS) as u64);
     sysreg::dsb_ish();
 }

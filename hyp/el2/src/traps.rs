@@ -79,9 +79,20 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 /// stop them. `None` if the registers are not a well-formed VCPU_RUN (the
 /// core then answers as for any other call).
 fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
-    // The run stays here, on this CPU's stack, from begin to end: its
-    // context is copied in and out once.
-    let mut run = hyp::Run::idle();
+    // The run stays in this CPU's run state from begin to end: its context
+    // is copied in and out once.
+    match percpu::with_run_state(|s| vcpu_run_in(regs, &mut s.run, &mut s.loaded)) {
+        Some(r) => r,
+        // Never: the state is this CPU's and EL2 does not nest.
+        None => Some(HostResult::err(host_interface::Errno::EBUSY).regs),
+    }
+}
+
+fn vcpu_run_in(
+    regs: &[u64; 7],
+    run: &mut hyp::Run,
+    loaded: &mut guest::Loaded,
+) -> Option<[u64; 5]> {
     let (vcpu, begun) = {
         let mut core = CORE.lock();
         let hv = core.as_mut()?;
@@ -89,7 +100,7 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
         else {
             return None;
         };
-        (vcpu, hv.vcpu_run_begin_in(handle, vcpu, &mut run))
+        (vcpu, hv.vcpu_run_begin_in(handle, vcpu, run))
     };
     match begun {
         Err(e) => return Some(HostResult::err(e).regs),
@@ -99,19 +110,18 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
     let slice_end = gic::slice_end();
     // The guest stays loaded while EL2 handles its traps; only an exit to
     // the host switches back.
-    let mut loaded = guest::Loaded::new();
     let kind = guest::VmKind {
         protected: run.protected,
         mte: run.mte,
     };
-    if !guest::load(&mut loaded, run.vttbr, vcpu, kind, &mut run.ctx, slice_end) {
+    if !guest::load(loaded, run.vttbr, vcpu, kind, &mut run.ctx, slice_end) {
         let mut core = CORE.lock();
-        let reason = core.as_mut()?.vcpu_run_end(&mut run, ExitReason::Fatal);
+        let reason = core.as_mut()?.vcpu_run_end(run, ExitReason::Fatal);
         return Some(HostResult::ok(reason, 0, 0).regs);
     }
     let mut exit = ExitReason::Interrupted;
     for _ in 0..MAX_TRAPS_PER_RUN {
-        let trap = guest::enter(&mut loaded, &mut run.ctx);
+        let trap = guest::enter(loaded, &mut run.ctx);
         // Traps that need nothing of the VM's or anyone else's state are
         // handled without the core's lock (SGIs other vCPUs sent meanwhile
         // come in at the next locked step or the next VCPU_RUN: the sender's
@@ -125,7 +135,7 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
             None
         } else {
             match CORE.lock().as_mut() {
-                Some(hv) => hv.vcpu_run_step(&mut run, trap),
+                Some(hv) => hv.vcpu_run_step(run, trap),
                 None => Some(ExitReason::Fatal),
             }
         };
@@ -133,19 +143,19 @@ fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
             exit = reason;
             break;
         }
-        guest::resync(&mut loaded, &mut run.ctx);
+        guest::resync(loaded, &mut run.ctx);
     }
     if guest::serror_pending() && exit != ExitReason::Fatal {
         // The guest's SError ends it as a fatal trap would have.
         exit = match CORE.lock().as_mut() {
-            Some(hv) => hv.vcpu_run_step(&mut run, hyp::Trap::Fatal),
+            Some(hv) => hv.vcpu_run_step(run, hyp::Trap::Fatal),
             None => None,
         }
         .unwrap_or(ExitReason::Fatal);
     }
-    guest::unload(&mut loaded, &mut run.ctx);
+    guest::unload(loaded, &mut run.ctx);
     let mut core = CORE.lock();
-    let reason = core.as_mut()?.vcpu_run_end(&mut run, exit);
+    let reason = core.as_mut()?.vcpu_run_end(run, exit);
     Some(HostResult::ok(reason, 0, 0).regs)
 }
 

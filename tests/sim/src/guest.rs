@@ -73,6 +73,17 @@ fn translate<P: PhysMem>(view: &GuestView<'_, P>, ipa: u64) -> Option<(u64, page
     }
 }
 
+/// Whether a guest mapping reaches a device rather than memory: DEVICE and
+/// NORMAL_NC mappings are of MMIO only (D1, D5), and the simulator models
+/// no device behind them, so such a read gives 0 and a write goes nowhere
+/// (the simulated RAM does not back MMIO addresses).
+fn is_device(leaf: &pagetables::Leaf) -> bool {
+    matches!(
+        leaf.memtype,
+        pagetables::MemType::Device | pagetables::MemType::NormalNc
+    )
+}
+
 fn report(ctx: &mut VcpuContext, what: u64, value: u64) -> Trap {
     ctx.x[0] = what;
     ctx.x[1] = value;
@@ -135,7 +146,11 @@ fn perform<P: PhysMem>(cpu: &mut Cpu, view: &GuestView<'_, P>, ctx: &mut VcpuCon
         GuestOp::Read { ipa } => match translate(view, ipa) {
             Some((pa, leaf)) if leaf.perms.r => {
                 cpu.op = None;
-                let v = hyp::phys::read_u64(view.phys, pa);
+                let v = if is_device(&leaf) {
+                    0
+                } else {
+                    hyp::phys::read_u64(view.phys, pa)
+                };
                 report(ctx, TG_DONE, v)
             }
             _ => Trap::DataAbort {
@@ -151,7 +166,9 @@ fn perform<P: PhysMem>(cpu: &mut Cpu, view: &GuestView<'_, P>, ctx: &mut VcpuCon
             match translate(view, ipa) {
                 Some((pa, leaf)) if leaf.perms.w => {
                     cpu.op = None;
-                    hyp::phys::write_u64(view.phys, pa, value);
+                    if !is_device(&leaf) {
+                        hyp::phys::write_u64(view.phys, pa, value);
+                    }
                     report(ctx, TG_DONE, 0)
                 }
                 _ => Trap::DataAbort {

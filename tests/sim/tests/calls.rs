@@ -971,6 +971,48 @@ fn unshare_hyp() {
     }
 }
 
+/// SHARE_HYP and UNSHARE_HYP of one page, again and again, in a 2 MiB
+/// region the host touched (the one-page path of the host's stage-2): each
+/// answers as the range path does, the host keeps its access and its data,
+/// UNSHARE_HYP invalidates exactly that page (one TLBI by IPA, VMID 0,
+/// nothing VMID-wide, no table page), and refused calls in between change
+/// nothing.
+#[test]
+fn share_unshare_one_page_again_and_again() {
+    for model in MODELS {
+        let mut t = T::new(model);
+        let a = t.ram(4);
+        t.hwrite(a << 12, 0x1234);
+        t.hwrite((a + 1) << 12, 0x77);
+        for round in 0..4u64 {
+            let pool = t.m.hyp().host_stage2().pool_len();
+            t.ok0(Id::ShareHyp, &[a, 1]);
+            t.expect_q(a, 1, HOST_SHARED_RAM);
+            t.expect_q(a + 1, 1, HOST_RAM);
+            assert_eq!(t.hread(a << 12), Some(0x1234 + round));
+            // Refused while shared: nothing changes.
+            let before = t.snap();
+            t.err(Id::ShareHyp, &[a, 1], EPERM);
+            t.err(Id::UnshareHyp, &[a + 1, 1], EPERM);
+            assert_eq!(diff(&before, &t.snap()), "", "round {round}");
+            let m0 = *t.m.hyp_mut().maintenance();
+            t.ok0(Id::UnshareHyp, &[a, 1]);
+            let m1 = *t.m.hyp_mut().maintenance();
+            assert_eq!(m1.tlbi_ipa - m0.tlbi_ipa, 1, "{model} round {round}");
+            assert_eq!(m1.last_tlbi_ipa_vmid, 0);
+            assert_eq!(m1.tlbi_vmid, m0.tlbi_vmid, "no VMID-wide TLBI");
+            t.expect_q(a, 1, HOST_RAM);
+            // Faulted in again on the next touch, contents kept.
+            t.hwrite(a << 12, 0x1234 + round + 1);
+            assert_eq!(t.hread((a + 1) << 12), Some(0x77));
+            if round > 0 {
+                assert_eq!(t.m.hyp().host_stage2().pool_len(), pool, "no table page");
+            }
+            t.invariants();
+        }
+    }
+}
+
 #[test]
 fn vm_create() {
     for model in MODELS {
