@@ -57,16 +57,23 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The line `/init` ends with: `GUESTKERNEL DONE <status>`.
 const DONE: &str = "GUESTKERNEL DONE ";
 
-/// The initramfs's `/init`: everything it prints goes to `/dev/console`,
-/// which is the virtio console (`console=hvc0`; QEMU's UART is not
-/// connected). It replays the whole kernel log (the virtio console starts
-/// late, and a warning before it must still fail the boot), then powers
-/// off through PSCI.
+/// The initramfs's `/init`: everything it prints goes to the virtio
+/// console, hvc0 (`console=hvc0`; QEMU's UART is not connected). QEMU's
+/// virtio-serial announces its ports with a control message after the
+/// driver probes, so the kernel can open `/dev/console` before hvc0 exists
+/// (CI saw it once; two busy loops on the two cores show it about one boot
+/// in ten): `/init` waits for `/dev/hvc0` and writes there, not to
+/// whatever `/dev/console` became. It replays the whole kernel log (the
+/// virtio console starts late, and a warning before it must still fail the
+/// boot), then powers off through PSCI.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+i=0
+while [ ! -c /dev/hvc0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+exec >/dev/hvc0 2>&1
 echo "GUESTKERNEL init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs, console $(cat /sys/class/tty/console/active)"
 echo "GUESTKERNEL $(uname -r) $(uname -v)"
 dmesg | sed 's/^/GUESTKERNEL dmesg: /'
