@@ -33,6 +33,6 @@ pub use hypervisor::{
 pub use meta::MAX_SHARE_COUNT;
 pub use owner::{HostAnnotation, GUEST_MMIO_GUARD};
 pub use vcpu::{
-    answer_guest_call, GuestView, NoExecutor, Run, Trap, VcpuContext, VcpuExecutor, FP_WORDS,
-    MAX_TRAPS_PER_RUN, SYS_WORDS,
+    answer_guest_call, answer_guest_call_regs, vector_may_answer, GuestView, NoExecutor, Run, Trap,
+    VcpuContext, VcpuExecutor, FP_WORDS, MAX_TRAPS_PER_RUN, SYS_WORDS,
 };

@@ -230,9 +230,24 @@ guest_vectors:
     b       el2_unexpected
     .balign 0x80
     b       el2_serror
-    // Lower EL, AArch64: sync, IRQ, FIQ, SError.
+    // Lower EL, AArch64: sync, IRQ, FIQ, SError. An HVC may be a call
+    // answered from its registers alone: __guest_hvc tries that first when
+    // the function number (x0's low 16 bits) is one such a call can have,
+    // below 0x200 or 0xFF01 (a superset: the Rust side decides), so that
+    // other calls do not pay for the attempt.
     .balign 0x80
     stp     x0, x1, [sp, #-16]!
+    mrs     x1, esr_el2
+    lsr     x1, x1, #26
+    cmp     x1, #0x16
+    b.ne    1f
+    and     x1, x0, #0xffff
+    cmp     x1, #0x200
+    b.lo    __guest_hvc
+    mov     x0, #0xff01
+    cmp     x1, x0
+    b.eq    __guest_hvc
+1:
     mov     x0, #0
     b       __guest_exit
     .balign 0x80
@@ -256,6 +271,49 @@ guest_vectors:
     b       el2_unexpected
     .balign 0x80
     b       el2_unexpected
+
+// A guest HVC (EC 0x16), the guest's x0, x1 at [sp] (the registers are
+// reloaded from there): if guest_hvc_fast
+// answers it from x0..x3 (hyp::answer_guest_call_regs: versions, features,
+// UID, MEMINFO, host-call IDs), straight back to the guest with the answer
+// in x0..x3; else the registers as the vector found them and the full
+// exit. Only what a Rust call may change is saved: x2..x18 and x30 (x19..x29
+// are callee-saved; EL2 has no FP/SIMD; ELR/SPSR_EL2 are untouched, and
+// the HVC's return address is already past the instruction). An interrupt
+// that came meanwhile is taken as soon as the guest runs again.
+__guest_hvc:
+    sub     sp, sp, #160
+    ldp     x0, x1, [sp, #160]
+    stp     x0, x1, [sp, #0]
+    stp     x2, x3, [sp, #16]
+    stp     x4, x5, [sp, #32]
+    stp     x6, x7, [sp, #48]
+    stp     x8, x9, [sp, #64]
+    stp     x10, x11, [sp, #80]
+    stp     x12, x13, [sp, #96]
+    stp     x14, x15, [sp, #112]
+    stp     x16, x17, [sp, #128]
+    stp     x18, x30, [sp, #144]
+    mov     x0, sp
+    bl      guest_hvc_fast
+    ldp     x4, x5, [sp, #32]
+    ldp     x6, x7, [sp, #48]
+    ldp     x8, x9, [sp, #64]
+    ldp     x10, x11, [sp, #80]
+    ldp     x12, x13, [sp, #96]
+    ldp     x14, x15, [sp, #112]
+    ldp     x16, x17, [sp, #128]
+    ldp     x18, x30, [sp, #144]
+    cbz     x0, 1f
+    ldp     x2, x3, [sp, #16]
+    ldp     x0, x1, [sp, #0]
+    add     sp, sp, #176
+    eret
+1:
+    ldp     x2, x3, [sp, #16]
+    add     sp, sp, #160
+    mov     x0, #0
+    b       __guest_exit
 
 // x0 = exit kind; the guest's x0, x1 are at [sp]; gprs pointer at [sp, #16+96].
 __guest_exit:
@@ -303,6 +361,18 @@ __serror_window:
     ret
 "#
 );
+
+/// Called by `__guest_hvc` with the trapping guest's x0..x3: 1 if the call
+/// was answered (the answer is in `regs`), else 0 (`regs` unchanged).
+///
+/// # Safety
+/// `regs` points to four words on this CPU's EL2 stack.
+#[no_mangle]
+unsafe extern "C" fn guest_hvc_fast(regs: *mut [u64; 4]) -> u64 {
+    // SAFETY: by the contract above; nothing else refers to those words.
+    let regs = unsafe { &mut *regs };
+    u64::from(hyp::answer_guest_call_regs(regs))
+}
 
 extern "C" {
     fn __fp_save(buf: *mut u64);
