@@ -38,7 +38,7 @@ _Static_assert(__builtin_offsetof(struct pkvm_rs_run, kick_vcpus) == 184,
 
 #define PAGE 4096UL
 #define GUEST_BASE 0x80000000ULL
-#define GUEST_PAGES 16
+#define GUEST_PAGES 32
 #define MMIO_IPA 0x90000000ULL
 /* The guest's forwarded call (not a hypervisor call: an HVC exit). */
 #define GUEST_CALL 0xC6000F42ULL
@@ -441,6 +441,18 @@ out:
 	munmap(mem, GUEST_PAGES * PAGE);
 }
 
+/* Data page of the protected VM test: in the region's second 64 KiB. */
+#define PROTECTED_DATA_PAGE 20
+
+/* The frame the driver donated for guest page `page` of `vm`, 0 if none
+ * (PKVM_RS_GUEST_PAGE: ENOENT). */
+static uint64_t guest_pfn(int vm, uint64_t page)
+{
+	struct pkvm_rs_page_info pi = { .ipa = GUEST_BASE + page * PAGE };
+
+	return ioctl(vm, PKVM_RS_GUEST_PAGE, &pi) == 0 ? pi.pfn : 0;
+}
+
 static void test_protected_vm(void)
 {
 	char *mem = guest_memory(guest_main, guest_main_end);
@@ -469,7 +481,10 @@ static void test_protected_vm(void)
 	      "protected pages are the driver's", "allocated %llu pinned %llu",
 	      (unsigned long long)s.pages_allocated,
 	      (unsigned long long)s.pages_pinned);
-	v = create_vcpu(vm, GUEST_BASE, (GUEST_BASE + DATA_PAGE * PAGE) | 1);
+	/* The data page is in the second 64 KiB group, which nothing
+	 * donated yet. */
+	v = create_vcpu(vm, GUEST_BASE,
+			(GUEST_BASE + PROTECTED_DATA_PAGE * PAGE) | 1);
 	check(v.fd >= 0 && v.run != MAP_FAILED, "protected vCPU", "errno %d",
 	      errno);
 	if (v.fd < 0 || v.run == MAP_FAILED)
@@ -477,13 +492,32 @@ static void test_protected_vm(void)
 	why = drive_main(&v, 1, &wall, &cpu);
 	check(!why, "protected guest: HVC, on-demand page, WFI, SYSTEM_OFF",
 	      "%s", why);
-	/* The data page came from a MEM_FAULT the driver served. */
-	check(stats().pages_allocated > s.pages_allocated + 1,
-	      "protected page donated on demand", "allocated %llu",
-	      (unsigned long long)stats().pages_allocated);
+	/* The data page came from a MEM_FAULT the driver served, with the
+	 * rest of its group: 16 contiguous frames in guest order. */
+	check(stats().pages_allocated >= s.pages_allocated + 16,
+	      "protected pages donated on demand, 16 at a time",
+	      "allocated %llu, was %llu",
+	      (unsigned long long)stats().pages_allocated,
+	      (unsigned long long)s.pages_allocated);
+	{
+		uint64_t fault = guest_pfn(vm, PROTECTED_DATA_PAGE);
+
+		check(fault &&
+		      guest_pfn(vm, 16) == fault - (PROTECTED_DATA_PAGE - 16) &&
+		      guest_pfn(vm, 31) == fault + (31 - PROTECTED_DATA_PAGE),
+		      "a first touch donates its aligned group",
+		      "pfns %#llx %#llx %#llx",
+		      (unsigned long long)guest_pfn(vm, 16),
+		      (unsigned long long)fault,
+		      (unsigned long long)guest_pfn(vm, 31));
+		/* The image's group is not touched past the image. */
+		check(guest_pfn(vm, 15) == 0,
+		      "an untouched page outside the group stays the driver's",
+		      "pfn %#llx", (unsigned long long)guest_pfn(vm, 15));
+	}
 	/* The VMM's copy of the image is its own, and untouched. */
 	check(memcmp(mem, guest_main, image) == 0 &&
-	      ((uint64_t *)(mem + DATA_PAGE * PAGE))[0] == 0,
+	      ((uint64_t *)(mem + PROTECTED_DATA_PAGE * PAGE))[0] == 0,
 	      "VMM memory not the guest's", "changed");
 	munmap(v.run, PAGE);
 	close(v.fd);
