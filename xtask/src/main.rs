@@ -8,7 +8,7 @@
 //!   stack: Linux host, the VMM, a Linux guest;
 //! - `bench [--pkvm] [--linux]`: the benchmarks;
 //! - `fuzz [TARGET] [--time SECONDS]`: coverage-guided fuzzing of the core;
-//! - `mutants [ARGS...]`: mutation testing of the core.
+//! - `mutants [CRATE] [ARGS...]`: mutation testing of the core.
 //! - `linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]`: Debian's kernel as the host, running
 //!   the host driver's tests.
 //! - `guest-kernel [--boot]`: the protected-guest kernel (Debian's
@@ -100,12 +100,13 @@ Commands:
         failure, saved under fuzz/artifacts. Prints executions, exec/s and
         coverage per target. Exit status 0 only if nothing failed.
 
-  mutants [ARGS...]
+  mutants [CRATE] [ARGS...]
         Mutation testing with cargo-mutants (installed if missing) of hyp,
-        pagetables and host-interface, each mutant judged by cargo test
-        --workspace --release, one at a time. ARGS go to cargo-mutants,
+        pagetables and host-interface, or only CRATE, each mutant judged by
+        the tests of the crate and of every workspace package that depends
+        on it (profile `mutants`), one at a time. ARGS go to cargo-mutants,
         e.g. --file hyp/src/vcpu.rs or --shard 0/8. Results in
-        mutants.out/.
+        target/mutants/CRATE/mutants.out/.
   linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]
         Boots Debian's arm64 Linux kernel (bookworm's 6.1 by default, or
         trixie-backports' 7.3; fetched with apt-get download and cached
