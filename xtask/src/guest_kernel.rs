@@ -22,7 +22,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::linux::{self, Source};
-use crate::{deps, workspace_root};
+use crate::{deps, init_script, workspace_root};
 
 /// The source package and its pinned version (the same upload as the
 /// trixie-backports host kernel, [`linux::TRIXIE`]).
@@ -66,12 +66,9 @@ const DONE: &str = "GUESTKERNEL DONE ";
 /// whatever `/dev/console` became. It replays the whole kernel log (the
 /// virtio console starts late, and a warning before it must still fail the
 /// boot), then powers off through PSCI.
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-i=0
+const INIT: &str = concat!(
+    init_script::preamble!(),
+    r#"i=0
 while [ ! -c /dev/hvc0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 exec >/dev/hvc0 2>&1
 echo "GUESTKERNEL init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs, console $(cat /sys/class/tty/console/active)"
@@ -81,7 +78,8 @@ status=0
 grep -q hvc0 /sys/class/tty/console/active || status=1
 echo "GUESTKERNEL DONE $status"
 poweroff -f
-"#;
+"#
+);
 
 fn out_dir() -> PathBuf {
     workspace_root()

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::process::{self, Counts};
 use crate::qemu::{mte_supported, QemuRun};
-use crate::{deps, image, workspace_root};
+use crate::{deps, image, init_script, workspace_root};
 
 /// Where a kernel's packages come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -519,12 +519,9 @@ pub(crate) const CHAR_DEV: u32 = 0o020_600;
 
 /// The initramfs's `/init`: mount the pseudo file systems, load the
 /// driver, run its tests, report, power off through PSCI.
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "LINUXHOST init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs"
+const INIT: &str = concat!(
+    init_script::preamble!(),
+    r#"echo "LINUXHOST init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs"
 status=0
 if insmod /pkvm_rs.ko; then
     /driver-test || status=$?
@@ -535,7 +532,8 @@ else
 fi
 echo "LINUXHOST DONE $status"
 poweroff -f
-"#;
+"#
+);
 
 /// Writes the initramfs for one kernel; returns its path.
 fn initramfs(k: &Kernel, root: &Path, module: &Path, test: &Path) -> Result<PathBuf, String> {

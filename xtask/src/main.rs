@@ -24,6 +24,7 @@ mod elf;
 mod fuzz;
 mod guest_kernel;
 mod image;
+mod init_script;
 mod linux;
 mod linux_bench;
 mod mutants;

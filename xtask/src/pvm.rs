@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use crate::linux::{self, EXEC, FILE};
 use crate::vmm::{self, Prepared};
-use crate::{guest_kernel, workspace_root};
+use crate::{guest_kernel, init_script, workspace_root};
 
 /// The disk's ext2 file system is 16 MiB; the image is 1 MiB longer, and
 /// its first sector past the file system is the mailbox through which
@@ -34,19 +34,10 @@ const GO: &str = "PKVMRS-GO";
 
 /// The guest's `/init`. FEATURES is the KVM services line's expected
 /// ending; PROTECTED is 1 in a protected VM.
-const GUEST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-i=0
-while [ ! -e /dev/hvc0 ] || [ ! -e /dev/vda ]; do
-    i=$((i + 1))
-    if [ $i -gt 200 ]; then echo "GUEST no /dev/hvc0 or /dev/vda"; break; fi
-    sleep 0.05
-done
-exec >/dev/hvc0 2>&1
-status=0
+const GUEST_INIT: &str = concat!(
+    init_script::preamble!(),
+    init_script::guest_devices!(),
+    r#"status=0
 echo "GUEST hello through the virtio console, on $(nproc) CPUs"
 [ "$(nproc)" = 2 ] || status=1
 smp=$(dmesg | grep 'SMP: Total of')
@@ -65,39 +56,16 @@ else
     # A normal VM's devices have no pool (and no VIRTIO_F_ACCESS_PLATFORM).
     if dmesg | grep -q 'assigned reserved memory node'; then status=1; fi
 fi
-mkdir -p /mnt
-if mount -t ext2 /dev/vda /mnt; then
-    echo "MESSAGE" >/mnt/hello.txt || status=1
-    sync
-    back=$(cat /mnt/hello.txt)
-    echo "GUEST read back: $back"
-    [ "$back" = "MESSAGE" ] || status=1
-    umount /mnt || status=1
-else
-    echo "GUEST cannot mount /dev/vda"
-    status=1
-fi
-if [ $status = 0 ] && grep -q guestbench /proc/cmdline; then
-    now() { sed -n 's/^now at \([0-9]*\) nsecs$/\1/p' /proc/timer_list | head -n 1; }
-    echo "GUEST BENCH $(dmesg | grep -m1 'Run /init as init process')"
-    t0=$(now)
-    dd if=/dev/vda of=/dev/null bs=64k count=256 iflag=direct 2>/dev/null || status=1
-    t1=$(now)
-    echo "GUEST BENCH read 32768 sectors in $((t1 - t0)) ns"
-    mount -t ext2 /dev/vda /mnt || status=1
-    t0=$(now)
-    dd if=/dev/zero of=/mnt/bench bs=64k count=128 conv=fsync 2>/dev/null || status=1
-    t1=$(now)
-    echo "GUEST BENCH wrote 16384 sectors in $((t1 - t0)) ns"
-    rm -f /mnt/bench
-    umount /mnt || status=1
-fi
-if [ PROTECTED = 1 ] && [ $status = 0 ]; then
+"#,
+    init_script::guest_disk!(),
+    init_script::guest_bench!(),
+    r#"if [ PROTECTED = 1 ] && [ $status = 0 ]; then
     /guest-secret /dev/vda MAILBOX GOWORD || status=1
 fi
 echo "GUEST DONE $status"
 poweroff -f
-"#;
+"#
+);
 
 /// The host's `/init`: run the VMM (VMMFLAGS) on the 7.3 guest, its
 /// output also in /vmm.out. In a protected VM (PROTECTED = 1), once the
@@ -108,12 +76,9 @@ poweroff -f
 /// exited with 0: every page back with the driver, none found not zeroed,
 /// the secret's frame the host's again (PAGE_QUERY owner 0), the guest's
 /// file in the disk image.
-const HOST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "LINUXHOST init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs"
+const HOST_INIT: &str = concat!(
+    init_script::preamble!(),
+    r#"echo "LINUXHOST init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs"
 status=0
 insmod /pkvm_rs.ko || status=1
 base=$(/vmm stats)
@@ -201,7 +166,8 @@ if [ $status = 0 ]; then
 fi
 echo "LINUXHOST DONE $status"
 poweroff -f
-"#;
+"#
+);
 
 /// One kind of run.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::linux::{self, CpioEntry, Kernel, EXEC, FILE};
 use crate::qemu::{mte_supported, QemuRun};
-use crate::{deps, image, workspace_root};
+use crate::{deps, image, init_script, workspace_root};
 
 /// The VMM's target: a static binary the busybox host runs as is.
 pub(crate) const TARGET: &str = "aarch64-unknown-linux-musl";
@@ -50,67 +50,31 @@ pub(crate) const HOST_MODULES: [&str; 6] = [
 
 /// The guest's `/init`: load the modules, print through the virtio
 /// console, write a file on the virtio disk and read it back, power off.
-const GUEST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-for m in MODULES; do
+const GUEST_INIT: &str = concat!(
+    init_script::preamble!(),
+    r#"for m in MODULES; do
     insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"
 done
-i=0
-while [ ! -e /dev/hvc0 ] || [ ! -e /dev/vda ]; do
-    i=$((i + 1))
-    if [ $i -gt 200 ]; then echo "GUEST no /dev/hvc0 or /dev/vda"; break; fi
-    sleep 0.05
-done
-exec >/dev/hvc0 2>&1
-echo "GUEST hello through the virtio console, on $(grep -c ^processor /proc/cpuinfo) CPUs"
+"#,
+    init_script::guest_devices!(),
+    r#"echo "GUEST hello through the virtio console, on $(grep -c ^processor /proc/cpuinfo) CPUs"
 status=0
-mkdir -p /mnt
-if mount -t ext2 /dev/vda /mnt; then
-    echo "MESSAGE" >/mnt/hello.txt || status=1
-    sync
-    back=$(cat /mnt/hello.txt)
-    echo "GUEST read back: $back"
-    [ "$back" = "MESSAGE" ] || status=1
-    umount /mnt || status=1
-else
-    echo "GUEST cannot mount /dev/vda"
-    status=1
-fi
-# `cargo xtask bench`: boot to /init and virtio-blk throughput, timed by
-# the kernel's clock (the guest's virtual counter, in ns).
-if [ $status = 0 ] && grep -q guestbench /proc/cmdline; then
-    now() { sed -n 's/^now at \([0-9]*\) nsecs$/\1/p' /proc/timer_list | head -n 1; }
-    echo "GUEST BENCH $(dmesg | grep -m1 'Run /init as init process')"
-    t0=$(now)
-    dd if=/dev/vda of=/dev/null bs=64k iflag=direct 2>/dev/null || status=1
-    t1=$(now)
-    echo "GUEST BENCH read $(cat /sys/block/vda/size) sectors in $((t1 - t0)) ns"
-    mount -t ext2 /dev/vda /mnt || status=1
-    t0=$(now)
-    dd if=/dev/zero of=/mnt/bench bs=64k count=128 conv=fsync 2>/dev/null || status=1
-    t1=$(now)
-    echo "GUEST BENCH wrote 16384 sectors in $((t1 - t0)) ns"
-    rm -f /mnt/bench
-    umount /mnt || status=1
-fi
-echo "GUEST DONE $status"
+"#,
+    init_script::guest_disk!(),
+    init_script::guest_bench!(),
+    r#"echo "GUEST DONE $status"
 poweroff -f
-"#;
+"#
+);
 
 /// The host's `/init`: load the driver, run the VMM and check it ended
 /// with 0, find the guest's file in the disk image, check the VMM's
 /// refusals, then kill further VMMs at six points (setting up, early and
 /// later in the guest's boot, and three random ones) and check that the
 /// driver holds no page after each.
-const HOST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "LINUXHOST init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs"
+const HOST_INIT: &str = concat!(
+    init_script::preamble!(),
+    r#"echo "LINUXHOST init at $(cut -d' ' -f1 /proc/uptime)s on $(grep -c ^processor /proc/cpuinfo) CPUs"
 status=0
 insmod /pkvm_rs.ko || status=1
 if [ $status = 0 ]; then
@@ -169,23 +133,22 @@ for ms in 100 500 2000 $r1 $r2 $r3; do
 done
 echo "LINUXHOST DONE $status"
 poweroff -f
-"#;
+"#
+);
 
 /// The host's `/init` for `cargo xtask bench`: one VMM run of the guest,
 /// quiet, with its bench block on.
-const BENCH_HOST_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-status=0
+const BENCH_HOST_INIT: &str = concat!(
+    init_script::preamble!(),
+    r#"status=0
 insmod /pkvm_rs.ko || status=1
 if [ $status = 0 ]; then
     /vmm run --kernel /guest/Image --initrd /guest/initramfs.cpio --disk /guest/disk.img --cpus 2 --mem 192 --cmdline "console=ttyS0 panic=-1 quiet guestbench" || status=1
 fi
 echo "LINUXHOST DONE $status"
 poweroff -f
-"#;
+"#
+);
 
 /// The guest's kernel command line under test: the UART console, and a
 /// panic that ends the VM at once.
