@@ -2734,6 +2734,58 @@ fn dma_view_follows_ownership() {
     }
 }
 
+/// RULES.md S1 through the SMMU's TLB: a device's cached translations of a
+/// 2 MiB block of the DMA view are all dropped when the block goes (not
+/// only its first page's), and so are those of more pages than one batch
+/// of page invalidations holds; one page taken costs one invalidation by
+/// IPA, not the whole TLB.
+#[test]
+fn dma_view_invalidates_blocks_and_long_runs() {
+    for model in MODELS {
+        let mut t = T::new(model);
+        let dev = |t: &T, pfn: u64| t.m.device_access(pfn << 12);
+        let (h, _run) = t.guest_vm(true);
+        let r = t.ram(1536);
+        let block = r.next_multiple_of(512);
+        let split = block + 512;
+
+        // A whole block of the view, cached by the device at two pages.
+        assert!(dev(&t, block + 7) && dev(&t, block + 300));
+        t.ok0(Id::GuestDonate, &[h, block, 0x1000, 512, RW]);
+        assert!(!dev(&t, block + 7), "[{model}] page 7 of a donated block");
+        assert!(
+            !dev(&t, block + 300),
+            "[{model}] page 300 of a donated block"
+        );
+
+        // One page out of a block splits it; then one more page costs one
+        // TLBI by IPA.
+        t.ok0(Id::GuestDonate, &[h, split, 0x1200, 1, RW]);
+        assert!(dev(&t, split + 1));
+        let (ipa, all, _) = t.m.iommu().counts();
+        t.ok0(Id::GuestDonate, &[h, split + 1, 0x1201, 1, RW]);
+        let (ipa2, all2, _) = t.m.iommu().counts();
+        assert_eq!(
+            (ipa2 - ipa, all2 - all),
+            (1, 0),
+            "[{model}] one page: one TLBI by IPA"
+        );
+        assert!(!dev(&t, split + 1), "[{model}] the page");
+
+        // Ten pages of a split block, all cached: more than one batch of
+        // page invalidations, so the whole view's entries go.
+        for p in split + 20..split + 30 {
+            assert!(dev(&t, p));
+        }
+        t.ok0(Id::GuestDonate, &[h, split + 20, 0x1220, 10, RW]);
+        for p in split + 20..split + 30 {
+            assert!(!dev(&t, p), "[{model}] page {} of ten", p - split - 20);
+        }
+        assert_eq!(t.m.iommu().unsynced(), 0);
+        t.invariants();
+    }
+}
+
 // ---------------------------------------------------------------------------
 // RULES.md S4: a protected VM's secondaries start only through the guest's
 // own CPU_ON, and no vCPU takes the host's entry point once it has run.
