@@ -125,6 +125,7 @@ mod tests {
             assert_eq!(a.guard(i).unwrap().1, lo);
         }
         assert_eq!(a.stack(4), None);
+        assert_eq!(a.cpus(), 4);
         assert_eq!(a.end(), a.stack(3).unwrap().1);
         // Three stacks for four CPUs, not MAX_CPUS.
         assert_eq!(a.end() - a.stacks_base(), 3 * SLOT_SIZE);

@@ -2848,3 +2848,51 @@ fn protected_secondaries_start_only_through_guest_cpu_on() {
         }
     }
 }
+
+/// The DMA view's reservation (one last-level table per 2 MiB of RAM and
+/// COHERENT memory, the levels above, the root): a page short is refused
+/// with the count, the count builds the view.
+#[test]
+fn dma_view_needs_its_reservation_and_no_more() {
+    let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
+    let platform = platform::Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], 44)
+        .expect("the simulator's platform");
+    let phys = SimPhys::new(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
+    let needed = hyp::DmaView::<SimPhys>::pages_needed(&platform, sim::DMA_IPA_BITS);
+    let tracked: u64 = platform
+        .regions()
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.class,
+                platform::MemClass::Ram | platform::MemClass::Coherent
+            )
+        })
+        .map(|r| r.nr_pages)
+        .sum();
+    assert!(
+        needed > tracked.div_ceil(512),
+        "{needed} for {tracked} pages"
+    );
+    let hyp_region = platform
+        .regions()
+        .iter()
+        .find(|r| r.class == platform::MemClass::Hyp)
+        .copied()
+        .expect("a HYP region");
+    let base = (hyp_region.base_pfn + hyp_region.nr_pages - needed - 16) & !15;
+    let view = |n: u64| {
+        hyp::DmaView::new(
+            phys.clone(),
+            &platform,
+            sim::DMA_IPA_BITS,
+            &mut (base..base + n).map(|p| p << 12),
+            Box::new(sim::SimIommu::default()),
+        )
+    };
+    assert!(matches!(
+        view(needed - 1),
+        Err(hyp::DmaViewError::NotEnoughMemory { needed: n }) if n == needed
+    ));
+    assert!(view(needed).is_ok());
+}
