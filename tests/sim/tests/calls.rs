@@ -2896,3 +2896,75 @@ fn dma_view_needs_its_reservation_and_no_more() {
     ));
     assert!(view(needed).is_ok());
 }
+
+/// RULES.md S1 under the DMA view's worst case: one page of every 2 MiB of
+/// RAM and COHERENT memory taken from the host (RAM donated, COHERENT
+/// mapped into the protected guest), so that every block of the view is
+/// split. The reservation made at boot covers it: the view never fails
+/// closed, each taken page is out of the devices' reach at once, and the
+/// host's pages around it stay reachable.
+#[test]
+fn dma_view_survives_every_block_split() {
+    let model = "max";
+    let mut t = T::new(model);
+    let (h, _run) = t.guest_vm(true);
+    let regions: Vec<(u64, u64, bool)> =
+        t.m.hyp()
+            .platform()
+            .regions()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r.class,
+                    platform::MemClass::Ram | platform::MemClass::Coherent
+                )
+            })
+            .map(|r| {
+                (
+                    r.base_pfn,
+                    r.base_pfn + r.nr_pages,
+                    r.class == platform::MemClass::Ram,
+                )
+            })
+            .collect();
+    let (mut taken, mut blocks, mut gfn) = (0, 0, 0x10_0000);
+    for (start, end, ram) in regions {
+        let mut block = start & !511;
+        while block < end {
+            blocks += 1;
+            // A page in the middle of the block, inside the region.
+            let p = (block + 256).clamp(start, end - 1);
+            let r = if ram {
+                t.call(Id::GuestDonate, &[h, p, gfn, 1, RW])
+            } else {
+                t.call(Id::GuestMapDevice, &[h, p, gfn, 1, RW | WB])
+            };
+            if r[..2] == [0, 0] {
+                taken += 1;
+                gfn += 1;
+                if gfn % 512 == 0 {
+                    // Another last-level table for the guest.
+                    let more = t.ram(1);
+                    t.ok0(Id::VmTopup, &[h, more, 1]);
+                }
+                assert!(!t.m.device_access(p << 12), "[{model}] taken page {p:#x}");
+                let q = if p > start { p - 1 } else { p + 1 };
+                if t.q(q)[0] == 0 {
+                    assert!(t.m.device_access(q << 12), "[{model}] host page {q:#x}");
+                }
+            }
+            block += 512;
+        }
+    }
+    // All but the blocks whose middle page the board already gave away
+    // (the guest's own pages, the hypervisor's pool).
+    assert!(
+        taken + 8 >= blocks,
+        "[{model}] {taken} of {blocks} blocks split"
+    );
+    assert!(
+        !t.m.iommu().0.lock().unwrap().failed_closed,
+        "[{model}] the DMA view ran out of table pages"
+    );
+    t.invariants();
+}
