@@ -125,7 +125,10 @@ impl SimMachine {
         let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
         let platform = Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], cpu.pa_bits)
             .map_err(|e| format!("platform description: {e:?}"))?;
-        let phys = SimPhys::new(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
+        // Everything the build depends on besides the (fixed) device tree
+        // and manifest: equal keys build equal memory (`SimPhys::built`).
+        let key = format!("{cpu:?} {spare:?}");
+        let phys = SimPhys::for_board(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE, &key);
         let hyp_region = platform
             .regions()
             .iter()
@@ -173,6 +176,15 @@ impl SimMachine {
         )
         .map_err(|e| format!("DMA view: {e:?}"))?;
         hv.attach_dma_view(view);
+        // The roots' tables keep pointers from the build (aarch64-paging's
+        // `RootTable`), so later writes to them may not mark them touched.
+        let mut roots = Vec::new();
+        let stage2s = [Some(hv.host_stage2()), hv.dma_view().map(|v| v.stage2())];
+        for s2 in stage2s.into_iter().flatten() {
+            let first = s2.root_pa() >> 12;
+            roots.extend(first..first + s2.geometry().root_pages as u64);
+        }
+        phys.built(&roots);
         Ok(Self {
             hv,
             phys,
