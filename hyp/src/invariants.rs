@@ -55,6 +55,39 @@ pub fn check<P: PhysMem, M: Maintenance>(
     hv: &Hypervisor<P, M>,
     pages: &[(u64, u64)],
 ) -> Result<(), String> {
+    check_cached(hv, pages, &mut WalkCache::default())
+}
+
+/// What [`check_cached`] keeps from one call to the next: the runs each
+/// guest stage-2 gave when last walked, with the table's generation
+/// ([`pagetables::Stage2::generation`]) then.
+#[derive(Clone, Debug, Default)]
+pub struct WalkCache {
+    /// (VM slot, generation, the runs the walk pushed).
+    vms: Vec<(usize, (u64, u64), Vec<Run<Use>>)>,
+}
+
+/// [`check`], reading a guest stage-2 again only when its generation
+/// changed since `cache` last saw it.
+///
+/// Why this checks exactly what [`check`] does: a guest table's walk
+/// below depends on nothing but the table's descriptors and the VM's slot,
+/// and its runs never merge with another space's (a run's `Use` names its
+/// space). `Stage2` counts every descriptor write made through it before
+/// making it, and no two tables share an id, so an unchanged generation
+/// means the walk would push the same runs again. Everything the rules
+/// relate those runs to (the host's table and annotations over `pages`,
+/// the share counts, the DMA view, the regions, the other VMs) is read
+/// afresh on every call, and every rule is applied to the whole picture.
+/// What the count cannot see is a raw write to a table page (corruption
+/// not made through `Stage2`): that shows once the table is next written
+/// through `Stage2`, or by [`check`], which reads everything (the fuzz
+/// targets end every input with it).
+pub fn check_cached<P: PhysMem, M: Maintenance>(
+    hv: &Hypervisor<P, M>,
+    pages: &[(u64, u64)],
+    cache: &mut WalkCache,
+) -> Result<(), String> {
     // The host's entries in scope: its mappings, its annotations, and
     // for S1 whether each run is the host's to reach.
     let mut uses: Vec<Run<Use>> = Vec::new();
@@ -102,7 +135,19 @@ pub fn check<P: PhysMem, M: Maintenance>(
             return Err(e);
         }
     }
+    let mut seen = Vec::new();
     for (slot, vm) in hv.vms() {
+        let generation = vm.stage2().generation();
+        seen.push((slot, generation));
+        if let Some((_, _, runs)) = cache
+            .vms
+            .iter()
+            .find(|(s, g, _)| *s == slot && *g == generation)
+        {
+            uses.extend_from_slice(runs);
+            continue;
+        }
+        let mut runs: Vec<Run<Use>> = Vec::new();
         let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
         let _ = vm.stage2().walk_raw(0, ipa_pages, true, &mut |_, cnt, e| {
             if let Entry::Mapped { pa, leaf, .. } = e {
@@ -112,9 +157,9 @@ pub fn check<P: PhysMem, M: Maintenance>(
                     memtype: leaf.memtype,
                 };
                 // Pages mapped one by one to consecutive frames make one run.
-                match uses.last_mut() {
+                match runs.last_mut() {
                     Some(r) if r.what == what && r.end() == pa >> 12 => r.n += cnt,
-                    _ => uses.push(Run {
+                    _ => runs.push(Run {
                         start: pa >> 12,
                         n: cnt,
                         what,
@@ -123,7 +168,11 @@ pub fn check<P: PhysMem, M: Maintenance>(
             }
             true
         });
+        uses.extend_from_slice(&runs);
+        cache.vms.push((slot, generation, runs));
     }
+    // Keep what the next call may use: the VMs' current tables.
+    cache.vms.retain(|(s, g, _)| seen.contains(&(*s, *g)));
 
     // Every point where what a page sees can change.
     let mut bounds: Vec<u64> = Vec::with_capacity(2 * (uses.len() + annots.len() + pages.len()));

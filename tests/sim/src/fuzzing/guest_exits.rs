@@ -170,7 +170,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         let (what, tables) = step(&mut m, &mut inp, &pick, &vms, &mut scope)
             .map_err(|e| format!("{model}, op {i}: {e}"))?;
         if tables {
-            invariants_in(m.hyp(), &scope)
+            invariants_in(m.hyp(), &mut scope)
                 .map_err(|e| format!("{model}, after op {i} ({what}): {e}"))?;
         }
     }

@@ -19,10 +19,12 @@ pub fn invariants(hv: &SimHyp) -> Result<(), String> {
         .reading(|| hyp::invariants::check(hv, &tracked_ranges(hv.platform())))
 }
 
-/// I1–I4 over the tracked pages in `scope` and every guest stage-2.
-pub fn invariants_in(hv: &SimHyp, scope: &Scope) -> Result<(), String> {
+/// I1–I4 over the tracked pages in `scope` and every guest stage-2,
+/// walking again only the guest stage-2s written since the last call
+/// ([`hyp::invariants::check_cached`]; [`invariants`] walks everything).
+pub fn invariants_in(hv: &SimHyp, scope: &mut Scope) -> Result<(), String> {
     hv.phys()
-        .reading(|| hyp::invariants::check(hv, &scope.ranges))
+        .reading(|| hyp::invariants::check_cached(hv, &scope.ranges, &mut scope.walks))
 }
 
 /// The host pages an input has named so far, as 2 MiB-aligned windows
@@ -36,6 +38,8 @@ pub struct Scope {
     tracked: Vec<(u64, u64)>,
     /// Sorted, disjoint (first pfn, count).
     pub ranges: Vec<(u64, u64)>,
+    /// The guest stage-2s as last walked.
+    walks: hyp::invariants::WalkCache,
 }
 
 /// Pages per 2 MiB window.
@@ -49,6 +53,7 @@ impl Scope {
         let mut s = Scope {
             tracked: tracked.clone(),
             ranges: Vec::new(),
+            walks: Default::default(),
         };
         for (start, _) in tracked {
             s.add(start, 2 * WINDOW);
