@@ -8,6 +8,11 @@
 //! `fuzz/corpus/TARGET` (kept read-only: what libFuzzer finds goes to
 //! `target/fuzz-corpus/TARGET`) and stops at the first crash or oracle
 //! failure, which libFuzzer saves under `fuzz/artifacts/TARGET/`.
+//!
+//! The core targets run slower than the parsers by two orders of
+//! magnitude, so long runs of them use every core: libFuzzer's `-fork=N`
+//! runs N fuzzing processes sharing one corpus, and its parent reports
+//! their executions and coverage together ([`processes`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -31,13 +36,17 @@ pub const DEFAULT_SECONDS: u64 = 60;
 /// Seconds per target in `cargo xtask test`.
 pub const SMOKE_SECONDS: u64 = 30;
 
+/// Runs of at least this many seconds use every core for the core
+/// targets ([`processes`]).
+pub const LONG_RUN_SECONDS: u64 = 120;
+
 /// `cargo xtask fuzz`.
-pub fn run(target: Option<&str>, seconds: u64) -> ExitCode {
+pub fn run(target: Option<&str>, seconds: u64, jobs: Option<usize>) -> ExitCode {
     let targets: Vec<&str> = match target {
         Some(t) => vec![t],
         None => TARGETS.to_vec(),
     };
-    match fuzz(&targets, seconds) {
+    match fuzz_with(&targets, seconds, jobs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xtask: {e}");
@@ -49,6 +58,24 @@ pub fn run(target: Option<&str>, seconds: u64) -> ExitCode {
 /// Builds the targets and runs each for `seconds`; `Err` names the first
 /// that failed.
 pub fn fuzz(targets: &[&str], seconds: u64) -> Result<(), String> {
+    fuzz_with(targets, seconds, None)
+}
+
+/// How many libFuzzer processes fuzz `target` for `seconds`: `jobs` when
+/// given; for a core target run for [`LONG_RUN_SECONDS`] or more, one per
+/// core (the issue asks for executions per target on the machine, and a
+/// core target alone keeps one core busy); else one.
+pub fn processes(target: &str, seconds: u64, jobs: Option<usize>) -> usize {
+    jobs.unwrap_or_else(|| {
+        if CORE_TARGETS.contains(&target) && seconds >= LONG_RUN_SECONDS {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            1
+        }
+    })
+}
+
+fn fuzz_with(targets: &[&str], seconds: u64, jobs: Option<usize>) -> Result<(), String> {
     if let Some(t) = targets.iter().find(|t| !TARGETS.contains(t)) {
         return Err(format!(
             "unknown fuzz target `{t}` (targets: {})",
@@ -66,7 +93,7 @@ pub fn fuzz(targets: &[&str], seconds: u64) -> Result<(), String> {
         }
     }
     for t in targets {
-        run_target(&dir, t, seconds)?;
+        run_target(&dir, t, seconds, processes(t, seconds, jobs))?;
     }
     Ok(())
 }
@@ -95,8 +122,8 @@ fn cargo_fuzz(dir: &Path) -> Command {
     cmd
 }
 
-/// Runs one target; prints libFuzzer's figures.
-fn run_target(dir: &Path, target: &str, seconds: u64) -> Result<(), String> {
+/// Runs one target as `jobs` processes; prints libFuzzer's figures.
+fn run_target(dir: &Path, target: &str, seconds: u64, jobs: usize) -> Result<(), String> {
     let work = workspace_root().join("target/fuzz-corpus").join(target);
     let artifacts = dir.join("artifacts").join(target);
     for d in [&work, &artifacts] {
@@ -114,10 +141,15 @@ fn run_target(dir: &Path, target: &str, seconds: u64) -> Result<(), String> {
         .arg("-print_final_stats=1")
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .stderr(Stdio::piped());
+    if jobs > 1 {
+        cmd.arg(format!("-fork={jobs}"));
+    }
     println!(
-        "==> fuzz {target} ({seconds} s): {}",
+        "==> fuzz {target} ({seconds} s, {jobs} process{}): {}",
+        if jobs > 1 { "es" } else { "" },
         process::describe(&cmd)
     );
+    let started = std::time::Instant::now();
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", process::describe(&cmd)))?;
@@ -135,9 +167,20 @@ fn run_target(dir: &Path, target: &str, seconds: u64) -> Result<(), String> {
     let status = child
         .wait()
         .map_err(|e| format!("waiting for the fuzzer: {e}"))?;
+    stats.finish(started.elapsed().as_secs_f64());
     println!(
-        "    {target}: {} executions in {} s, {} exec/s, coverage {} edges, {} features, corpus {}",
-        stats.execs, stats.seconds, stats.exec_per_sec, stats.cov, stats.ft, stats.corpus
+        "    {target}: {} executions in {} s, {} exec/s, coverage {} edges, {} features, corpus {}{}",
+        stats.execs,
+        stats.seconds,
+        stats.exec_per_sec,
+        stats.cov,
+        stats.ft,
+        stats.corpus,
+        if jobs > 1 {
+            format!(" ({jobs} processes together)")
+        } else {
+            String::new()
+        }
     );
     if status.success() {
         Ok(())
@@ -162,6 +205,10 @@ struct Stats {
     cov: String,
     ft: String,
     corpus: String,
+    /// Under `-fork`, the parent's last progress line: executions of
+    /// every process so far, and its time in seconds.
+    fork_execs: Option<u64>,
+    fork_seconds: Option<u64>,
 }
 
 impl Stats {
@@ -183,7 +230,29 @@ impl Stats {
             self.cov = field("cov:").unwrap_or_default();
             self.ft = field("ft:").unwrap_or_default();
             self.corpus = field("corp:").unwrap_or_default();
+            // The fork parent's lines: "#N: cov: C ft: F corp: K exec/s: E
+            // oom/timeout/crash: a/b/c time: Ts job: J dft_time: D".
+            if let Some(n) = line.strip_prefix('#').and_then(|l| l.split(':').next()) {
+                if line.contains(" job: ") {
+                    self.fork_execs = n.parse().ok();
+                    self.fork_seconds = field("time:")
+                        .and_then(|t| t.trim_end_matches('s').parse().ok());
+                }
+            }
         }
+    }
+
+    /// Fills in what a `-fork` parent does not print: the executions and
+    /// the time from its last progress line (else the wall clock,
+    /// `elapsed` seconds), and exec/s from those.
+    fn finish(&mut self, elapsed: f64) {
+        let Some(execs) = self.fork_execs else {
+            return;
+        };
+        let secs = self.fork_seconds.map_or(elapsed, |s| s as f64).max(1.0);
+        self.execs = execs.to_string();
+        self.seconds = format!("{secs:.0}");
+        self.exec_per_sec = format!("{:.0}", execs as f64 / secs);
     }
 }
 
