@@ -264,7 +264,11 @@ impl SimMachine {
     /// host would take.
     pub fn host_touch(&mut self, pa: u64, access: Access) -> Result<(), Abort> {
         for _ in 0..2 {
-            if let Entry::Mapped { pa: out, leaf, .. } = self.hv.host_stage2().lookup(pa & !0xfff) {
+            // A lookup only reads: its pages need no zeroing (`mem`).
+            let entry = self
+                .phys
+                .reading(|| self.hv.host_stage2().lookup(pa & !0xfff));
+            if let Entry::Mapped { pa: out, leaf, .. } = entry {
                 let ok = match access {
                     Access::Read => leaf.perms.r,
                     Access::Write => leaf.perms.w,
@@ -392,8 +396,15 @@ impl Machine for SimMachine {
         // At the top of the address space the end saturates: the first
         // word there aborts anyway, being beyond the PA space.
         let end = pa.saturating_add(len);
+        // The host's stage-2 is looked up once per page: between two words
+        // of a page nothing enters the core, so what allowed the first
+        // allows the rest.
+        let mut allowed = None;
         while a < end {
-            self.host_touch(a, Access::Write)?;
+            if allowed != Some(a >> 12) {
+                self.host_touch(a, Access::Write)?;
+                allowed = Some(a >> 12);
+            }
             self.mem_write(a, word);
             a += 8;
         }
