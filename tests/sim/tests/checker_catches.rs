@@ -170,12 +170,13 @@ fn dma_view_reaching_a_guest_page_is_caught() {
 
 #[test]
 fn a_host_table_changed_after_a_cached_guest_walk_is_checked_against_it() {
-    let (m, _, mem) = donated("max");
+    let (mut m, _, mem) = donated("max");
     let mut cache = WalkCache::default();
     check_cached(&m, &mut cache).unwrap();
     let (_, guest) = m.hyp().vms().next().unwrap();
     let generation = guest.stage2().generation();
-    // The host given a mapping of the guest's page: the guest's table is
+    // The host given a mapping of the guest's page, then a page faulted
+    // in (a write through the host's table): the guest's table is
     // unchanged (its walk is kept), the host's is read again, and the two
     // owners are found.
     let host = m.hyp().host_stage2();
@@ -183,11 +184,16 @@ fn a_host_table_changed_after_a_cached_guest_walk_is_checked_against_it() {
     let (_, own, _) = desc(host, m.phys(), (mem + 1) * PAGE_SIZE);
     let old = read_u64(m.phys(), at);
     write_u64(m.phys(), at, (own & !OA) | (mem * PAGE_SIZE));
+    let host_generation = m.hyp().host_stage2().generation();
+    let other = m.alloc(PageKind::Ram, 1).unwrap();
+    m.host_touch(other * PAGE_SIZE, hyp::Access::Read).unwrap();
+    assert_ne!(m.hyp().host_stage2().generation(), host_generation);
     let r = check_cached(&m, &mut cache);
     write_u64(m.phys(), at, old);
+    let (_, guest) = m.hyp().vms().next().unwrap();
     assert_eq!(guest.stage2().generation(), generation);
     assert!(r.as_ref().is_err_and(|e| e.contains("I1")), "{r:?}");
-    check_cached(&m, &mut cache).unwrap();
+    check(&m).unwrap();
 }
 
 #[test]
@@ -200,7 +206,8 @@ fn a_raw_write_to_a_cached_guest_table_is_caught_by_the_full_check_and_the_next_
     let (at, entry, _) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
     // The guest's page pointed at hypervisor memory by a write the table's
     // generation does not count: the kept walk does not see it, a full
-    // check does (the fuzz targets end every input with one).
+    // check does (the fuzz targets end every input with one). The same
+    // holds for the host's table and the DMA view.
     write_u64(m.phys(), at, (entry & !OA) | (hyp_pfn * PAGE_SIZE));
     check_cached(&m, &mut cache).unwrap();
     assert!(check(&m).is_err_and(|e| e.contains("I3")), "missed");
@@ -211,5 +218,28 @@ fn a_raw_write_to_a_cached_guest_table_is_caught_by_the_full_check_and_the_next_
     let r = check_cached(&m, &mut cache);
     assert!(r.is_err_and(|e| e.contains("I3")), "missed after a write");
     write_u64(m.phys(), at, entry);
+    check(&m).unwrap();
+}
+
+#[test]
+fn a_dma_view_changed_after_a_kept_s1_check_is_checked_again() {
+    let (mut m, p, mem) = donated("max");
+    let mut cache = WalkCache::default();
+    check_cached(&m, &mut cache).unwrap();
+    let view = m.hyp().dma_view().expect("the simulated board has an SMMU");
+    let s2 = view.stage2();
+    let (at, entry, _) = desc(s2, m.phys(), mem * PAGE_SIZE);
+    let (_, own, _) = desc(s2, m.phys(), (mem + 1) * PAGE_SIZE);
+    // The view reaching the guest's page, then another page donated (a
+    // write through the host's table and the view): S1 is checked again.
+    write_u64(m.phys(), at, (own & !OA) | (mem * PAGE_SIZE));
+    let generation = s2.generation();
+    let more = m.alloc(PageKind::Ram, 1).unwrap();
+    ok(m.call(HostCallId::GuestDonate, &[p, more, G + 8, 1, 3]));
+    let view = m.hyp().dma_view().unwrap();
+    assert_ne!(view.stage2().generation(), generation);
+    let r = check_cached(&m, &mut cache);
+    write_u64(m.phys(), at, entry);
+    assert!(r.as_ref().is_err_and(|e| e.contains("S1")), "{r:?}");
     check(&m).unwrap();
 }
