@@ -58,6 +58,9 @@ pub fn check<P: PhysMem, M: Maintenance>(
     check_cached(hv, pages, &mut WalkCache::default())
 }
 
+/// A table's [`pagetables::Stage2::generation`].
+type Generation = (u64, u64);
+
 /// What [`check_cached`] keeps from one call to the next: the runs each
 /// guest stage-2 gave when last walked and the host's runs over the pages
 /// last checked, each with its table's generation
@@ -66,12 +69,12 @@ pub fn check<P: PhysMem, M: Maintenance>(
 #[derive(Clone, Debug, Default)]
 pub struct WalkCache {
     /// (VM slot, generation, the runs the walk pushed).
-    vms: Vec<(usize, (u64, u64), Vec<Run<Use>>)>,
+    vms: Vec<(usize, Generation, Vec<Run<Use>>)>,
     /// The host's table as last read, over the pages then.
     host: Option<HostWalk>,
     /// The generations of the host's table and the DMA view when S1 last
     /// passed, over `host`'s pages.
-    dma_passed: Option<((u64, u64), Option<(u64, u64)>)>,
+    dma_passed: Option<(Generation, Option<Generation>)>,
 }
 
 /// [`check`], reading a table again only when its generation changed
@@ -218,7 +221,7 @@ pub fn check_cached<P: PhysMem, M: Maintenance>(
 /// annotations, and for S1 whether each run is the host's to reach.
 #[derive(Clone, Debug)]
 struct HostWalk {
-    generation: (u64, u64),
+    generation: Generation,
     pages: Vec<(u64, u64)>,
     uses: Vec<Run<Use>>,
     annots: Vec<Run<HostAnnotation>>,

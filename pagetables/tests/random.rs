@@ -331,7 +331,10 @@ impl World {
             // unchanged.
             let now = (self.s2.generation(), self.raw_runs());
             if now.0 == last.0 {
-                assert_eq!(now.1, last.1, "step {s}: tables changed, generation did not");
+                assert_eq!(
+                    now.1, last.1,
+                    "step {s}: tables changed, generation did not"
+                );
             }
             last = now;
             if s % 8 == 0 || s + 1 == steps {

@@ -143,7 +143,11 @@ fn parse_fuzz(rest: &[String]) -> Result<Command, String> {
     while let Some(arg) = args.next() {
         let mut value = |name: &str| -> Result<Option<u64>, String> {
             let v = if arg == name {
-                Some(args.next().ok_or(format!("`{name}` needs a number"))?.as_str())
+                Some(
+                    args.next()
+                        .ok_or(format!("`{name}` needs a number"))?
+                        .as_str(),
+                )
             } else {
                 arg.strip_prefix(name).and_then(|v| v.strip_prefix('='))
             };

@@ -235,8 +235,8 @@ impl Stats {
             if let Some(n) = line.strip_prefix('#').and_then(|l| l.split(':').next()) {
                 if line.contains(" job: ") {
                     self.fork_execs = n.parse().ok();
-                    self.fork_seconds = field("time:")
-                        .and_then(|t| t.trim_end_matches('s').parse().ok());
+                    self.fork_seconds =
+                        field("time:").and_then(|t| t.trim_end_matches('s').parse().ok());
                 }
             }
         }

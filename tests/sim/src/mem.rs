@@ -118,7 +118,11 @@ impl Buf {
             // unless there are as many as will be kept.
             let same = s.iter().position(|b| fits(b) && holds(b));
             let i = same.or_else(|| s.iter().position(|b| fits(b) && b.baseline.is_none()));
-            let i = i.or_else(|| (s.len() >= SPARES).then(|| s.iter().position(fits)).flatten());
+            let i = i.or_else(|| {
+                (s.len() >= SPARES)
+                    .then(|| s.iter().position(fits))
+                    .flatten()
+            });
             i.map(|i| s.swap_remove(i))
         });
         if let Some(mut b) = spare {
@@ -209,7 +213,11 @@ impl Buf {
         for (i, w) in self.touched.iter_mut().enumerate() {
             let mut bits = core::mem::take(w.get_mut());
             while bits != 0 {
-                zero_page(&mut self.store, start, i * 64 + bits.trailing_zeros() as usize);
+                zero_page(
+                    &mut self.store,
+                    start,
+                    i * 64 + bits.trailing_zeros() as usize,
+                );
                 bits &= bits - 1;
             }
         }
