@@ -10,9 +10,11 @@
 //! failure, which libFuzzer saves under `fuzz/artifacts/TARGET/`.
 //!
 //! The core targets run slower than the parsers by two orders of
-//! magnitude, so long runs of them use every core: libFuzzer's `-fork=N`
-//! runs N fuzzing processes sharing one corpus, and its parent reports
-//! their executions and coverage together ([`processes`]).
+//! magnitude, so long runs of them use every core ([`processes`]):
+//! libFuzzer's `-jobs=N -workers=N` runs N fuzzing processes on one
+//! corpus directory, each picking up what the others add (`-reload`), and
+//! each writing its log to `fuzz/fuzz-K.log`; the figures printed are
+//! their sums (executions, exec/s) and maxima (coverage, corpus).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -129,6 +131,14 @@ fn run_target(dir: &Path, target: &str, seconds: u64, jobs: usize) -> Result<(),
     for d in [&work, &artifacts] {
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
+    let logs: Vec<_> = (0..jobs)
+        .map(|k| dir.join(format!("fuzz-{k}.log")))
+        .collect();
+    if jobs > 1 {
+        for l in &logs {
+            let _ = std::fs::remove_file(l);
+        }
+    }
     let mut cmd = cargo_fuzz(dir);
     cmd.arg("run")
         .args(build_flags(target))
@@ -142,7 +152,8 @@ fn run_target(dir: &Path, target: &str, seconds: u64, jobs: usize) -> Result<(),
         .arg(format!("-artifact_prefix={}/", artifacts.display()))
         .stderr(Stdio::piped());
     if jobs > 1 {
-        cmd.arg(format!("-fork={jobs}"));
+        cmd.arg(format!("-jobs={jobs}"))
+            .arg(format!("-workers={jobs}"));
     }
     println!(
         "==> fuzz {target} ({seconds} s, {jobs} process{}): {}",
@@ -155,19 +166,36 @@ fn run_target(dir: &Path, target: &str, seconds: u64, jobs: usize) -> Result<(),
         .map_err(|e| format!("cannot run {}: {e}", process::describe(&cmd)))?;
     let mut stats = Stats::default();
     let mut failure = Vec::new();
+    // Keep what explains a failure; the progress lines are noise.
+    let keep = |line: String, failure: &mut Vec<String>| {
+        if !line.starts_with('#') && !line.starts_with("INFO") {
+            failure.push(line);
+        }
+    };
     if let Some(err) = child.stderr.take() {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             stats.read(&line);
-            // Keep what explains a failure; the progress lines are noise.
-            if !line.starts_with('#') && !line.starts_with("INFO") {
-                failure.push(line);
-            }
+            keep(line, &mut failure);
         }
     }
     let status = child
         .wait()
         .map_err(|e| format!("waiting for the fuzzer: {e}"))?;
-    stats.finish(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed().as_secs_f64();
+    if jobs > 1 {
+        // Each process's figures are in its log.
+        let mut each = Vec::new();
+        for l in &logs {
+            let text = std::fs::read_to_string(l).unwrap_or_default();
+            let mut st = Stats::default();
+            for line in text.lines() {
+                st.read(line);
+                keep(line.to_owned(), &mut failure);
+            }
+            each.push(st);
+        }
+        stats = Stats::sum(&each, elapsed);
+    }
     println!(
         "    {target}: {} executions in {} s, {} exec/s, coverage {} edges, {} features, corpus {}{}",
         stats.execs,
@@ -177,7 +205,7 @@ fn run_target(dir: &Path, target: &str, seconds: u64, jobs: usize) -> Result<(),
         stats.ft,
         stats.corpus,
         if jobs > 1 {
-            format!(" ({jobs} processes together)")
+            format!(" ({jobs} processes: executions summed, coverage the largest)")
         } else {
             String::new()
         }
@@ -205,10 +233,6 @@ struct Stats {
     cov: String,
     ft: String,
     corpus: String,
-    /// Under `-fork`, the parent's last progress line: executions of
-    /// every process so far, and its time in seconds.
-    fork_execs: Option<u64>,
-    fork_seconds: Option<u64>,
 }
 
 impl Stats {
@@ -230,29 +254,29 @@ impl Stats {
             self.cov = field("cov:").unwrap_or_default();
             self.ft = field("ft:").unwrap_or_default();
             self.corpus = field("corp:").unwrap_or_default();
-            // The fork parent's lines: "#N: cov: C ft: F corp: K exec/s: E
-            // oom/timeout/crash: a/b/c time: Ts job: J dft_time: D".
-            if let Some(n) = line.strip_prefix('#').and_then(|l| l.split(':').next()) {
-                if line.contains(" job: ") {
-                    self.fork_execs = n.parse().ok();
-                    self.fork_seconds =
-                        field("time:").and_then(|t| t.trim_end_matches('s').parse().ok());
-                }
-            }
         }
     }
 
-    /// Fills in what a `-fork` parent does not print: the executions and
-    /// the time from its last progress line (else the wall clock,
-    /// `elapsed` seconds), and exec/s from those.
-    fn finish(&mut self, elapsed: f64) {
-        let Some(execs) = self.fork_execs else {
-            return;
+    /// The processes' figures together: executions summed over the wall
+    /// time `elapsed` (seconds), coverage and corpus the largest (they
+    /// share one corpus).
+    fn sum(each: &[Stats], elapsed: f64) -> Stats {
+        let num = |v: &str| v.split('/').next().and_then(|n| n.parse::<u64>().ok());
+        let max = |f: fn(&Stats) -> &String| {
+            each.iter()
+                .filter_map(|s| num(f(s)))
+                .max()
+                .map_or_else(String::new, |n| n.to_string())
         };
-        let secs = self.fork_seconds.map_or(elapsed, |s| s as f64).max(1.0);
-        self.execs = execs.to_string();
-        self.seconds = format!("{secs:.0}");
-        self.exec_per_sec = format!("{:.0}", execs as f64 / secs);
+        let execs: u64 = each.iter().filter_map(|s| num(&s.execs)).sum();
+        Stats {
+            execs: execs.to_string(),
+            exec_per_sec: format!("{:.0}", execs as f64 / elapsed.max(1.0)),
+            seconds: format!("{elapsed:.0}"),
+            cov: max(|s| &s.cov),
+            ft: max(|s| &s.ft),
+            corpus: max(|s| &s.corpus),
+        }
     }
 }
 
