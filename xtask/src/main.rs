@@ -99,7 +99,7 @@ Commands:
         seed corpus in fuzz/corpus and stops at the first crash or oracle
         failure, saved under fuzz/artifacts. Prints executions, exec/s and
         coverage per target. host_calls and guest_exits run as N libFuzzer
-        processes (-fork=N; default: one per core for runs of 120 s or
+        processes (-jobs=N -workers=N; default: one per core for runs of 120 s or
         more, else one). Exit status 0 only if nothing failed.
 
   mutants [ARGS...]
