@@ -209,6 +209,12 @@ impl SimMachine {
         self.core_entries
     }
 
+    /// The run page of vCPU `vcpu` of VM `vm`, as the host learnt it from
+    /// a successful VCPU_CREATE.
+    pub fn run_page(&self, vm: u64, vcpu: u64) -> Option<u64> {
+        self.run_pages.get(&(vm, vcpu)).copied()
+    }
+
     /// The simulated SMMU (its TLB and the commands it was sent).
     pub fn iommu(&self) -> &SimIommu {
         &self.iommu
