@@ -55,8 +55,183 @@ pub fn check<P: PhysMem, M: Maintenance>(
     hv: &Hypervisor<P, M>,
     pages: &[(u64, u64)],
 ) -> Result<(), String> {
+    check_cached(hv, pages, &mut WalkCache::default())
+}
+
+/// A table's [`pagetables::Stage2::generation`].
+type Generation = (u64, u64);
+
+/// What [`check_cached`] keeps from one call to the next: the runs each
+/// guest stage-2 gave when last walked and the host's runs over the pages
+/// last checked, each with its table's generation
+/// ([`pagetables::Stage2::generation`]) then, and the generations at the
+/// last S1 check that passed.
+#[derive(Clone, Debug, Default)]
+pub struct WalkCache {
+    /// (VM slot, generation, the runs the walk pushed).
+    vms: Vec<(usize, Generation, Vec<Run<Use>>)>,
+    /// The host's table as last read, over the pages then.
+    host: Option<HostWalk>,
+    /// The generations of the host's table and the DMA view when S1 last
+    /// passed, over `host`'s pages.
+    dma_passed: Option<(Generation, Option<Generation>)>,
+}
+
+/// [`check`], reading a table again only when its generation changed
+/// since `cache` last saw it.
+///
+/// Why this checks exactly what [`check`] does: a table's walk depends on
+/// nothing but the table's descriptors and what is asked (a guest's whole
+/// IPA space and its slot; the host's table over `pages`). A guest's runs
+/// never merge with another space's (a run's `Use` names its space).
+/// `Stage2` counts every descriptor write made through it before making
+/// it, and no two tables share an id, so an unchanged generation means
+/// the walk would give the same runs again. The rules are then applied
+/// afresh to the whole picture on every call: each changed table is
+/// checked against the unchanged ones, with the share counts, the pins
+/// and the regions read now. S1 is skipped only when its inputs are all
+/// those of the last call, which passed: the host's walk kept (same
+/// table, same pages) and the DMA view unwritten.
+///
+/// What the count cannot see is a raw write to a table page (corruption
+/// not made through `Stage2`): that shows once the table is next written
+/// through `Stage2`, or by [`check`], which reads everything (the fuzz
+/// targets end every input with it).
+pub fn check_cached<P: PhysMem, M: Maintenance>(
+    hv: &Hypervisor<P, M>,
+    pages: &[(u64, u64)],
+    cache: &mut WalkCache,
+) -> Result<(), String> {
     // The host's entries in scope: its mappings, its annotations, and
     // for S1 whether each run is the host's to reach.
+    let host_generation = hv.host_stage2().generation();
+    // The last call's walk of the host's table, if the table and the
+    // pages are the same (the walk reads nothing else).
+    let kept = cache
+        .host
+        .take()
+        .filter(|h| h.generation == host_generation && h.pages == pages);
+    let reused = kept.is_some();
+    let host = match kept {
+        Some(h) => h,
+        None => walk_host(hv, pages)?,
+    };
+    let mut uses = host.uses.clone();
+    let annots = &host.annots;
+    let host_reach = &host.reach;
+    let mut seen = Vec::new();
+    for (slot, vm) in hv.vms() {
+        let generation = vm.stage2().generation();
+        seen.push((slot, generation));
+        if let Some((_, _, runs)) = cache
+            .vms
+            .iter()
+            .find(|(s, g, _)| *s == slot && *g == generation)
+        {
+            uses.extend_from_slice(runs);
+            continue;
+        }
+        let mut runs: Vec<Run<Use>> = Vec::new();
+        let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
+        let _ = vm.stage2().walk_raw(0, ipa_pages, true, &mut |_, cnt, e| {
+            if let Entry::Mapped { pa, leaf, .. } = e {
+                let what = Use {
+                    space: slot,
+                    state: leaf.state,
+                    memtype: leaf.memtype,
+                };
+                // Pages mapped one by one to consecutive frames make one run.
+                match runs.last_mut() {
+                    Some(r) if r.what == what && r.end() == pa >> 12 => r.n += cnt,
+                    _ => runs.push(Run {
+                        start: pa >> 12,
+                        n: cnt,
+                        what,
+                    }),
+                }
+            }
+            true
+        });
+        uses.extend_from_slice(&runs);
+        cache.vms.push((slot, generation, runs));
+    }
+    // Keep what the next call may use: the VMs' current tables.
+    cache.vms.retain(|(s, g, _)| seen.contains(&(*s, *g)));
+
+    // Every point where what a page sees can change.
+    let mut bounds: Vec<u64> = Vec::with_capacity(2 * (uses.len() + annots.len() + pages.len()));
+    for r in &uses {
+        bounds.extend([r.start, r.end()]);
+    }
+    for a in annots {
+        bounds.extend([a.start, a.end()]);
+    }
+    for &(s, n) in pages {
+        bounds.extend([s, s + n]);
+    }
+    for r in hv.platform().regions() {
+        bounds.extend([r.base_pfn, r.base_pfn + r.nr_pages]);
+    }
+    bounds.sort_unstable();
+    bounds.dedup();
+    uses.sort_by_key(|r| r.start);
+
+    // Sweep: `active` holds the uses covering the current stretch.
+    let mut active: Vec<Use> = Vec::new();
+    let mut live: Vec<Run<Use>> = Vec::new();
+    let mut next = 0;
+    let mut ann = 0;
+    for w in bounds.windows(2) {
+        let (lo, hi) = (w[0], w[1]);
+        live.retain(|r| r.end() > lo);
+        while next < uses.len() && uses[next].start <= lo {
+            if uses[next].end() > lo {
+                live.push(uses[next]);
+            }
+            next += 1;
+        }
+        if live.is_empty() {
+            continue;
+        }
+        active.clear();
+        active.extend(live.iter().map(|r| r.what));
+        while ann < annots.len() && annots[ann].end() <= lo {
+            ann += 1;
+        }
+        let annot = annots.get(ann).filter(|a| a.start <= lo).map(|a| a.what);
+        let in_scope = pages.iter().any(|&(s, n)| lo >= s && lo < s + n);
+        check_stretch(hv, lo, hi, &active, annot, in_scope)?;
+    }
+    // S1 reads the DMA view, the host's runs over `pages` and the regions
+    // (fixed): with the host's walk kept from the last call, which passed,
+    // and the view unwritten since, it passes again.
+    let dma_key = (
+        host_generation,
+        hv.dma_view().map(|v| v.stage2().generation()),
+    );
+    if !reused || cache.dma_passed != Some(dma_key) {
+        check_dma_view(hv, pages, host_reach)?;
+    }
+    cache.dma_passed = Some(dma_key);
+    cache.host = Some(host);
+    Ok(())
+}
+
+/// The host's table over `pages`, run by run: its mappings, its
+/// annotations, and for S1 whether each run is the host's to reach.
+#[derive(Clone, Debug)]
+struct HostWalk {
+    generation: Generation,
+    pages: Vec<(u64, u64)>,
+    uses: Vec<Run<Use>>,
+    annots: Vec<Run<HostAnnotation>>,
+    reach: Vec<Run<bool>>,
+}
+
+fn walk_host<P: PhysMem, M: Maintenance>(
+    hv: &Hypervisor<P, M>,
+    pages: &[(u64, u64)],
+) -> Result<HostWalk, String> {
     let mut uses: Vec<Run<Use>> = Vec::new();
     let mut annots: Vec<Run<HostAnnotation>> = Vec::new();
     let mut host_reach: Vec<Run<bool>> = Vec::new();
@@ -102,74 +277,13 @@ pub fn check<P: PhysMem, M: Maintenance>(
             return Err(e);
         }
     }
-    for (slot, vm) in hv.vms() {
-        let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
-        let _ = vm.stage2().walk_raw(0, ipa_pages, true, &mut |_, cnt, e| {
-            if let Entry::Mapped { pa, leaf, .. } = e {
-                let what = Use {
-                    space: slot,
-                    state: leaf.state,
-                    memtype: leaf.memtype,
-                };
-                // Pages mapped one by one to consecutive frames make one run.
-                match uses.last_mut() {
-                    Some(r) if r.what == what && r.end() == pa >> 12 => r.n += cnt,
-                    _ => uses.push(Run {
-                        start: pa >> 12,
-                        n: cnt,
-                        what,
-                    }),
-                }
-            }
-            true
-        });
-    }
-
-    // Every point where what a page sees can change.
-    let mut bounds: Vec<u64> = Vec::with_capacity(2 * (uses.len() + annots.len() + pages.len()));
-    for r in &uses {
-        bounds.extend([r.start, r.end()]);
-    }
-    for a in &annots {
-        bounds.extend([a.start, a.end()]);
-    }
-    for &(s, n) in pages {
-        bounds.extend([s, s + n]);
-    }
-    for r in hv.platform().regions() {
-        bounds.extend([r.base_pfn, r.base_pfn + r.nr_pages]);
-    }
-    bounds.sort_unstable();
-    bounds.dedup();
-    uses.sort_by_key(|r| r.start);
-
-    // Sweep: `active` holds the uses covering the current stretch.
-    let mut active: Vec<Use> = Vec::new();
-    let mut live: Vec<Run<Use>> = Vec::new();
-    let mut next = 0;
-    let mut ann = 0;
-    for w in bounds.windows(2) {
-        let (lo, hi) = (w[0], w[1]);
-        live.retain(|r| r.end() > lo);
-        while next < uses.len() && uses[next].start <= lo {
-            if uses[next].end() > lo {
-                live.push(uses[next]);
-            }
-            next += 1;
-        }
-        if live.is_empty() {
-            continue;
-        }
-        active.clear();
-        active.extend(live.iter().map(|r| r.what));
-        while ann < annots.len() && annots[ann].end() <= lo {
-            ann += 1;
-        }
-        let annot = annots.get(ann).filter(|a| a.start <= lo).map(|a| a.what);
-        let in_scope = pages.iter().any(|&(s, n)| lo >= s && lo < s + n);
-        check_stretch(hv, lo, hi, &active, annot, in_scope)?;
-    }
-    check_dma_view(hv, pages, &host_reach)
+    Ok(HostWalk {
+        generation: hv.host_stage2().generation(),
+        pages: pages.to_vec(),
+        uses,
+        annots,
+        reach: host_reach,
+    })
 }
 
 /// The checks of [`check`] for the pages `[lo, hi)`, which all have the

@@ -49,7 +49,7 @@
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
 use aarch64_paging::paging::{Constraints, MemoryRegion, RootTable, Stage2 as Stage2Regime};
 use core::cell::Cell;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::desc::{
     attrs, decode_entry, granule, index, invalid_attrs, is_table, is_valid, leaf_attrs, LEAF_LEVEL,
@@ -60,6 +60,9 @@ use crate::pool::{drain_list, PoolTranslation};
 use crate::{Entry, Error, Leaf, Maintenance, PhysMem, MAX_ANNOTATION};
 
 type Root<P> = RootTable<Stage2Regime, PoolTranslation<P>>;
+
+/// The next [`Stage2`]'s id.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// One stage-2 translation table with its pool of table pages.
 pub struct Stage2<P: PhysMem> {
@@ -78,6 +81,8 @@ pub struct Stage2<P: PhysMem> {
     /// Descriptor writes so far (wrapping): a [`LastLookup`] taken at
     /// another count is stale.
     writes: u64,
+    /// Distinct for every table made in this program ([`Stage2::generation`]).
+    id: u64,
     /// Where [`Stage2::lookup_for_update`] last found a page's descriptor, so that a
     /// one-page update of that page right after it (the core checks a
     /// page's state, then changes it) does not walk the tables again.
@@ -345,8 +350,19 @@ impl<P: PhysMem> Stage2<P> {
             fwb,
             vmid,
             writes: 0,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             last_lookup: Cell::new(None),
         }
+    }
+
+    /// Which table this is, and how many times its descriptors were
+    /// written through its methods: equal generations are the same table
+    /// with the same descriptors, so a checker may keep what it read of
+    /// it. The count goes up before every write (`put`, the one-page
+    /// update), whatever is written; a write to a table page that
+    /// bypasses this type (a raw memory write) does not count.
+    pub fn generation(&self) -> (u64, u64) {
+        (self.id, self.writes)
     }
 
     /// Physical address of the (first page of the) root table (for

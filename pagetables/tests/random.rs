@@ -310,9 +310,33 @@ impl World {
         }
     }
 
+    /// What `walk_raw` reports over the window.
+    fn raw_runs(&self) -> Vec<(u64, u64, Entry)> {
+        let mut v = Vec::new();
+        self.s2
+            .walk_raw(self.lo, self.model.len() as u64, true, &mut |a, cnt, e| {
+                v.push((a, cnt, e));
+                true
+            })
+            .unwrap();
+        v
+    }
+
     fn run(mut self, steps: usize) {
+        let mut last = (self.s2.generation(), self.raw_runs());
         for s in 0..steps {
             self.step();
+            // A checker may keep a walk while the generation stays put
+            // (`hyp::invariants::check_cached`): the tables must then be
+            // unchanged.
+            let now = (self.s2.generation(), self.raw_runs());
+            if now.0 == last.0 {
+                assert_eq!(
+                    now.1, last.1,
+                    "step {s}: tables changed, generation did not"
+                );
+            }
+            last = now;
             if s % 8 == 0 || s + 1 == steps {
                 self.check_model();
             }

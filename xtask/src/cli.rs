@@ -28,6 +28,9 @@ pub enum Command {
     Fuzz {
         target: Option<String>,
         seconds: u64,
+        /// libFuzzer processes per target (`--jobs`); `None`: see
+        /// `fuzz::processes`.
+        jobs: Option<usize>,
     },
     /// cargo-mutants, with these arguments passed on.
     Mutants(Vec<String>),
@@ -131,38 +134,55 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     }
 }
 
-/// `fuzz [TARGET] [--time SECONDS]`.
+/// `fuzz [TARGET] [--time SECONDS] [--jobs N]`.
 fn parse_fuzz(rest: &[String]) -> Result<Command, String> {
     let mut target = None;
     let mut seconds = None;
+    let mut jobs = None;
     let mut args = rest.iter();
     while let Some(arg) = args.next() {
-        let time = if arg == "--time" {
-            Some(args.next().ok_or("`--time` needs SECONDS")?.as_str())
-        } else {
-            arg.strip_prefix("--time=")
-        };
-        match time {
-            Some(t) => {
-                let s: u64 = t
+        let mut value = |name: &str| -> Result<Option<u64>, String> {
+            let v = if arg == name {
+                Some(
+                    args.next()
+                        .ok_or(format!("`{name}` needs a number"))?
+                        .as_str(),
+                )
+            } else {
+                arg.strip_prefix(name).and_then(|v| v.strip_prefix('='))
+            };
+            match v {
+                None => Ok(None),
+                Some(v) => v
                     .parse()
                     .ok()
-                    .filter(|&s| s > 0)
-                    .ok_or_else(|| format!("`--time` needs a number of seconds, not `{t}`"))?;
-                if seconds.replace(s).is_some() {
-                    return Err("`--time` given twice".into());
-                }
+                    .filter(|&n| n > 0)
+                    .map(Some)
+                    .ok_or_else(|| format!("`{name}` needs a positive number, not `{v}`")),
             }
-            None if arg.starts_with('-') => return Err(format!("unknown option `{arg}`")),
-            None if target.is_some() => {
-                return Err(format!("`fuzz` takes one TARGET, not `{arg}`"))
+        };
+        if let Some(s) = value("--time")? {
+            if seconds.replace(s).is_some() {
+                return Err("`--time` given twice".into());
             }
-            None => target = Some(arg.clone()),
+            continue;
+        }
+        if let Some(n) = value("--jobs")? {
+            if jobs.replace(n as usize).is_some() {
+                return Err("`--jobs` given twice".into());
+            }
+            continue;
+        }
+        match arg {
+            _ if arg.starts_with('-') => return Err(format!("unknown option `{arg}`")),
+            _ if target.is_some() => return Err(format!("`fuzz` takes one TARGET, not `{arg}`")),
+            _ => target = Some(arg.clone()),
         }
     }
     Ok(Command::Fuzz {
         target,
         seconds: seconds.unwrap_or(crate::fuzz::DEFAULT_SECONDS),
+        jobs,
     })
 }
 
@@ -332,16 +352,29 @@ mod tests {
             parse(&args("fuzz")),
             Ok(Command::Fuzz {
                 target: None,
-                seconds: crate::fuzz::DEFAULT_SECONDS
+                seconds: crate::fuzz::DEFAULT_SECONDS,
+                jobs: None
             })
         );
         assert_eq!(
             parse(&args("fuzz decode --time 5")),
             Ok(Command::Fuzz {
                 target: Some("decode".into()),
-                seconds: 5
+                seconds: 5,
+                jobs: None
             })
         );
+        assert_eq!(
+            parse(&args("fuzz host_calls --jobs 2 --time=3600")),
+            Ok(Command::Fuzz {
+                target: Some("host_calls".into()),
+                seconds: 3600,
+                jobs: Some(2)
+            })
+        );
+        assert!(parse(&args("fuzz --jobs 0")).is_err());
+        assert!(parse(&args("fuzz --jobs")).is_err());
+        assert!(parse(&args("fuzz --jobs=1 --jobs 2")).is_err());
         assert!(parse(&args("fuzz --time")).is_err());
         assert!(parse(&args("fuzz --time 0")).is_err());
         assert!(parse(&args("fuzz a b")).is_err());

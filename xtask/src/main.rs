@@ -7,7 +7,7 @@
 //! - `run [--cpu MODEL] [--linux]`: the main demo; with `--linux`, the real
 //!   stack: Linux host, the VMM, a Linux guest;
 //! - `bench [--pkvm] [--linux]`: the benchmarks;
-//! - `fuzz [TARGET] [--time SECONDS]`: coverage-guided fuzzing of the core;
+//! - `fuzz [TARGET] [--time SECONDS] [--jobs N]`: coverage-guided fuzzing of the core;
 //! - `mutants [CRATE] [ARGS...]`: mutation testing of the core.
 //! - `linux [--cpu MODEL] [--smp N] [--kernel 6.1|7.3]`: Debian's kernel as the host, running
 //!   the host driver's tests.
@@ -92,14 +92,16 @@ Commands:
         /init, reset to module load, and host calls timed by the module
         tests/linux-bench, side by side. --linux: only the Linux host.
 
-  fuzz [TARGET] [--time SECONDS]
+  fuzz [TARGET] [--time SECONDS] [--jobs N]
         Coverage-guided fuzzing with cargo-fuzz (libFuzzer, stable Rust,
         installed if missing) of TARGET, or of every target in turn:
         host_calls, guest_exits, decode, device_tree, manifest (see
         tests/sim/src/fuzzing). Each runs SECONDS (default 60) from its
         seed corpus in fuzz/corpus and stops at the first crash or oracle
         failure, saved under fuzz/artifacts. Prints executions, exec/s and
-        coverage per target. Exit status 0 only if nothing failed.
+        coverage per target. host_calls and guest_exits run as N libFuzzer
+        processes (-jobs=N -workers=N; default: one per core for runs of 120 s or
+        more, else one). Exit status 0 only if nothing failed.
 
   mutants [CRATE] [ARGS...]
         Mutation testing with cargo-mutants (installed if missing) of hyp,
@@ -149,7 +151,11 @@ fn main() -> ExitCode {
         Ok(Command::Run { cpu, linux: false }) => image::run_demo(&cpu),
         Ok(Command::Run { cpu, linux: true }) => vmm::run(&cpu),
         Ok(Command::Bench { pkvm, linux_only }) => bench(pkvm, linux_only),
-        Ok(Command::Fuzz { target, seconds }) => fuzz::run(target.as_deref(), seconds),
+        Ok(Command::Fuzz {
+            target,
+            seconds,
+            jobs,
+        }) => fuzz::run(target.as_deref(), seconds, jobs),
         Ok(Command::Mutants(args)) => mutants::run(&args),
         Ok(Command::Linux { cpu, smp, kernel }) => match linux::kernel(&kernel) {
             Some(k) => linux::run(&cpu, smp, k),

@@ -125,7 +125,10 @@ impl SimMachine {
         let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
         let platform = Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], cpu.pa_bits)
             .map_err(|e| format!("platform description: {e:?}"))?;
-        let phys = SimPhys::new(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
+        // Everything the build depends on besides the (fixed) device tree
+        // and manifest: equal keys build equal memory (`SimPhys::built`).
+        let key = format!("{cpu:?} {spare:?}");
+        let phys = SimPhys::for_board(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE, &key);
         let hyp_region = platform
             .regions()
             .iter()
@@ -173,6 +176,15 @@ impl SimMachine {
         )
         .map_err(|e| format!("DMA view: {e:?}"))?;
         hv.attach_dma_view(view);
+        // The roots' tables keep pointers from the build (aarch64-paging's
+        // `RootTable`), so later writes to them may not mark them touched.
+        let mut roots = Vec::new();
+        let stage2s = [Some(hv.host_stage2()), hv.dma_view().map(|v| v.stage2())];
+        for s2 in stage2s.into_iter().flatten() {
+            let first = s2.root_pa() >> 12;
+            roots.extend(first..first + s2.geometry().root_pages as u64);
+        }
+        phys.built(&roots);
         Ok(Self {
             hv,
             phys,
@@ -195,6 +207,12 @@ impl SimMachine {
     /// core's state cannot have changed.
     pub fn core_entries(&self) -> u64 {
         self.core_entries
+    }
+
+    /// The run page of vCPU `vcpu` of VM `vm`, as the host learnt it from
+    /// a successful VCPU_CREATE.
+    pub fn run_page(&self, vm: u64, vcpu: u64) -> Option<u64> {
+        self.run_pages.get(&(vm, vcpu)).copied()
     }
 
     /// The simulated SMMU (its TLB and the commands it was sent).
@@ -252,7 +270,11 @@ impl SimMachine {
     /// host would take.
     pub fn host_touch(&mut self, pa: u64, access: Access) -> Result<(), Abort> {
         for _ in 0..2 {
-            if let Entry::Mapped { pa: out, leaf, .. } = self.hv.host_stage2().lookup(pa & !0xfff) {
+            // A lookup only reads: its pages need no zeroing (`mem`).
+            let entry = self
+                .phys
+                .reading(|| self.hv.host_stage2().lookup(pa & !0xfff));
+            if let Entry::Mapped { pa: out, leaf, .. } = entry {
                 let ok = match access {
                     Access::Read => leaf.perms.r,
                     Access::Write => leaf.perms.w,
@@ -380,8 +402,15 @@ impl Machine for SimMachine {
         // At the top of the address space the end saturates: the first
         // word there aborts anyway, being beyond the PA space.
         let end = pa.saturating_add(len);
+        // The host's stage-2 is looked up once per page: between two words
+        // of a page nothing enters the core, so what allowed the first
+        // allows the rest.
+        let mut allowed = None;
         while a < end {
-            self.host_touch(a, Access::Write)?;
+            if allowed != Some(a >> 12) {
+                self.host_touch(a, Access::Write)?;
+                allowed = Some(a >> 12);
+            }
             self.mem_write(a, word);
             a += 8;
         }

@@ -4,9 +4,12 @@
 //! one descriptor of a real stage-2 table (the host's, a guest's or the DMA
 //! view's) in simulated memory, as a bug in the core could, and checks the
 //! checker names the broken rule; restoring the descriptor makes the state
-//! pass again.
+//! pass again. The last tests do the same to `check_cached`, which the fuzz
+//! targets run after each step: it keeps what it read of a guest's table
+//! until the table's generation changes.
 
 use host_interface::{vm_flags, HostCallId, PAGE_SIZE};
+use hyp::invariants::WalkCache;
 use hyp::phys::{read_u64, write_u64};
 use pagetables::{Entry, Stage2};
 use scenario::{Machine, PageKind};
@@ -28,6 +31,10 @@ fn vm(m: &mut SimMachine, flags: u64) -> u64 {
 
 fn check(m: &SimMachine) -> Result<(), String> {
     hyp::invariants::check(m.hyp(), &tracked_ranges(m.hyp().platform()))
+}
+
+fn check_cached(m: &SimMachine, cache: &mut WalkCache) -> Result<(), String> {
+    hyp::invariants::check_cached(m.hyp(), &tracked_ranges(m.hyp().platform()), cache)
 }
 
 /// The descriptor translating `ipa` in `s2`: its address and value, and
@@ -159,4 +166,80 @@ fn dma_view_reaching_a_guest_page_is_caught() {
     assert_eq!(own_level, 3, "the view's entry for the host's page");
     assert!(entry != own);
     corrupt(&m, at, (own & !OA) | (mem * PAGE_SIZE), "S1");
+}
+
+#[test]
+fn a_host_table_changed_after_a_cached_guest_walk_is_checked_against_it() {
+    let (mut m, _, mem) = donated("max");
+    let mut cache = WalkCache::default();
+    check_cached(&m, &mut cache).unwrap();
+    let (_, guest) = m.hyp().vms().next().unwrap();
+    let generation = guest.stage2().generation();
+    // The host given a mapping of the guest's page, then a page faulted
+    // in (a write through the host's table): the guest's table is
+    // unchanged (its walk is kept), the host's is read again, and the two
+    // owners are found.
+    let host = m.hyp().host_stage2();
+    let (at, _, _) = desc(host, m.phys(), mem * PAGE_SIZE);
+    let (_, own, _) = desc(host, m.phys(), (mem + 1) * PAGE_SIZE);
+    let old = read_u64(m.phys(), at);
+    write_u64(m.phys(), at, (own & !OA) | (mem * PAGE_SIZE));
+    let host_generation = m.hyp().host_stage2().generation();
+    let other = m.alloc(PageKind::Ram, 1).unwrap();
+    m.host_touch(other * PAGE_SIZE, hyp::Access::Read).unwrap();
+    assert_ne!(m.hyp().host_stage2().generation(), host_generation);
+    let r = check_cached(&m, &mut cache);
+    write_u64(m.phys(), at, old);
+    let (_, guest) = m.hyp().vms().next().unwrap();
+    assert_eq!(guest.stage2().generation(), generation);
+    assert!(r.as_ref().is_err_and(|e| e.contains("I1")), "{r:?}");
+    check(&m).unwrap();
+}
+
+#[test]
+fn a_raw_write_to_a_cached_guest_table_is_caught_by_the_full_check_and_the_next_write() {
+    let (mut m, p, _) = donated("max");
+    let mut cache = WalkCache::default();
+    check_cached(&m, &mut cache).unwrap();
+    let hyp_pfn = m.hyp_pfn();
+    let (_, guest) = m.hyp().vms().next().unwrap();
+    let (at, entry, _) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
+    // The guest's page pointed at hypervisor memory by a write the table's
+    // generation does not count: the kept walk does not see it, a full
+    // check does (the fuzz targets end every input with one). The same
+    // holds for the host's table and the DMA view.
+    write_u64(m.phys(), at, (entry & !OA) | (hyp_pfn * PAGE_SIZE));
+    check_cached(&m, &mut cache).unwrap();
+    assert!(check(&m).is_err_and(|e| e.contains("I3")), "missed");
+    // Any write through the table makes the next cached check read it all
+    // again.
+    let more = m.alloc(PageKind::Ram, 1).unwrap();
+    ok(m.call(HostCallId::GuestDonate, &[p, more, G + 4, 1, 3]));
+    let r = check_cached(&m, &mut cache);
+    assert!(r.is_err_and(|e| e.contains("I3")), "missed after a write");
+    write_u64(m.phys(), at, entry);
+    check(&m).unwrap();
+}
+
+#[test]
+fn a_dma_view_changed_after_a_kept_s1_check_is_checked_again() {
+    let (mut m, p, mem) = donated("max");
+    let mut cache = WalkCache::default();
+    check_cached(&m, &mut cache).unwrap();
+    let view = m.hyp().dma_view().expect("the simulated board has an SMMU");
+    let s2 = view.stage2();
+    let (at, entry, _) = desc(s2, m.phys(), mem * PAGE_SIZE);
+    let (_, own, _) = desc(s2, m.phys(), (mem + 1) * PAGE_SIZE);
+    // The view reaching the guest's page, then another page donated (a
+    // write through the host's table and the view): S1 is checked again.
+    write_u64(m.phys(), at, (own & !OA) | (mem * PAGE_SIZE));
+    let generation = s2.generation();
+    let more = m.alloc(PageKind::Ram, 1).unwrap();
+    ok(m.call(HostCallId::GuestDonate, &[p, more, G + 8, 1, 3]));
+    let view = m.hyp().dma_view().unwrap();
+    assert_ne!(view.stage2().generation(), generation);
+    let r = check_cached(&m, &mut cache);
+    write_u64(m.phys(), at, entry);
+    assert!(r.as_ref().is_err_and(|e| e.contains("S1")), "{r:?}");
+    check(&m).unwrap();
 }

@@ -170,7 +170,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         let (what, tables) = step(&mut m, &mut inp, &pick, &vms, &mut scope)
             .map_err(|e| format!("{model}, op {i}: {e}"))?;
         if tables {
-            invariants_in(m.hyp(), &scope)
+            invariants_in(m.hyp(), &mut scope)
                 .map_err(|e| format!("{model}, after op {i} ({what}): {e}"))?;
         }
     }
@@ -216,7 +216,13 @@ fn step(
             if r[0] != 0 || r[1] != 0 {
                 return Ok((what, true));
             }
-            let Some(&run) = runs.get(vcpu) else {
+            // The vCPUs of the setup, or one the host created since with
+            // a host call (op 2).
+            let Some(run) = runs
+                .get(vcpu)
+                .copied()
+                .or_else(|| m.run_page(*vm, vcpu as u64))
+            else {
                 return Err(format!("{what}: a vCPU that does not exist ran: {r:x?}"));
             };
             let reason = ExitReason::from_u64(r[2])

@@ -431,7 +431,7 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         let changed =
             step(&mut m, &mut pick, op).map_err(|e| format!("{model}, op {i} {op:x?}: {e}"))?;
         if changed {
-            invariants_in(m.hyp(), &scope)
+            invariants_in(m.hyp(), &mut scope)
                 .map_err(|e| format!("{model}, after op {i} {op:x?}: {e}"))?;
         }
     }

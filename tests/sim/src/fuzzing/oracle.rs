@@ -11,16 +11,20 @@
 use host_interface::PAGE_SIZE;
 use pagetables::{Entry, PhysMem};
 
-use crate::{tracked_ranges, CountingMaintenance, SimHyp};
+use crate::{tracked_ranges, CountingMaintenance, SimHyp, SimPhys};
 
 /// I1–I4 over every tracked page and every guest stage-2.
 pub fn invariants(hv: &SimHyp) -> Result<(), String> {
-    hyp::invariants::check(hv, &tracked_ranges(hv.platform()))
+    hv.phys()
+        .reading(|| hyp::invariants::check(hv, &tracked_ranges(hv.platform())))
 }
 
-/// I1–I4 over the tracked pages in `scope` and every guest stage-2.
-pub fn invariants_in(hv: &SimHyp, scope: &Scope) -> Result<(), String> {
-    hyp::invariants::check(hv, &scope.ranges)
+/// I1–I4 over the tracked pages in `scope` and every guest stage-2,
+/// walking again only the guest stage-2s written since the last call
+/// ([`hyp::invariants::check_cached`]; [`invariants`] walks everything).
+pub fn invariants_in(hv: &SimHyp, scope: &mut Scope) -> Result<(), String> {
+    hv.phys()
+        .reading(|| hyp::invariants::check_cached(hv, &scope.ranges, &mut scope.walks))
 }
 
 /// The host pages an input has named so far, as 2 MiB-aligned windows
@@ -34,6 +38,8 @@ pub struct Scope {
     tracked: Vec<(u64, u64)>,
     /// Sorted, disjoint (first pfn, count).
     pub ranges: Vec<(u64, u64)>,
+    /// The guest stage-2s as last walked.
+    walks: hyp::invariants::WalkCache,
 }
 
 /// Pages per 2 MiB window.
@@ -47,6 +53,7 @@ impl Scope {
         let mut s = Scope {
             tracked: tracked.clone(),
             ranges: Vec::new(),
+            walks: Default::default(),
         };
         for (start, _) in tracked {
             s.add(start, 2 * WINDOW);
@@ -119,6 +126,11 @@ pub fn named_frames(regs: &[u64; 7]) -> Vec<u64> {
 impl Snapshot {
     /// The state now, around `frames`.
     pub fn take(hv: &mut SimHyp, frames: &[u64]) -> Snapshot {
+        let phys = hv.phys().clone();
+        phys.reading(|| Self::take_reading(hv, frames))
+    }
+
+    fn take_reading(hv: &mut SimHyp, frames: &[u64]) -> Snapshot {
         let maintenance = *hv.maintenance();
         let pa_pages = hv.platform().pa_pages();
         let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
@@ -185,7 +197,11 @@ impl Snapshot {
 }
 
 /// I5 after RECLAIM: each of the `nr` pages from `pfn` reads as zeros.
-pub fn scrubbed<P: PhysMem>(phys: &P, pfn: u64, nr: u64) -> Result<(), String> {
+pub fn scrubbed(phys: &SimPhys, pfn: u64, nr: u64) -> Result<(), String> {
+    phys.reading(|| scrubbed_reading(phys, pfn, nr))
+}
+
+fn scrubbed_reading<P: PhysMem>(phys: &P, pfn: u64, nr: u64) -> Result<(), String> {
     for p in pfn..pfn.saturating_add(nr) {
         for w in 0..PAGE_SIZE / 8 {
             let v = hyp::phys::read_u64(phys, p * PAGE_SIZE + w * 8);
