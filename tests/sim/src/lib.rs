@@ -23,11 +23,11 @@ use platform::{qemu_virt, CpuFeatures, MemClass, Platform};
 use scenario::{Abort, GuestOp, GuestOutcome, Machine, PageKind};
 
 pub use guest::SimGuest;
-pub use maint::{CountingMaintenance, IoTlb, SimIommu};
+pub use maint::{CountingMaintenance, IoTlb, SimIommu, SimMaintenance};
 pub use mem::SimPhys;
 
 /// The core as the simulator instantiates it.
-pub type SimHyp = Hypervisor<SimPhys, CountingMaintenance>;
+pub type SimHyp = Hypervisor<SimPhys, SimMaintenance>;
 
 /// Input size of the DMA view: QEMU's SMMU has a 44-bit OAS, and all of the
 /// board's memory lies far below.
@@ -158,7 +158,7 @@ impl SimMachine {
             platform,
             cpu,
             phys.clone(),
-            CountingMaintenance::default(),
+            SimMaintenance::default(),
             &mut pool,
         )
         .map_err(|e| format!("hypervisor init: {e:?}"))?;
@@ -206,7 +206,8 @@ impl SimMachine {
     /// goes through (through the SMMU's TLB, then the DMA view).
     pub fn device_access(&self, pa: u64) -> bool {
         let view = self.hv.dma_view();
-        self.iommu.access(pa, |a| view.is_some_and(|v| v.allows(a)))
+        self.iommu
+            .access(pa, |a| view.as_ref().is_some_and(|v| v.allows(a)))
     }
 
     /// The core.

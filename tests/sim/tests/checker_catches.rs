@@ -70,14 +70,15 @@ fn donated(model: &str) -> (SimMachine, u64, u64) {
 fn host_mapping_of_a_guest_page_is_two_owners() {
     let (m, _, mem) = donated("max");
     let host = m.hyp().host_stage2();
-    let (at, guest_entry, level) = desc(host, m.phys(), mem * PAGE_SIZE);
+    let (at, guest_entry, level) = desc(&host, m.phys(), mem * PAGE_SIZE);
     assert_eq!(level, 3);
     assert!(matches!(
         host.lookup(mem * PAGE_SIZE),
         Entry::Invalid { annotation } if annotation != 0
     ));
-    let (_, own, _) = desc(host, m.phys(), (mem + 1) * PAGE_SIZE);
+    let (_, own, _) = desc(&host, m.phys(), (mem + 1) * PAGE_SIZE);
     assert!(guest_entry != own);
+    drop(host);
     // The host's own page descriptor, pointed at the guest's page.
     corrupt(&m, at, (own & !OA) | (mem * PAGE_SIZE), "I1");
 }
@@ -86,7 +87,8 @@ fn host_mapping_of_a_guest_page_is_two_owners() {
 fn host_mapping_elsewhere_is_caught() {
     let (m, _, mem) = donated("cortex-a57");
     let host = m.hyp().host_stage2();
-    let (at, own, _) = desc(host, m.phys(), (mem + 1) * PAGE_SIZE);
+    let (at, own, _) = desc(&host, m.phys(), (mem + 1) * PAGE_SIZE);
+    drop(host);
     // The host's page at mem + 1 translated to mem + 2.
     corrupt(
         &m,
@@ -102,6 +104,7 @@ fn guest_mapping_of_hypervisor_memory_is_caught() {
     let hyp_pfn = m.hyp_pfn();
     let (_, guest) = m.hyp().vms().next().unwrap();
     let (at, entry, level) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
+    drop(guest);
     assert_eq!(level, 3);
     corrupt(&m, at, (entry & !OA) | (hyp_pfn * PAGE_SIZE), "I3");
 }
@@ -115,6 +118,7 @@ fn a_guest_page_mapped_twice_in_guests_is_caught() {
     check(&m).unwrap();
     let (_, guest) = m.hyp().vms().next().unwrap();
     let (at, entry, _) = desc(guest.stage2(), m.phys(), (G + 1) * PAGE_SIZE);
+    drop(guest);
     // The guest's second page translated to its first: two owners of mem.
     corrupt(&m, at, (entry & !OA) | (mem * PAGE_SIZE), "I1");
 }
@@ -128,6 +132,7 @@ fn shared_page_without_borrower_is_caught() {
     check(&m).unwrap();
     let (_, guest) = m.hyp().vms().next().unwrap();
     let (at, _, _) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
+    drop(guest);
     // The guest's borrowed mapping dropped: the host's SHARED_OWNED page
     // (share count 1) has no borrower left.
     corrupt(&m, at, 0, "I2");
@@ -144,6 +149,7 @@ fn two_memory_types_on_a_shared_page_are_caught() {
     check(&m).unwrap();
     let (_, guest) = m.hyp().vms().next().unwrap();
     let (at, entry, _) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
+    drop(guest);
     assert_eq!(entry >> 2 & 0xf, 0b1111);
     corrupt(&m, at, (entry & !(0xf << 2)) | (0b0001 << 2), "I4");
 }
@@ -158,5 +164,6 @@ fn dma_view_reaching_a_guest_page_is_caught() {
     let (_, own, own_level) = desc(s2, m.phys(), (mem + 1) * PAGE_SIZE);
     assert_eq!(own_level, 3, "the view's entry for the host's page");
     assert!(entry != own);
+    drop(view);
     corrupt(&m, at, (own & !OA) | (mem * PAGE_SIZE), "S1");
 }
