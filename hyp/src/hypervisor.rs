@@ -788,6 +788,15 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         }
     }
 
+    /// Hold VM `handle`'s lock (when given and it exists) and the host's,
+    /// in the lock order, as a long call on that VM would: for tests that
+    /// show what does not wait for them.
+    #[doc(hidden)]
+    pub fn hold_locks(&self, handle: Option<u64>) -> impl Sized + '_ {
+        let vm = handle.and_then(|h| self.lock_vm(h).ok());
+        (vm, self.host.lock())
+    }
+
     /// Lock the VM in `slot`: that of a vCPU that is running, which keeps
     /// the VM in place (VM_DESTROY is -EBUSY meanwhile).
     pub(crate) fn lock_slot(&self, slot: usize) -> Option<VmGuard<'_, P>> {
