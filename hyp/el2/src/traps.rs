@@ -234,7 +234,9 @@ fn host_abort(esr: u64, frame: &mut Frame) {
         if !inst && crate::lpi::emulate(ipa, esr, frame) {
             return;
         }
-        let mapped = CORE.get().is_some_and(|hv| hv.host_fault(ipa, access).is_ok());
+        let mapped = CORE
+            .get()
+            .is_some_and(|hv| hv.host_fault(ipa, access).is_ok());
         if mapped {
             return;
         }
