@@ -778,7 +778,9 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         let slot = self
             .slots
             .iter()
-            .position(|s| s.handle.load(Ordering::Acquire) == handle)
+            // Only a hint of where to look: the check under the slot's lock
+            // below is what counts, so no ordering is needed here.
+            .position(|s| s.handle.load(Ordering::Relaxed) == handle)
             .ok_or(Errno::ENOENT)?;
         let g = self.slots[slot].vm.lock();
         if g.as_ref().is_some_and(|vm| vm.handle == handle) {
