@@ -26,7 +26,7 @@ use pagetables::{
 };
 use platform::{MemClass, Platform};
 
-use crate::hypervisor::Hypervisor;
+use crate::hypervisor::{HostSide, Hypervisor};
 use crate::transitions::HostState;
 
 /// TLB maintenance of the IOMMU that walks the DMA view. The EL2 image
@@ -221,19 +221,17 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// it stands (at boot: every RAM and COHERENT page), and from then on
     /// kept in step with every host stage-2 change.
     pub fn attach_dma_view(&mut self, mut view: DmaView<P>) {
-        let regions: alloc::vec::Vec<(u64, u64)> = self
-            .platform
-            .regions()
-            .iter()
-            .filter(|r| matches!(r.class, MemClass::Ram | MemClass::Coherent))
-            .map(|r| (r.base_pfn, r.nr_pages))
-            .collect();
-        for (base, n) in regions {
+        let h = self.host.get_mut();
+        for r in self.platform.regions() {
+            if !matches!(r.class, MemClass::Ram | MemClass::Coherent) {
+                continue;
+            }
+            let (base, n) = (r.base_pfn, r.nr_pages);
             view.set(base, n, true);
             // Runs of the host's table: a valid entry, or an invalid one
             // without an annotation, is the host's (`host_may_dma`).
             let mut taken: alloc::vec::Vec<(u64, u64)> = alloc::vec::Vec::new();
-            let _ = self.host.walk(base << 12, n, &mut |ipa, cnt, e| {
+            let _ = h.s2.walk(base << 12, n, &mut |ipa, cnt, e| {
                 if matches!(e, Entry::Invalid { annotation } if annotation != 0) {
                     taken.push((ipa >> 12, cnt));
                 }
@@ -243,14 +241,26 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 view.set(pfn, cnt, false);
             }
         }
-        self.dma = Some(view);
+        let updates = view.updates();
+        h.dma = Some(view);
+        self.note_dma_updates(updates);
     }
 
-    /// The DMA view, if the platform has an IOMMU the hypervisor owns.
-    pub fn dma_view(&self) -> Option<&DmaView<P>> {
-        self.dma.as_ref()
+    /// The DMA view, if the platform has an IOMMU the hypervisor owns, with
+    /// the host's lock held while the answer lives (for inspection).
+    pub fn dma_view(&self) -> Option<impl core::ops::Deref<Target = DmaView<P>> + '_> {
+        let h = self.host.lock();
+        h.dma.as_ref()?;
+        Some(crate::hypervisor::Locked::new(h, |h| {
+            match h.dma.as_ref() {
+                Some(v) => v,
+                None => unreachable!(),
+            }
+        }))
     }
+}
 
+impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
     /// Whether the host's devices may reach `pfn` by its ownership: RAM or
     /// COHERENT the host owns, shares or borrows.
     pub fn host_may_dma(&self, pfn: u64) -> bool {
@@ -258,7 +268,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             self.platform.classify(pfn).0,
             MemClass::Ram | MemClass::Coherent
         ) && matches!(
-            self.host_state(pfn),
+            self.host_state(&self.host.lock(), pfn),
             HostState::Owned | HostState::SharedHyp | HostState::SharedGuests | HostState::Borrowed
         )
     }
@@ -266,8 +276,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// The hook of every host stage-2 writer: the host's ownership of
     /// [pfn, pfn+nr) changed, so `allow` says whether its devices may now
     /// reach those pages. Only the RAM and COHERENT parts are in the view.
-    pub(crate) fn dma_follow(&mut self, pfn: u64, nr: u64, allow: bool) {
-        let Some(view) = self.dma.as_mut() else {
+    pub(crate) fn dma_follow(&self, h: &mut HostSide<P>, pfn: u64, nr: u64, allow: bool) {
+        let Some(view) = h.dma.as_mut() else {
             return;
         };
         for r in self.platform.regions() {
@@ -280,5 +290,6 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 view.set(start, end - start, allow);
             }
         }
+        self.note_dma_updates(view.updates());
     }
 }

@@ -4,8 +4,18 @@
 //! ABI.md 3.1, reading only the platform description, the CPU features and
 //! the stage-2 tables), then commit. The table pages a commit needs are
 //! counted before the first write, so a commit cannot fail half-way.
+//!
+//! The state sits behind one lock per VM, one for the host's side (its
+//! stage-2, the page metadata, the DMA view) and one for the VM table's
+//! handle allocation; every method takes `&self`. Lock order: VM table, then
+//! one VM, then the host's side (docs/DESIGN.md, "Lock order"). A call takes
+//! every lock it needs before its first check, so what it checked still
+//! holds when it commits.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use host_interface::{
     features as fbits, Errno, HostCall, HostResult, MemClassCode, MemType as AbiMemType, Owner,
@@ -15,6 +25,7 @@ use pagetables::{
     stage2_root_geometry, Entry, Leaf, Maintenance, MemType, PageState, Perms, PhysMem, Stage2,
 };
 use platform::{CpuFeatures, MemClass, Platform};
+use spin::mutex::{SpinMutex, SpinMutexGuard};
 
 use crate::dma::DmaView;
 use crate::meta::{PageMeta, MAX_SHARE_COUNT};
@@ -85,16 +96,12 @@ impl<P: PhysMem> Vm<P> {
     }
 }
 
-/// The hypervisor core.
-pub struct Hypervisor<P: PhysMem, M: Maintenance> {
-    pub(crate) platform: Platform,
-    pub(crate) cpu: CpuFeatures,
-    pub(crate) phys: P,
-    pub(crate) mnt: M,
-    pub(crate) host: Stage2<P>,
+/// The host's side of the core, behind its own lock: what every call that
+/// changes the host's ownership reads and writes.
+pub(crate) struct HostSide<P: PhysMem> {
+    /// The host's stage-2.
+    pub(crate) s2: Stage2<P>,
     pub(crate) meta: PageMeta,
-    pub(crate) vms: Vec<Option<Vm<P>>>,
-    next_handle: u64,
     /// Table pages that faults on untracked MMIO may still take from the
     /// host pool; the rest is kept for tracked memory, whose worst case is
     /// reserved at boot so that no transition on it can run out.
@@ -103,6 +110,88 @@ pub struct Hypervisor<P: PhysMem, M: Maintenance> {
     /// has an IOMMU the hypervisor owns; kept in step by `host_map` and
     /// `host_unmap`.
     pub(crate) dma: Option<DmaView<P>>,
+}
+
+/// One slot of the VM table.
+struct Slot<P: PhysMem> {
+    /// The handle of the VM in the slot, 0 when there is none. A lookup
+    /// reads it without a lock and confirms it under the slot's lock:
+    /// handles are never reused, so a VM destroyed meanwhile is -ENOENT.
+    handle: AtomicU64,
+    /// The VM: its state, stage-2 and vCPUs.
+    vm: SpinMutex<Option<Vm<P>>>,
+}
+
+/// The VM table's own state, behind the table lock: held only by VM_CREATE
+/// (to pick a slot and a handle) and at the end of VM_DESTROY (to free the
+/// slot).
+struct Table {
+    next_handle: u64,
+    /// Slots holding a VM or still being torn down (bit n: slot n).
+    used: u64,
+}
+
+/// A VM, locked.
+pub(crate) struct VmGuard<'a, P: PhysMem> {
+    /// Its slot in the table (VMID - 1).
+    pub(crate) slot: usize,
+    g: SpinMutexGuard<'a, Option<Vm<P>>>,
+}
+
+impl<P: PhysMem> Deref for VmGuard<'_, P> {
+    type Target = Vm<P>;
+    fn deref(&self) -> &Vm<P> {
+        match self.g.as_ref() {
+            Some(vm) => vm,
+            // A guard is only made for a slot holding a VM.
+            None => unreachable!(),
+        }
+    }
+}
+
+impl<P: PhysMem> DerefMut for VmGuard<'_, P> {
+    fn deref_mut(&mut self) -> &mut Vm<P> {
+        match self.g.as_mut() {
+            Some(vm) => vm,
+            None => unreachable!(),
+        }
+    }
+}
+
+/// Part of the state behind one of the core's locks, for inspection: the
+/// lock is held while this lives.
+pub(crate) struct Locked<'a, T, U: ?Sized> {
+    guard: SpinMutexGuard<'a, T>,
+    get: fn(&T) -> &U,
+}
+
+impl<'a, T, U: ?Sized> Locked<'a, T, U> {
+    pub(crate) fn new(guard: SpinMutexGuard<'a, T>, get: fn(&T) -> &U) -> Self {
+        Self { guard, get }
+    }
+}
+
+impl<T, U: ?Sized> Deref for Locked<'_, T, U> {
+    type Target = U;
+    fn deref(&self) -> &U {
+        (self.get)(&self.guard)
+    }
+}
+
+/// The hypervisor core.
+pub struct Hypervisor<P: PhysMem, M: Maintenance> {
+    pub(crate) platform: Platform,
+    pub(crate) cpu: CpuFeatures,
+    pub(crate) phys: P,
+    /// Maintenance is stateless at EL2; each call works with its own copy.
+    mnt: M,
+    /// The host's side (stage-2, metadata, DMA view).
+    pub(crate) host: SpinMutex<HostSide<P>>,
+    /// The VM table: `MAX_VMS` slots, each with its own lock.
+    slots: Box<[Slot<P>]>,
+    table: SpinMutex<Table>,
+    /// The DMA view's update count, readable without the host's lock.
+    dma_updates: AtomicU64,
 }
 
 /// First error by the per-page precedence of ABI.md 3.1 step 6.
@@ -190,19 +279,29 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         }
         let untracked_budget = (given - needed) as usize;
         let meta = PageMeta::new(&platform);
-        let mut vms = Vec::with_capacity(MAX_VMS);
-        vms.resize_with(MAX_VMS, || None);
+        let slots = (0..MAX_VMS)
+            .map(|_| Slot {
+                handle: AtomicU64::new(0),
+                vm: SpinMutex::new(None),
+            })
+            .collect();
         Ok(Self {
             platform,
             cpu,
             phys,
             mnt,
-            host,
-            meta,
-            vms,
-            next_handle: 1,
-            untracked_budget,
-            dma: None,
+            host: SpinMutex::new(HostSide {
+                s2: host,
+                meta,
+                untracked_budget,
+                dma: None,
+            }),
+            slots,
+            table: SpinMutex::new(Table {
+                next_handle: 1,
+                used: 0,
+            }),
+            dma_updates: AtomicU64::new(0),
         })
     }
 
@@ -214,33 +313,42 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     pub fn cpu(&self) -> &CpuFeatures {
         &self.cpu
     }
-    /// The host's stage-2.
-    pub fn host_stage2(&self) -> &Stage2<P> {
-        &self.host
+    /// The host's stage-2, with the host's lock held while the answer lives
+    /// (for inspection: take nothing else of the host's side meanwhile).
+    pub fn host_stage2(&self) -> impl Deref<Target = Stage2<P>> + '_ {
+        Locked {
+            guard: self.host.lock(),
+            get: |h: &HostSide<P>| &h.s2,
+        }
     }
     /// Physical memory access.
     pub fn phys(&self) -> &P {
         &self.phys
     }
     /// The maintenance backend (tests inspect the recorded operations).
-    pub fn maintenance(&mut self) -> &mut M {
-        &mut self.mnt
+    pub fn maintenance(&self) -> &M {
+        &self.mnt
     }
-    /// Live VMs.
-    pub fn vms(&self) -> impl Iterator<Item = (usize, &Vm<P>)> {
-        self.vms
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.as_ref().map(|v| (i, v)))
+    /// Live VMs, each locked while its item lives (for inspection).
+    pub fn vms(&self) -> impl Iterator<Item = (usize, impl Deref<Target = Vm<P>> + '_)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(slot, s)| {
+            let g = s.vm.lock();
+            if g.is_some() {
+                Some((slot, VmGuard { slot, g }))
+            } else {
+                None
+            }
+        })
     }
     /// Bytes of per-page metadata (the benchmark reports it per GiB).
     pub fn metadata_bytes(&self) -> usize {
-        self.meta.bytes()
+        self.host.lock().meta.bytes()
     }
     /// Share count and pin of a tracked page (for invariant checks).
     pub fn page_meta(&self, pfn: u64) -> (u16, bool) {
         let i = self.platform.tracked_index(pfn);
-        (self.meta.share_count(i), self.meta.pinned(i))
+        let h = self.host.lock();
+        (h.meta.share_count(i), h.meta.pinned(i))
     }
 
     /// HYP_FEATURES bits.
@@ -248,12 +356,29 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         self.cpu.hyp_feature_bits()
     }
 
+    /// How many updates the DMA view has had (wrapping; 0 without one),
+    /// read without the host's lock.
+    pub fn dma_updates(&self) -> u64 {
+        self.dma_updates.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn note_dma_updates(&self, n: u64) {
+        self.dma_updates.store(n, Ordering::Relaxed);
+    }
+}
+
+impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
+    /// This call's maintenance backend.
+    pub(crate) fn mnt(&self) -> M {
+        self.mnt.clone()
+    }
+
     // ----------------------------------------------------------------------
     // Dispatch
 
     /// Handle one host HVC: `regs` are x0..x6; returns x0..x4. VCPU_RUN runs
     /// the guest through `exec`.
-    pub fn host_call(&mut self, regs: &[u64; 7], exec: &mut dyn VcpuExecutor<P>) -> HostResult {
+    pub fn host_call(&self, regs: &[u64; 7], exec: &mut dyn VcpuExecutor<P>) -> HostResult {
         let call = match HostCall::decode(regs, self.cpu.pa_bits) {
             Ok(c) => c,
             Err(host_interface::DecodeError::NotSupported) => return HostResult::not_supported(),
@@ -321,7 +446,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     /// Handle a host call that is not VCPU_RUN (convenience for tests).
-    pub fn host_call_simple(&mut self, regs: &[u64; 7]) -> HostResult {
+    pub fn host_call_simple(&self, regs: &[u64; 7]) -> HostResult {
         self.host_call(regs, &mut NoExecutor)
     }
 
@@ -329,11 +454,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     // Host pages
 
     /// The host's view of one page.
-    pub(crate) fn host_state(&self, pfn: u64) -> HostState {
-        self.host_state_of(pfn, self.host.lookup(pa(pfn)))
+    pub(crate) fn host_state(&self, h: &HostSide<P>, pfn: u64) -> HostState {
+        self.host_state_of(h, pfn, h.s2.lookup(pa(pfn)))
     }
 
-    fn host_state_of(&self, pfn: u64, e: Entry) -> HostState {
+    fn host_state_of(&self, h: &HostSide<P>, pfn: u64, e: Entry) -> HostState {
         match e {
             Entry::Invalid { annotation } => match HostAnnotation::decode(annotation) {
                 HostAnnotation::None => HostState::Owned,
@@ -344,7 +469,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             Entry::Mapped { leaf, .. } => match leaf.state {
                 PageState::Owned => HostState::Owned,
                 PageState::SharedOwned => {
-                    if self.meta.share_count(self.platform.tracked_index(pfn)) > 0 {
+                    if h.meta.share_count(self.platform.tracked_index(pfn)) > 0 {
                         HostState::SharedGuests
                     } else {
                         HostState::SharedHyp
@@ -356,17 +481,23 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     /// Visit every page of [pfn, pfn+nr) with its host state and entry.
-    fn for_host_pages(&self, pfn: u64, nr: u64, f: &mut dyn FnMut(u64, HostState, Entry)) {
+    fn for_host_pages(
+        &self,
+        h: &HostSide<P>,
+        pfn: u64,
+        nr: u64,
+        f: &mut dyn FnMut(u64, HostState, Entry),
+    ) {
         // One page: one lookup, not a range walk (the same entry; outside
         // the address space the walk visits nothing, and so does this).
         if nr == 1 {
-            if pfn < 1 << (self.host.ipa_bits() - 12) {
-                let e = self.host.lookup_for_update(pa(pfn));
-                f(pfn, self.host_state_of(pfn, e), e);
+            if pfn < 1 << (h.s2.ipa_bits() - 12) {
+                let e = h.s2.lookup_for_update(pa(pfn));
+                f(pfn, self.host_state_of(h, pfn, e), e);
             }
             return;
         }
-        let _ = self.host.walk(pa(pfn), nr, &mut |ipa, n, e| {
+        let _ = h.s2.walk(pa(pfn), nr, &mut |ipa, n, e| {
             for i in 0..n {
                 let p = (ipa >> 12) + i;
                 let e = match e {
@@ -377,12 +508,11 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                     },
                     inv => inv,
                 };
-                f(p, self.host_state_of(p, e), e);
+                f(p, self.host_state_of(h, p, e), e);
             }
             true
         });
     }
-
     /// The stage-2 leaf the host gets for a page of `class` it owns alone.
     fn host_private_leaf(class: MemClass) -> Leaf {
         match class {
@@ -450,12 +580,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     /// Host pages needed in the host pool for an update of [pfn, pfn+nr).
-    fn host_tables(&self, pfn: u64, nr: u64, blocks: bool) -> usize {
-        self.host.tables_needed(pa(pfn), nr, blocks)
+    fn host_tables(h: &HostSide<P>, pfn: u64, nr: u64, blocks: bool) -> usize {
+        h.s2.tables_needed(pa(pfn), nr, blocks)
     }
 
-    fn check_host_pool(&self, needed: usize) -> Result<(), Errno> {
-        if needed > self.host.pool_len() {
+    fn check_host_pool(h: &HostSide<P>, needed: usize) -> Result<(), Errno> {
+        if needed > h.s2.pool_len() {
             Err(Errno::ENOMEM)
         } else {
             Ok(())
@@ -468,27 +598,32 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// Every mapping the host holds lets its devices reach the page too
     /// (the DMA view follows, RULES.md S1).
     pub(crate) fn host_map(
-        &mut self,
+        &self,
+        h: &mut HostSide<P>,
         pfn: u64,
         nr: u64,
         leaf: Leaf,
         blocks: bool,
     ) -> Result<(), Errno> {
-        self.host
-            .map(pa(pfn), pa(pfn), nr, leaf, blocks, &mut self.mnt)
+        h.s2.map(pa(pfn), pa(pfn), nr, leaf, blocks, &mut self.mnt())
             .map_err(|_| Errno::ENOMEM)?;
-        self.dma_follow(pfn, nr, true);
+        self.dma_follow(h, pfn, nr, true);
         Ok(())
     }
 
     /// Unannotated pages are the host's; any other annotation takes them
     /// from its devices as well, with the IOMMU's TLB invalidated before
     /// this returns.
-    pub(crate) fn host_unmap(&mut self, pfn: u64, nr: u64, a: HostAnnotation) -> Result<(), Errno> {
-        self.host
-            .set_invalid(pa(pfn), nr, a.encode(), &mut self.mnt)
+    pub(crate) fn host_unmap(
+        &self,
+        h: &mut HostSide<P>,
+        pfn: u64,
+        nr: u64,
+        a: HostAnnotation,
+    ) -> Result<(), Errno> {
+        h.s2.set_invalid(pa(pfn), nr, a.encode(), &mut self.mnt())
             .map_err(|_| Errno::ENOMEM)?;
-        self.dma_follow(pfn, nr, a == HostAnnotation::None);
+        self.dma_follow(h, pfn, nr, a == HostAnnotation::None);
         Ok(())
     }
 
@@ -504,7 +639,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         use host_interface::HostState as Q;
         let (owner, state) = match class {
             MemClass::Hyp => (Owner::Hyp, Q::NoPage),
-            _ => match self.host_state(pfn) {
+            _ => match self.host_state(&self.host.lock(), pfn) {
                 HostState::Owned => (Owner::Host, Q::Owned),
                 HostState::SharedHyp | HostState::SharedGuests => (Owner::Host, Q::SharedOwned),
                 HostState::Borrowed => (Owner::Guest, Q::SharedBorrowed),
@@ -517,8 +652,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     /// Check that every page of the range is in a state `op` accepts.
-    fn check_host_states(&self, op: Op, pfn: u64, nr: u64, v: &mut Verdict) {
-        self.for_host_pages(pfn, nr, &mut |_, s, _| {
+    fn check_host_states(&self, h: &HostSide<P>, op: Op, pfn: u64, nr: u64, v: &mut Verdict) {
+        self.for_host_pages(h, pfn, nr, &mut |_, s, _| {
             if !host_may(op, s) {
                 v.note(Errno::EPERM);
             }
@@ -530,7 +665,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
 
     /// The host touched `pa_addr` and its stage-2 had no mapping that allows
     /// the access. Map it if the host may touch it, else ask for an abort.
-    pub fn host_fault(&mut self, pa_addr: u64, access: Access) -> Result<(), HostAbort> {
+    /// Takes the host's lock only.
+    pub fn host_fault(&self, pa_addr: u64, access: Access) -> Result<(), HostAbort> {
         let pfn = pa_addr >> 12;
         if self.platform.pa_bits() < 64 && pa_addr >> self.platform.pa_bits() != 0 {
             return Err(HostAbort);
@@ -540,7 +676,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         if class == MemClass::Hyp || self.platform.is_withheld(pfn) {
             return Err(HostAbort);
         }
-        match self.host.lookup(pa(pfn)) {
+        let mut h = self.host.lock();
+        match h.s2.lookup(pa(pfn)) {
             Entry::Mapped { leaf, .. } => {
                 let ok = match access {
                     Access::Read => leaf.perms.r,
@@ -566,26 +703,25 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                     && self.platform.range_class(block, 512).ok() == Some((class, region))
                     && {
                         let mut all = true;
-                        let _ = self.host.walk(pa(block), 512, &mut |_, _, e| {
+                        let _ = h.s2.walk(pa(block), 512, &mut |_, _, e| {
                             all &= e == Entry::Invalid { annotation: 0 };
                             all
                         });
                         all
                     };
                 let (start, n) = if uniform { (block, 512) } else { (pfn, 1) };
-                let needed = self.host.tables_needed(pa(start), n, true);
+                let needed = h.s2.tables_needed(pa(start), n, true);
                 let tracked = self.platform.tracked_index(pfn).is_some();
                 if !tracked {
-                    if needed > self.untracked_budget {
+                    if needed > h.untracked_budget {
                         return Err(HostAbort);
                     }
-                    self.untracked_budget -= needed;
+                    h.untracked_budget -= needed;
                 }
                 // The pages were OWNED and unannotated, which the DMA view
                 // already maps: a fault changes no ownership, so the view
                 // stays as it is (not `host_map`).
-                self.host
-                    .map(pa(start), pa(start), n, leaf, true, &mut self.mnt)
+                h.s2.map(pa(start), pa(start), n, leaf, true, &mut self.mnt())
                     .map_err(|_| HostAbort)
             }
         }
@@ -594,28 +730,29 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     // ----------------------------------------------------------------------
     // Sharing with the hypervisor
 
-    fn share_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
+    fn share_hyp(&self, pfn: u64, nr: u64) -> Result<(), Errno> {
         self.require_ram(pfn, nr)?;
+        let mut h = self.host.lock();
         let mut v = Verdict::default();
-        self.check_host_states(Op::ShareHyp, pfn, nr, &mut v);
+        self.check_host_states(&h, Op::ShareHyp, pfn, nr, &mut v);
         v.result()?;
         let leaf = Self::host_shared_leaf(MemClass::Ram, MemType::NormalWb, PageState::SharedOwned);
         // OWNED to SHARED_OWNED: the host's devices reach the pages before
         // and after, so the DMA view stays as it is (not `host_map`). The
         // table pages are counted by `map` itself, which writes nothing
         // and fails with NoMem (-ENOMEM) when the pool is short.
-        self.host
-            .map(pa(pfn), pa(pfn), nr, leaf, true, &mut self.mnt)
+        h.s2.map(pa(pfn), pa(pfn), nr, leaf, true, &mut self.mnt())
             .map_err(|_| Errno::ENOMEM)
     }
 
-    fn unshare_hyp(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
+    fn unshare_hyp(&self, pfn: u64, nr: u64) -> Result<(), Errno> {
         let region = self.require_ram(pfn, nr)?;
+        let mut h = self.host.lock();
         let mut v = Verdict::default();
-        self.for_host_pages(pfn, nr, &mut |p, s, _| {
+        self.for_host_pages(&h, pfn, nr, &mut |p, s, _| {
             if !host_may(Op::UnshareHyp, s) {
                 v.note(Errno::EPERM);
-            } else if self.meta.pinned(self.platform.tracked_index_in(region, p)) {
+            } else if h.meta.pinned(self.platform.tracked_index_in(region, p)) {
                 v.note(Errno::EBUSY);
             }
         });
@@ -624,59 +761,74 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         // the host's devices reach the pages before and after, so the DMA
         // view stays as it is (not `host_unmap`). `set_invalid` counts its
         // table pages itself (NoMem: nothing written, -ENOMEM).
-        self.host
-            .set_invalid(pa(pfn), nr, HostAnnotation::None.encode(), &mut self.mnt)
+        h.s2.set_invalid(pa(pfn), nr, HostAnnotation::None.encode(), &mut self.mnt())
             .map_err(|_| Errno::ENOMEM)
     }
 
     // ----------------------------------------------------------------------
     // VM lifecycle
 
-    pub(crate) fn vm_slot(&self, handle: u64) -> Result<usize, Errno> {
-        self.vms
+    /// Find VM `handle` and lock it: -ENOENT if there is none, or if it was
+    /// destroyed between the lookup and the lock (handles are never reused,
+    /// so the slot's VM, if any, is then another).
+    pub(crate) fn lock_vm(&self, handle: u64) -> Result<VmGuard<'_, P>, Errno> {
+        if handle == 0 {
+            return Err(Errno::ENOENT);
+        }
+        let slot = self
+            .slots
             .iter()
-            .position(|v| v.as_ref().is_some_and(|v| v.handle == handle))
-            .ok_or(Errno::ENOENT)
-    }
-
-    pub(crate) fn vm(&self, slot: usize) -> Result<&Vm<P>, Errno> {
-        self.vms
-            .get(slot)
-            .and_then(Option::as_ref)
-            .ok_or(Errno::ENOENT)
-    }
-
-    pub(crate) fn vm_mut(&mut self, slot: usize) -> Result<&mut Vm<P>, Errno> {
-        self.vms
-            .get_mut(slot)
-            .and_then(Option::as_mut)
-            .ok_or(Errno::ENOENT)
-    }
-
-    /// A VM's stage-2 together with the maintenance backend, for writes.
-    pub(crate) fn guest_s2(&mut self, slot: usize) -> Result<(&mut Stage2<P>, &mut M), Errno> {
-        let vm = self
-            .vms
-            .get_mut(slot)
-            .and_then(Option::as_mut)
+            // Only a hint of where to look: the check under the slot's lock
+            // below is what counts, so no ordering is needed here.
+            .position(|s| s.handle.load(Ordering::Relaxed) == handle)
             .ok_or(Errno::ENOENT)?;
-        Ok((&mut vm.s2, &mut self.mnt))
+        let g = self.slots[slot].vm.lock();
+        if g.as_ref().is_some_and(|vm| vm.handle == handle) {
+            Ok(VmGuard { slot, g })
+        } else {
+            Err(Errno::ENOENT)
+        }
     }
 
-    fn vm_create(&mut self, flags: u64, pfn: u64, nr: u64) -> Result<u64, Errno> {
+    /// Hold VM `handle`'s lock (when given and it exists) and the host's,
+    /// in the lock order, as a long call on that VM would: for tests that
+    /// show what does not wait for them.
+    #[doc(hidden)]
+    pub fn hold_locks(&self, handle: Option<u64>) -> impl Sized + '_ {
+        let vm = handle.and_then(|h| self.lock_vm(h).ok());
+        (vm, self.host.lock())
+    }
+
+    /// Lock the VM in `slot`: that of a vCPU that is running, which keeps
+    /// the VM in place (VM_DESTROY is -EBUSY meanwhile).
+    pub(crate) fn lock_slot(&self, slot: usize) -> Option<VmGuard<'_, P>> {
+        let g = self.slots.get(slot)?.vm.lock();
+        if g.is_some() {
+            Some(VmGuard { slot, g })
+        } else {
+            None
+        }
+    }
+
+    fn vm_create(&self, flags: u64, pfn: u64, nr: u64) -> Result<u64, Errno> {
         let mte = flags & host_interface::vm_flags::MTE != 0;
         if mte && !self.cpu.mte {
             return Err(Errno::EINVAL);
         }
         self.require_ram(pfn, nr)?;
+        // Lock order: the table, the free slot's VM, the host's side. The
+        // slot is free in the table, so no other call installs a VM there
+        // meanwhile.
+        let mut table = self.table.lock();
+        let free = (0..MAX_VMS).find(|&s| table.used & (1 << s) == 0);
+        let mut vm_lock = free.map(|s| self.slots[s].vm.lock());
+        let mut h = self.host.lock();
         let mut v = Verdict::default();
-        self.check_host_states(Op::DonateHyp, pfn, nr, &mut v);
+        self.check_host_states(&h, Op::DonateHyp, pfn, nr, &mut v);
         v.result()?;
-        let slot = self
-            .vms
-            .iter()
-            .position(Option::is_none)
-            .ok_or(Errno::ENOMEM)?;
+        let (Some(slot), Some(vm_lock)) = (free, vm_lock.as_mut()) else {
+            return Err(Errno::ENOMEM);
+        };
         if nr < VM_CREATE_MIN_PAGES {
             return Err(Errno::ENOMEM);
         }
@@ -692,8 +844,9 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         if root_pfn + root_pages > pfn + nr {
             return Err(Errno::ENOMEM);
         }
-        self.check_host_pool(self.host_tables(pfn, nr, true))?;
-        self.host_unmap(pfn, nr, HostAnnotation::Hyp)?;
+        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
+        self.host_unmap(&mut h, pfn, nr, HostAnnotation::Hyp)?;
+        drop(h);
         // VMID 0 is the host's.
         let vmid = (slot + 1) as u16;
         let mut s2 = Stage2::new(
@@ -707,9 +860,10 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         for p in (pfn..root_pfn).chain(root_pfn + root_pages..pfn + nr) {
             s2.pool_add(pa(p));
         }
-        let handle = self.next_handle;
-        self.next_handle += 1;
-        self.vms[slot] = Some(Vm {
+        let handle = table.next_handle;
+        table.next_handle += 1;
+        table.used |= 1 << slot;
+        **vm_lock = Some(Vm {
             handle,
             protected: flags & host_interface::vm_flags::PROTECTED != 0,
             mte,
@@ -717,35 +871,37 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             vcpus: Vec::new(),
             dead: false,
         });
+        self.slots[slot].handle.store(handle, Ordering::Release);
         Ok(handle)
     }
 
-    fn vm_topup(&mut self, handle: u64, pfn: u64, nr: u64) -> Result<(), Errno> {
-        let slot = self.vm_slot(handle)?;
+    fn vm_topup(&self, handle: u64, pfn: u64, nr: u64) -> Result<(), Errno> {
+        let mut vm = self.lock_vm(handle)?;
         self.require_ram(pfn, nr)?;
+        let mut h = self.host.lock();
         let mut v = Verdict::default();
-        self.check_host_states(Op::DonateHyp, pfn, nr, &mut v);
+        self.check_host_states(&h, Op::DonateHyp, pfn, nr, &mut v);
         v.result()?;
-        self.check_host_pool(self.host_tables(pfn, nr, true))?;
-        self.host_unmap(pfn, nr, HostAnnotation::Hyp)?;
-        let vm = self.vm_mut(slot)?;
+        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
+        self.host_unmap(&mut h, pfn, nr, HostAnnotation::Hyp)?;
+        drop(h);
         for p in pfn..pfn + nr {
             vm.s2.pool_add(pa(p));
         }
         Ok(())
     }
 
-    fn vcpu_create(&mut self, handle: u64, run_pfn: u64) -> Result<u64, Errno> {
-        let slot = self.vm_slot(handle)?;
+    fn vcpu_create(&self, handle: u64, run_pfn: u64) -> Result<u64, Errno> {
+        let mut vm = self.lock_vm(handle)?;
         self.require_ram(run_pfn, 1)?;
-        if !host_may(Op::PinRunPage, self.host_state(run_pfn)) {
+        let mut h = self.host.lock();
+        if !host_may(Op::PinRunPage, self.host_state(&h, run_pfn)) {
             return Err(Errno::EPERM);
         }
         let idx = self.platform.tracked_index(run_pfn);
-        if self.meta.pinned(idx) {
+        if h.meta.pinned(idx) {
             return Err(Errno::EBUSY);
         }
-        let vm = self.vm_mut(slot)?;
         if vm.vcpus.len() >= MAX_VCPUS {
             return Err(Errno::ENOMEM);
         }
@@ -754,21 +910,26 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         let index = vm.vcpus.len() as u64;
         let powered = !vm.protected || index == 0;
         vm.vcpus.push(Vcpu::new(run_pfn, ctx_page, powered));
-        self.meta.set_pinned(idx, true);
+        h.meta.set_pinned(idx, true);
         Ok(index)
     }
 
-    fn vm_destroy(&mut self, handle: u64) -> Result<(), Errno> {
-        let slot = self.vm_slot(handle)?;
-        if self.vm(slot)?.vcpus.iter().any(|c| c.running) {
+    fn vm_destroy(&self, handle: u64) -> Result<(), Errno> {
+        let mut g = self.lock_vm(handle)?;
+        if g.vcpus.iter().any(|c| c.running) {
             return Err(Errno::EBUSY);
         }
-        let Some(vm) = self.vms.get_mut(slot).and_then(Option::take) else {
+        let slot = g.slot;
+        let Some(vm) = g.g.take() else {
             return Err(Errno::ENOENT);
         };
-        // No vCPU of the VM runs (checked above, under the core's lock), and
+        // From here on, lookups of the handle find nothing; the slot stays
+        // used in the table until its pages are back.
+        self.slots[slot].handle.store(0, Ordering::Release);
+        let mut h = self.host.lock();
+        // No vCPU of the VM runs (checked above, under the VM's lock), and
         // none can start: its TLB entries go before its pages do.
-        self.mnt.tlbi_vmid((slot + 1) as u16);
+        self.mnt().tlbi_vmid((slot + 1) as u16);
         // The guest's mappings are released as the walk meets them, in runs
         // of consecutive pages, so a VM of any size is torn down with a
         // fixed amount of memory (RULES.md S5):
@@ -788,12 +949,12 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             for p in pfn..pfn + n {
                 match leaf.state {
                     PageState::Owned | PageState::SharedOwned if class == MemClass::Mmio => {
-                        to_host.push(self, p);
+                        to_host.push(self, &mut h, p);
                     }
-                    PageState::Owned | PageState::SharedOwned => reclaimable.push(self, p),
+                    PageState::Owned | PageState::SharedOwned => reclaimable.push(self, &mut h, p),
                     PageState::SharedBorrowed => {
-                        if self.meta.share_dec(self.platform.tracked_index(p)) == 0 {
-                            to_host.push(self, p);
+                        if h.meta.share_dec(self.platform.tracked_index(p)) == 0 {
+                            to_host.push(self, &mut h, p);
                         }
                     }
                 }
@@ -801,19 +962,25 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             true
         });
         for c in &vm.vcpus {
-            self.meta
+            h.meta
                 .set_pinned(self.platform.tracked_index(c.run_pfn), false);
-            reclaimable.push(self, c.ctx_page >> 12);
+            reclaimable.push(self, &mut h, c.ctx_page >> 12);
         }
-        vm.s2.destroy(&mut |p| reclaimable.push(self, p >> 12));
-        to_host.flush(self);
-        reclaimable.flush(self);
+        vm.s2
+            .destroy(&mut |p| reclaimable.push(self, &mut h, p >> 12));
+        to_host.flush(self, &mut h);
+        reclaimable.flush(self, &mut h);
+        drop(h);
+        drop(g);
+        // Last, with no other lock held (the table comes first in the
+        // order): the slot may take a new VM.
+        self.table.lock().used &= !(1 << slot);
         Ok(())
     }
 
     /// Host stage-2 updates for a set of pages, one call per run of
     /// consecutive pfns (pages of one VM are usually contiguous).
-    fn host_unmap_runs(&mut self, pfns: &mut [u64], a: HostAnnotation) {
+    fn host_unmap_runs(&self, h: &mut HostSide<P>, pfns: &mut [u64], a: HostAnnotation) {
         pfns.sort_unstable();
         let mut i = 0;
         while i < pfns.len() {
@@ -822,27 +989,29 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             while i + (n as usize) < pfns.len() && pfns[i + n as usize] == start + n {
                 n += 1;
             }
-            let _ = self.host_unmap(start, n, a);
+            let _ = self.host_unmap(h, start, n, a);
             i += n as usize;
         }
     }
 
-    fn reclaim(&mut self, pfn: u64, nr: u64) -> Result<(), Errno> {
+    fn reclaim(&self, pfn: u64, nr: u64) -> Result<(), Errno> {
         match self.class_of(pfn, nr)? {
             (MemClass::Ram | MemClass::Coherent, _) => {}
             _ => return Err(Errno::EINVAL),
         }
+        let mut h = self.host.lock();
         let mut v = Verdict::default();
-        self.check_host_states(Op::Reclaim, pfn, nr, &mut v);
+        self.check_host_states(&h, Op::Reclaim, pfn, nr, &mut v);
         v.result()?;
-        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
+        let mut mnt = self.mnt();
         for p in pfn..pfn + nr {
             phys::zero_page(&self.phys, pa(p));
-            self.mnt.zero_tags(pa(p), PAGE);
-            self.mnt.dcache_clean_inval_poc(pa(p), PAGE);
+            mnt.zero_tags(pa(p), PAGE);
+            mnt.dcache_clean_inval_poc(pa(p), PAGE);
         }
-        self.mnt.dsb();
-        self.host_unmap(pfn, nr, HostAnnotation::None)
+        mnt.dsb();
+        self.host_unmap(&mut h, pfn, nr, HostAnnotation::None)
     }
 
     // ----------------------------------------------------------------------
@@ -870,13 +1039,14 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
 
     /// Cache maintenance before memory goes live in a guest (D9, and the
     /// clean to PoC a guest running with its MMU off needs without FWB).
-    fn prepare_for_guest(&mut self, pfn: u64, nr: u64, exec: bool) {
+    fn prepare_for_guest(&self, pfn: u64, nr: u64, exec: bool) {
+        let mut mnt = self.mnt();
         if !self.cpu.fwb || (exec && !self.cpu.idc) {
-            self.mnt.dcache_clean_inval_poc(pa(pfn), nr * PAGE);
-            self.mnt.dsb();
+            mnt.dcache_clean_inval_poc(pa(pfn), nr * PAGE);
+            mnt.dsb();
         }
         if exec && !self.cpu.dic {
-            self.mnt.icache_inval_pou();
+            mnt.icache_inval_pou();
         }
     }
 
@@ -895,16 +1065,17 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// The host's side of lending pages to guests: SHARED_OWNED with the
     /// type every mapping of them uses (D7), one more borrower each.
     fn lend_to_guests(
-        &mut self,
+        &self,
+        h: &mut HostSide<P>,
         pfn: u64,
         nr: u64,
         class: MemClass,
         mt: MemType,
     ) -> Result<(), Errno> {
         let leaf = Self::host_shared_leaf(class, mt, PageState::SharedOwned);
-        self.host_map(pfn, nr, leaf, mt == MemType::NormalWb)?;
+        self.host_map(h, pfn, nr, leaf, mt == MemType::NormalWb)?;
         for p in pfn..pfn + nr {
-            self.meta.share_inc(self.platform.tracked_index(p));
+            h.meta.share_inc(self.platform.tracked_index(p));
         }
         Ok(())
     }
@@ -912,78 +1083,78 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// Map [pfn, pfn+nr) at gfn in a VM's stage-2 (page-granular; the pool
     /// was checked beforehand).
     fn guest_map(
-        &mut self,
-        slot: usize,
+        &self,
+        vm: &mut Vm<P>,
         gfn: u64,
         pfn: u64,
         nr: u64,
         leaf: Leaf,
     ) -> Result<(), Errno> {
-        let (s2, mnt) = self.guest_s2(slot)?;
-        s2.map(pa(gfn), pa(pfn), nr, leaf, false, mnt)
+        vm.s2
+            .map(pa(gfn), pa(pfn), nr, leaf, false, &mut self.mnt())
             .map_err(|_| Errno::ENOMEM)
     }
 
     fn guest_share(
-        &mut self,
+        &self,
         handle: u64,
         pfn: u64,
         gfn: u64,
         nr: u64,
         prot: Prot,
     ) -> Result<(), Errno> {
-        let slot = self.vm_slot(handle)?;
+        let mut vm = self.lock_vm(handle)?;
         self.require_ram(pfn, nr)?;
-        let vm = self.vm(slot)?;
+        let mut h = self.host.lock();
         let mut v = Verdict::default();
         if vm.protected {
             v.note(Errno::EPERM);
         }
-        self.for_host_pages(pfn, nr, &mut |p, s, _| {
+        self.for_host_pages(&h, pfn, nr, &mut |p, s, _| {
             if !host_may(Op::GuestShare, s) {
                 v.note(Errno::EPERM);
-            } else if self.meta.share_count(self.platform.tracked_index(p)) >= MAX_SHARE_COUNT {
+            } else if h.meta.share_count(self.platform.tracked_index(p)) >= MAX_SHARE_COUNT {
                 v.note(Errno::EBUSY);
             }
         });
         Self::check_gfns_free(&vm.s2, gfn, nr, &mut v);
         v.result()?;
         Self::check_guest_pool(&vm.s2, gfn, nr)?;
-        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
 
-        self.lend_to_guests(pfn, nr, MemClass::Ram, MemType::NormalWb)?;
+        self.lend_to_guests(&mut h, pfn, nr, MemClass::Ram, MemType::NormalWb)?;
         self.prepare_for_guest(pfn, nr, prot.x());
         let gleaf = Self::guest_leaf(prot, MemType::NormalWb, PageState::SharedBorrowed);
-        self.guest_map(slot, gfn, pfn, nr, gleaf)
+        self.guest_map(&mut vm, gfn, pfn, nr, gleaf)
     }
 
     fn guest_donate(
-        &mut self,
+        &self,
         handle: u64,
         pfn: u64,
         gfn: u64,
         nr: u64,
         prot: Prot,
     ) -> Result<(), Errno> {
-        let slot = self.vm_slot(handle)?;
+        let mut vm = self.lock_vm(handle)?;
         self.require_ram(pfn, nr)?;
-        let vm = self.vm(slot)?;
+        let mut h = self.host.lock();
         let mut v = Verdict::default();
-        self.check_host_states(Op::GuestDonate, pfn, nr, &mut v);
+        self.check_host_states(&h, Op::GuestDonate, pfn, nr, &mut v);
         Self::check_gfns_free(&vm.s2, gfn, nr, &mut v);
         v.result()?;
         Self::check_guest_pool(&vm.s2, gfn, nr)?;
-        self.check_host_pool(self.host_tables(pfn, nr, true))?;
+        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
 
-        self.host_unmap(pfn, nr, HostAnnotation::Guest(slot))?;
+        self.host_unmap(&mut h, pfn, nr, HostAnnotation::Guest(vm.slot))?;
         self.prepare_for_guest(pfn, nr, prot.x());
         let gleaf = Self::guest_leaf(prot, MemType::NormalWb, PageState::Owned);
-        self.guest_map(slot, gfn, pfn, nr, gleaf)
+        self.guest_map(&mut vm, gfn, pfn, nr, gleaf)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn guest_map_device(
-        &mut self,
+        &self,
         handle: u64,
         pfn: u64,
         gfn: u64,
@@ -991,8 +1162,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         prot: Prot,
         memtype: AbiMemType,
     ) -> Result<(), Errno> {
-        let slot = self.vm_slot(handle)?;
-        let vm = self.vm(slot)?;
+        let mut vm = self.lock_vm(handle)?;
         let (protected, mte) = (vm.protected, vm.mte);
         // Step 4: class and type.
         let (class, region) = self.class_of(pfn, nr)?;
@@ -1029,13 +1199,14 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         } else {
             Op::MapDeviceNormal
         };
+        let mut h = self.host.lock();
         let mut v = Verdict::default();
-        self.for_host_pages(pfn, nr, &mut |p, s, e| {
+        self.for_host_pages(&h, pfn, nr, &mut |p, s, e| {
             if !host_may(op, s) {
                 v.note(Errno::EPERM);
                 return;
             }
-            if self.meta.share_count(self.platform.tracked_index(p)) >= MAX_SHARE_COUNT {
+            if h.meta.share_count(self.platform.tracked_index(p)) >= MAX_SHARE_COUNT {
                 v.note(Errno::EBUSY);
             }
             // D7: a page already mapped in guests keeps its one type.
@@ -1047,45 +1218,39 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 }
             }
         });
-        Self::check_gfns_free(&self.vm(slot)?.s2, gfn, nr, &mut v);
+        Self::check_gfns_free(&vm.s2, gfn, nr, &mut v);
         v.result()?;
-        Self::check_guest_pool(&self.vm(slot)?.s2, gfn, nr)?;
-        self.check_host_pool(self.host_tables(pfn, nr, mt == MemType::NormalWb))?;
+        Self::check_guest_pool(&vm.s2, gfn, nr)?;
+        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, mt == MemType::NormalWb))?;
 
         let state = if protected {
-            self.host_unmap(pfn, nr, HostAnnotation::Guest(slot))?;
+            self.host_unmap(&mut h, pfn, nr, HostAnnotation::Guest(vm.slot))?;
             PageState::Owned
         } else {
-            self.lend_to_guests(pfn, nr, class, mt)?;
+            self.lend_to_guests(&mut h, pfn, nr, class, mt)?;
             PageState::SharedBorrowed
         };
         if mt == MemType::NormalWb {
             self.prepare_for_guest(pfn, nr, prot.x());
         }
         let gleaf = Self::guest_leaf(prot, mt, state);
-        self.guest_map(slot, gfn, pfn, nr, gleaf)
+        self.guest_map(&mut vm, gfn, pfn, nr, gleaf)
     }
 
     /// Shared body of GUEST_UNSHARE and GUEST_UNMAP_DEVICE: each undoes only
     /// its own kind of mapping (`device` says which).
-    fn guest_unborrow(
-        &mut self,
-        handle: u64,
-        gfn: u64,
-        nr: u64,
-        device: bool,
-    ) -> Result<(), Errno> {
-        let slot = self.vm_slot(handle)?;
-        let vm = self.vm(slot)?;
+    fn guest_unborrow(&self, handle: u64, gfn: u64, nr: u64, device: bool) -> Result<(), Errno> {
+        let mut vm = self.lock_vm(handle)?;
         let mut v = Verdict::default();
         let mut pfns: Vec<u64> = Vec::new();
+        let protected = vm.protected;
         let _ = vm.s2.walk(pa(gfn), nr, &mut |_, n, e| {
             match e {
                 Entry::Invalid { .. } => v.note(Errno::ENOENT),
                 Entry::Mapped { pa: p, leaf, .. } => {
                     let (class, _) = self.platform.classify(p >> 12);
                     let is_device = class != MemClass::Ram;
-                    if vm.protected && device
+                    if protected && device
                         || leaf.state != PageState::SharedBorrowed
                         || is_device != device
                     {
@@ -1097,41 +1262,42 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             true
         });
         v.result()?;
+        let mut h = self.host.lock();
         // The pages whose last borrower this call removes go back to the
         // host: work them out before changing anything, so the table pages
         // for those host updates are counted up front.
         pfns.sort_unstable();
         let mut freed: Vec<u64> = Vec::new();
         for group in pfns.chunk_by(|a, b| a == b) {
-            let count = self.meta.share_count(self.platform.tracked_index(group[0]));
+            let count = h.meta.share_count(self.platform.tracked_index(group[0]));
             if usize::from(count) <= group.len() {
                 freed.push(group[0]);
             }
         }
         let host_need: usize = freed
             .chunk_by(|a, b| a + 1 == *b)
-            .map(|run| self.host_tables(run[0], run.len() as u64, true))
+            .map(|run| Self::host_tables(&h, run[0], run.len() as u64, true))
             .sum();
-        self.check_host_pool(host_need)?;
+        Self::check_host_pool(&h, host_need)?;
         if vm.s2.tables_needed(pa(gfn), nr, false) > vm.s2.pool_len() {
             return Err(Errno::ENOMEM);
         }
-        let (s2, mnt) = self.guest_s2(slot)?;
-        s2.set_invalid(pa(gfn), nr, 0, mnt)
+        vm.s2
+            .set_invalid(pa(gfn), nr, 0, &mut self.mnt())
             .map_err(|_| Errno::ENOMEM)?;
         for &p in &pfns {
-            self.meta.share_dec(self.platform.tracked_index(p));
+            h.meta.share_dec(self.platform.tracked_index(p));
         }
         // Back to the host alone, with its class's own type (D7).
-        self.host_unmap_runs(&mut freed, HostAnnotation::None);
+        self.host_unmap_runs(&mut h, &mut freed, HostAnnotation::None);
         Ok(())
     }
 
-    fn guest_unshare(&mut self, handle: u64, gfn: u64, nr: u64) -> Result<(), Errno> {
+    fn guest_unshare(&self, handle: u64, gfn: u64, nr: u64) -> Result<(), Errno> {
         self.guest_unborrow(handle, gfn, nr, false)
     }
 
-    fn guest_unmap_device(&mut self, handle: u64, gfn: u64, nr: u64) -> Result<(), Errno> {
+    fn guest_unmap_device(&self, handle: u64, gfn: u64, nr: u64) -> Result<(), Errno> {
         self.guest_unborrow(handle, gfn, nr, true)
     }
 }
@@ -1154,21 +1320,30 @@ impl HostRun {
         }
     }
 
-    fn push<P: PhysMem, M: Maintenance>(&mut self, hv: &mut Hypervisor<P, M>, pfn: u64) {
+    fn push<P: PhysMem, M: Maintenance + Clone>(
+        &mut self,
+        hv: &Hypervisor<P, M>,
+        h: &mut HostSide<P>,
+        pfn: u64,
+    ) {
         if self.len != 0 && pfn == self.start + self.len {
             self.len += 1;
             return;
         }
-        self.flush(hv);
+        self.flush(hv, h);
         self.start = pfn;
         self.len = 1;
     }
 
     /// Write the pending run. The host pool covers tracked memory at page
     /// granularity (reserved at boot), so these updates cannot run short.
-    fn flush<P: PhysMem, M: Maintenance>(&mut self, hv: &mut Hypervisor<P, M>) {
+    fn flush<P: PhysMem, M: Maintenance + Clone>(
+        &mut self,
+        hv: &Hypervisor<P, M>,
+        h: &mut HostSide<P>,
+    ) {
         if self.len != 0 {
-            let _ = hv.host_unmap(self.start, self.len, self.annotation);
+            let _ = hv.host_unmap(h, self.start, self.len, self.annotation);
             self.len = 0;
         }
     }

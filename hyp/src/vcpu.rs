@@ -15,7 +15,7 @@ use host_interface::{
 use pagetables::{Entry, Maintenance, PageState, PhysMem, Stage2};
 use platform::MemClass;
 
-use crate::hypervisor::Hypervisor;
+use crate::hypervisor::{Hypervisor, Vm, VmGuard};
 use crate::owner::{HostAnnotation, GUEST_MMIO_GUARD};
 use crate::phys::{run_read, run_write};
 use crate::vgic::VgicContext;
@@ -344,13 +344,13 @@ macro_rules! run_off {
     };
 }
 
-impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
+impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
     /// VCPU_RUN: run vCPU `vcpu` of VM `handle` until an exit for the host.
-    /// The whole run happens under `&mut self`; the EL2 image instead uses
-    /// [`Self::vcpu_run_begin`] and [`Self::vcpu_run_trap`] so that the
-    /// guest runs without the core's lock.
+    /// The guest runs under its VM's lock, taken for each entry; the EL2
+    /// image instead uses [`Self::vcpu_run_begin`] and
+    /// [`Self::vcpu_run_trap`] so that the guest runs without any lock.
     pub(crate) fn vcpu_run(
-        &mut self,
+        &self,
         handle: u64,
         vcpu: u64,
         exec: &mut dyn VcpuExecutor<P>,
@@ -360,15 +360,17 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             Err(reason) => return Ok(reason),
         };
         for _ in 0..MAX_TRAPS_PER_RUN {
-            let Some(vm) = self.vms.get_mut(run.slot).and_then(Option::as_mut) else {
-                break;
+            let trap = {
+                let Some(vm) = self.lock_slot(run.slot) else {
+                    break;
+                };
+                let view = GuestView {
+                    s2: &vm.s2,
+                    phys: &self.phys,
+                    protected: vm.protected,
+                };
+                exec.enter(handle, vcpu, view, &mut run.ctx)
             };
-            let view = GuestView {
-                s2: &vm.s2,
-                phys: &self.phys,
-                protected: vm.protected,
-            };
-            let trap = exec.enter(handle, vcpu, view, &mut run.ctx);
             if let Some(reason) = self.vcpu_run_trap(&mut run, trap) {
                 return Ok(reason);
             }
@@ -381,8 +383,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// running. `Ok(Err(reason))` is an exit decided without entering the
     /// guest (a dead VM, a powered-off vCPU). While a [`Run`] is out, the
     /// vCPU counts as running: VCPU_RUN of it is -EBUSY and VM_DESTROY of
-    /// its VM -EBUSY, so its tables stay in place.
-    pub fn vcpu_run_begin(&mut self, handle: u64, vcpu: u64) -> Result<Result<Run, u64>, Errno> {
+    /// its VM -EBUSY, so its tables stay in place. Takes the VM's lock only.
+    pub fn vcpu_run_begin(&self, handle: u64, vcpu: u64) -> Result<Result<Run, u64>, Errno> {
         let mut run = Run::idle();
         Ok(self
             .vcpu_run_begin_in(handle, vcpu, &mut run)?
@@ -394,14 +396,13 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// by [`Self::vcpu_run_end`]. `run` is left as it was unless this
     /// answers `Ok(Ok(()))`.
     pub fn vcpu_run_begin_in(
-        &mut self,
+        &self,
         handle: u64,
         vcpu: u64,
         run: &mut Run,
     ) -> Result<Result<(), u64>, Errno> {
-        let slot = self.vm_slot(handle)?;
+        let mut vm = self.lock_vm(handle)?;
         let i = usize::try_from(vcpu).map_err(|_| Errno::ENOENT)?;
-        let vm = self.vm(slot)?;
         let c = vm.vcpus.get(i).ok_or(Errno::ENOENT)?;
         let run_pfn = c.run_pfn;
         // The run page is host memory: read the request once.
@@ -442,15 +443,15 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             ctx.pc = entry;
             ctx.x[0] = x0;
         } else {
-            self.complete_pending(slot, i, ctx);
+            self.complete_pending(&vm, i, ctx);
         }
         if let Some(intid) = irq {
             // Decoded above, so within range; the request is taken.
             ctx.gic.inject(intid);
             run_write(&self.phys, run_pfn, run_off!(inject_irq), 0);
         }
-        let vm = self.vm_mut(slot)?;
         let (root, vmid, protected, mte) = (vm.s2.root_pa(), vm.s2.vmid(), vm.protected, vm.mte);
+        let slot = vm.slot;
         let c = &mut vm.vcpus[i];
         c.started = true;
         c.pending = Pending::None;
@@ -476,7 +477,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// Second half of VCPU_RUN, after each trap: `None` to enter the guest
     /// again, `Some(exit reason)` when the run is over (the exit is in the
     /// run page, the vCPU no longer running).
-    pub fn vcpu_run_trap(&mut self, run: &mut Run, trap: Trap) -> Option<u64> {
+    pub fn vcpu_run_trap(&self, run: &mut Run, trap: Trap) -> Option<u64> {
         let reason = self.vcpu_run_step(run, trap)?;
         Some(self.vcpu_run_end(run, reason))
     }
@@ -485,8 +486,13 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// the run must end, which the caller then does with
     /// [`Self::vcpu_run_end`] once `run.ctx` holds the vCPU's whole state
     /// (an executor that keeps the guest's registers loaded across traps
-    /// saves them first). The vCPU counts as running until then.
-    pub fn vcpu_run_step(&mut self, run: &mut Run, trap: Trap) -> Option<ExitReason> {
+    /// saves them first). The vCPU counts as running until then. Takes the
+    /// VM's lock, and the host's as well only for a guest call that changes
+    /// the host's access (MEM_SHARE, MEM_UNSHARE).
+    pub fn vcpu_run_step(&self, run: &mut Run, trap: Trap) -> Option<ExitReason> {
+        let Some(mut vm) = self.lock_slot(run.slot) else {
+            return Some(ExitReason::Fatal);
+        };
         // A guest CPU_ON names a vCPU the host must now run: as for an SGI,
         // the run ends INTERRUPTED with it in `kick_vcpus`.
         let cpu_on = match (trap, run.ctx.x[0]) {
@@ -495,8 +501,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             _ => None,
         };
         let next = match trap {
-            Trap::Sgi { value } => self.send_sgi(run, value),
-            _ => self.handle_trap(run.slot, run.index, run.run_pfn, trap, &mut run.ctx),
+            Trap::Sgi { value } => Self::send_sgi(&mut vm, run, value),
+            _ => self.handle_trap(&mut vm, run.index, run.run_pfn, trap, &mut run.ctx),
         };
         let next = match (next, cpu_on) {
             (Next::Continue, Some(t)) if run.ctx.x[0] == psci::SUCCESS && t < 64 => {
@@ -508,10 +514,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         match next {
             Next::Continue => {
                 // SGIs other vCPUs sent meanwhile.
-                if let Ok(vm) = self.vm_mut(run.slot) {
-                    if let Some(c) = vm.vcpus.get_mut(run.index) {
-                        take_sgis(c, &mut run.ctx);
-                    }
+                if let Some(c) = vm.vcpus.get_mut(run.index) {
+                    take_sgis(c, &mut run.ctx);
                 }
                 None
             }
@@ -526,10 +530,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     /// The sender's own SGI goes straight into its context; others wait in
     /// their vCPU, and the run ends INTERRUPTED with them in the run page's
     /// `kick_vcpus`, so the host can run or wake them.
-    fn send_sgi(&mut self, run: &mut Run, value: u64) -> Next {
-        let Ok(vm) = self.vm_mut(run.slot) else {
-            return Next::Exit(ExitReason::Fatal);
-        };
+    fn send_sgi(vm: &mut Vm<P>, run: &mut Run, value: u64) -> Next {
         let intid = ((value >> 24) & 0xf) as u32;
         let n = vm.vcpus.len();
         let targets: u64 = if value & (1 << 40) != 0 {
@@ -564,8 +565,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     /// End a run with `reason` (for an executor that gives up, e.g. after
-    /// many traps in one VCPU_RUN).
-    pub fn vcpu_run_end(&mut self, run: &mut Run, reason: ExitReason) -> u64 {
+    /// many traps in one VCPU_RUN). Takes the VM's lock.
+    pub fn vcpu_run_end(&self, run: &mut Run, reason: ExitReason) -> u64 {
         run_write(
             &self.phys,
             run.run_pfn,
@@ -580,7 +581,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         );
         run_write(&self.phys, run.run_pfn, run_off!(kick_vcpus), run.kick);
         run.kick = 0;
-        if let Ok(vm) = self.vm_mut(run.slot) {
+        if let Some(mut vm) = self.lock_slot(run.slot) {
             if let Some(c) = vm.vcpus.get_mut(run.index) {
                 c.running = false;
                 c.ctx = run.ctx;
@@ -600,8 +601,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     /// Finish the access or call that the last exit left to the host.
-    fn complete_pending(&mut self, slot: usize, i: usize, ctx: &mut VcpuContext) {
-        let Ok(vm) = self.vm(slot) else { return };
+    fn complete_pending(&self, vm: &Vm<P>, i: usize, ctx: &mut VcpuContext) {
         let c = &vm.vcpus[i];
         let run_pfn = c.run_pfn;
         let read_data =
@@ -644,20 +644,17 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     fn handle_trap(
-        &mut self,
-        slot: usize,
+        &self,
+        vm: &mut VmGuard<'_, P>,
         i: usize,
         run_pfn: u64,
         trap: Trap,
         ctx: &mut VcpuContext,
     ) -> Next {
-        let Ok(vm) = self.vm(slot) else {
-            return Next::Exit(ExitReason::Fatal);
-        };
         let protected = vm.protected;
         let w = |off: usize, v: u64| run_write(&self.phys, run_pfn, off, v);
         match trap {
-            Trap::Hvc => self.guest_call(slot, i, run_pfn, ctx),
+            Trap::Hvc => self.guest_call(vm, i, run_pfn, ctx),
             Trap::DataAbort {
                 ipa,
                 write,
@@ -698,7 +695,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                         } else {
                             Pending::MmioRead { reg, size }
                         };
-                        self.set_pending(slot, i, pending);
+                        Self::set_pending(vm, i, pending);
                         Next::Exit(ExitReason::Mmio)
                     }
                     _ => {
@@ -721,8 +718,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                         w(run_off!(fault_size), u64::from(size));
                         w(run_off!(fault_esr), esr_out);
                         w(run_off!(fault_data), data);
-                        self.set_pending(
-                            slot,
+                        Self::set_pending(
+                            vm,
                             i,
                             Pending::MemFault {
                                 ipa,
@@ -753,8 +750,8 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 w(run_off!(fault_size), 4);
                 w(run_off!(fault_esr), if protected { 0 } else { esr });
                 w(run_off!(fault_data), 0);
-                self.set_pending(
-                    slot,
+                Self::set_pending(
+                    vm,
                     i,
                     Pending::MemFault {
                         ipa,
@@ -775,24 +772,26 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             Trap::Sgi { .. } => Next::Continue,
             Trap::Irq => Next::Exit(ExitReason::Interrupted),
             Trap::Fatal => {
-                if let Ok(vm) = self.vm_mut(slot) {
-                    vm.dead = true;
-                }
+                vm.dead = true;
                 Next::Exit(ExitReason::Fatal)
             }
         }
     }
 
-    fn set_pending(&mut self, slot: usize, i: usize, p: Pending) {
-        if let Ok(vm) = self.vm_mut(slot) {
-            if let Some(c) = vm.vcpus.get_mut(i) {
-                c.pending = p;
-            }
+    fn set_pending(vm: &mut Vm<P>, i: usize, p: Pending) {
+        if let Some(c) = vm.vcpus.get_mut(i) {
+            c.pending = p;
         }
     }
 
     /// A guest HVC: answer it here (ABI.md section 2) or forward it.
-    fn guest_call(&mut self, slot: usize, i: usize, run_pfn: u64, ctx: &mut VcpuContext) -> Next {
+    fn guest_call(
+        &self,
+        vm: &mut VmGuard<'_, P>,
+        i: usize,
+        run_pfn: u64,
+        ctx: &mut VcpuContext,
+    ) -> Next {
         if answer_guest_call(ctx) {
             return Next::Continue;
         }
@@ -802,7 +801,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             for k in 0..7 {
                 run_write(&self.phys, run_pfn, run_off!(hvc_args) + 8 * k, ctx.x[k]);
             }
-            self.set_pending(slot, i, Pending::Hvc);
+            Self::set_pending(vm, i, Pending::Hvc);
             return Next::Exit(ExitReason::Hvc);
         };
         let args_zero = |from: usize| ctx.x[from..4].iter().all(|&r| r == 0);
@@ -831,9 +830,9 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                     SMCCC_INVALID_PARAMETER
                 } else {
                     let r = match call {
-                        GuestCallId::MemShare => self.guest_mem_share(slot, ipa),
-                        GuestCallId::MemUnshare => self.guest_mem_unshare(slot, ipa),
-                        _ => self.guest_mmio_guard(slot, ipa),
+                        GuestCallId::MemShare => self.guest_mem_share(vm, ipa),
+                        GuestCallId::MemUnshare => self.guest_mem_unshare(vm, ipa),
+                        _ => self.guest_mmio_guard(vm, ipa),
                     };
                     if r.is_ok() {
                         0
@@ -847,19 +846,13 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
                 return Next::Exit(ExitReason::Wfi);
             }
             GuestCallId::PsciCpuOff => {
-                if let Ok(vm) = self.vm_mut(slot) {
-                    vm.vcpus[i].powered = false;
-                }
+                vm.vcpus[i].powered = false;
                 ctx.x[0] = psci::DENIED;
                 return Next::Exit(ExitReason::Wfi);
             }
-            GuestCallId::PsciCpuOn => ctx.x[0] = self.guest_cpu_on(slot, arg[1], arg[2], arg[3]),
+            GuestCallId::PsciCpuOn => ctx.x[0] = Self::guest_cpu_on(vm, arg[1], arg[2], arg[3]),
             GuestCallId::PsciAffinityInfo => {
-                ctx.x[0] = match self
-                    .vm(slot)
-                    .ok()
-                    .and_then(|vm| Self::vcpu_of_mpidr(arg[1]).and_then(|t| vm.vcpus.get(t)))
-                {
+                ctx.x[0] = match Self::vcpu_of_mpidr(arg[1]).and_then(|t| vm.vcpus.get(t)) {
                     Some(c) if c.powered && c.started => 0,
                     Some(_) => 1,
                     None => psci::INVALID_PARAMETERS,
@@ -883,10 +876,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
         }
     }
 
-    fn guest_cpu_on(&mut self, slot: usize, target: u64, entry: u64, context: u64) -> u64 {
-        let Ok(vm) = self.vm_mut(slot) else {
-            return psci::INTERNAL_FAILURE;
-        };
+    fn guest_cpu_on(vm: &mut Vm<P>, target: u64, entry: u64, context: u64) -> u64 {
         let protected = vm.protected;
         let Some(t) = Self::vcpu_of_mpidr(target) else {
             return psci::INVALID_PARAMETERS;
@@ -911,15 +901,16 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
     }
 
     /// MEM_SHARE: guest OWNED RAM -> guest SHARED_OWNED, host SHARED_BORROWED.
-    fn guest_mem_share(&mut self, slot: usize, ipa: u64) -> Result<(), ()> {
-        let vm = self.vm(slot).map_err(|_| ())?;
+    /// Takes the host's lock (the VM's is held).
+    fn guest_mem_share(&self, vm: &mut Vm<P>, ipa: u64) -> Result<(), ()> {
         let Entry::Mapped { pa, leaf, .. } = vm.s2.lookup(ipa) else {
             return Err(());
         };
         if leaf.state != PageState::Owned || self.platform.classify(pa >> 12).0 != MemClass::Ram {
             return Err(());
         }
-        if self.host.tables_needed(pa, 1, false) > self.host.pool_len() {
+        let mut h = self.host.lock();
+        if h.s2.tables_needed(pa, 1, false) > h.s2.pool_len() {
             return Err(());
         }
         let host_leaf = pagetables::Leaf {
@@ -931,56 +922,61 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             memtype: pagetables::MemType::NormalWb,
             state: PageState::SharedBorrowed,
         };
-        self.host_map(pa >> 12, 1, host_leaf, false)
+        self.host_map(&mut h, pa >> 12, 1, host_leaf, false)
             .map_err(|_| ())?;
-        let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
+        drop(h);
         let shared = pagetables::Leaf {
             state: PageState::SharedOwned,
             ..leaf
         };
         // Only the software state bits change: no table pages, no BBM.
-        s2.map(ipa, pa, 1, shared, false, mnt).map_err(|_| ())
+        vm.s2
+            .map(ipa, pa, 1, shared, false, &mut self.mnt())
+            .map_err(|_| ())
     }
 
     /// MEM_UNSHARE: guest SHARED_OWNED -> OWNED; the host loses access.
-    fn guest_mem_unshare(&mut self, slot: usize, ipa: u64) -> Result<(), ()> {
-        let vm = self.vm(slot).map_err(|_| ())?;
+    /// Takes the host's lock (the VM's is held).
+    fn guest_mem_unshare(&self, vm: &mut VmGuard<'_, P>, ipa: u64) -> Result<(), ()> {
         let Entry::Mapped { pa, leaf, .. } = vm.s2.lookup(ipa) else {
             return Err(());
         };
         if leaf.state != PageState::SharedOwned {
             return Err(());
         }
-        if self.host.tables_needed(pa, 1, false) > self.host.pool_len() {
+        let mut h = self.host.lock();
+        if h.s2.tables_needed(pa, 1, false) > h.s2.pool_len() {
             return Err(());
         }
-        self.host_unmap(pa >> 12, 1, HostAnnotation::Guest(slot))
+        self.host_unmap(&mut h, pa >> 12, 1, HostAnnotation::Guest(vm.slot))
             .map_err(|_| ())?;
+        drop(h);
         if !self.cpu.fwb {
             // Lines the host dirtied while the page was shared must not be
             // written back later over what the guest writes, perhaps with a
             // non-cacheable stage 1: the host's mapping is gone (above, with
             // its TLB invalidation), so clean them out now.
-            self.mnt.dcache_clean_inval_poc(pa, crate::phys::PAGE);
+            self.mnt().dcache_clean_inval_poc(pa, crate::phys::PAGE);
         }
-        let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
         let owned = pagetables::Leaf {
             state: PageState::Owned,
             ..leaf
         };
-        s2.map(ipa, pa, 1, owned, false, mnt).map_err(|_| ())
+        vm.s2
+            .map(ipa, pa, 1, owned, false, &mut self.mnt())
+            .map_err(|_| ())
     }
 
     /// MMIO_GUARD: register an IPA with nothing mapped as MMIO.
-    fn guest_mmio_guard(&mut self, slot: usize, ipa: u64) -> Result<(), ()> {
-        let (s2, mnt) = self.guest_s2(slot).map_err(|_| ())?;
+    fn guest_mmio_guard(&self, vm: &mut Vm<P>, ipa: u64) -> Result<(), ()> {
+        let s2 = &mut vm.s2;
         match s2.lookup(ipa) {
             Entry::Mapped { .. } => Err(()),
             Entry::Invalid {
                 annotation: GUEST_MMIO_GUARD,
             } => Ok(()),
             Entry::Invalid { .. } => s2
-                .set_invalid(ipa, 1, GUEST_MMIO_GUARD, mnt)
+                .set_invalid(ipa, 1, GUEST_MMIO_GUARD, &mut self.mnt())
                 .map_err(|_| ()),
         }
     }

@@ -26,6 +26,7 @@ struct EmptyRoot([u64; 8192]);
 static EMPTY_ROOT: EmptyRoot = EmptyRoot([0; 8192]);
 
 /// TLB and cache maintenance by instruction.
+#[derive(Clone, Copy)]
 pub struct El2Maintenance {
     /// Smallest data cache line (CTR_EL0.DminLine), bytes.
     dline: u64,

@@ -29,7 +29,7 @@ use hwmem::{El2Maintenance, El2Phys};
 use hyp::Hypervisor;
 use linked_list_allocator::LockedHeap;
 use platform::{CpuFeatures, Manifest, MemClass, Platform};
-use spin::mutex::SpinMutex;
+use spin::Once;
 
 /// The boot manifest of the board this image is built for.
 const MANIFEST: &str = platform::QEMU_VIRT_MANIFEST;
@@ -48,8 +48,9 @@ const UART_BASE: usize = platform::qemu_virt::UART_BASE as usize;
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
-/// The core, shared by every CPU.
-pub static CORE: SpinMutex<Option<Hypervisor<El2Phys, El2Maintenance>>> = SpinMutex::new(None);
+/// The core, shared by every CPU: set once at boot, then every CPU calls it
+/// through `&` (it takes its own per-VM and host locks, `hyp::Hypervisor`).
+pub static CORE: Once<Hypervisor<El2Phys, El2Maintenance>> = Once::new();
 
 /// Register values every CPU loads before entering the host.
 struct HostRegs {
@@ -245,6 +246,7 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
         | (u64::from(vmid16) << 19)
         | (1 << 31);
     let vttbr = host_s2.root_pa();
+    drop(host_s2);
     let hcr = (1 << 0) // VM: stage 2 on
         | (1 << 1) // SWIO
         | (1 << 19) // TSC: SMCs trap (PSCI proxy)
@@ -264,7 +266,7 @@ extern "C" fn rust_primary_main(dtb: u64) -> ! {
         features,
     });
     entry::HYP_FEATURE_BITS.store(hv.feature_bits(), core::sync::atomic::Ordering::Relaxed);
-    *CORE.lock() = Some(hv);
+    CORE.call_once(|| hv);
     // The boot's length, counted from the machine's reset (under QEMU's
     // `-icount shift=0`, nanoseconds are instructions): what a host's
     // "reset to ..." figures include of the hypervisor.

@@ -45,13 +45,11 @@ fn host_hvc(frame: &mut Frame) {
             return;
         }
     }
-    // A well-formed VCPU_RUN never gets here (`vcpu_run` runs it without the
-    // lock); the core answers a malformed one without entering a guest.
-    let (r, dma_updates) = match CORE.lock().as_mut() {
-        Some(hv) => (
-            hv.host_call(&regs, &mut NoExecutor),
-            hv.dma_view().map_or(0, |v| v.updates()),
-        ),
+    // A well-formed VCPU_RUN never gets here (`vcpu_run` runs the guest
+    // with no lock held); the core answers a malformed one without entering
+    // a guest. The core takes the locks each call needs itself.
+    let (r, dma_updates) = match CORE.get() {
+        Some(hv) => (hv.host_call(&regs, &mut NoExecutor), hv.dma_updates()),
         None => (HostResult::not_supported(), 0),
     };
     // SMCCC 1.1: x0..x3 (x4 for the calls that name it), nothing else.
@@ -73,10 +71,11 @@ static DMA_UPDATES_SEEN: AtomicU64 = AtomicU64::new(0);
 /// Host calls through the full dispatch, for the periodic drain.
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// VCPU_RUN with the guest running outside the core's lock: the lock is
-/// held only to start the run and to handle each trap, so other CPUs'
-/// hypercalls go on while a guest runs, and a guest that never traps cannot
-/// stop them. `None` if the registers are not a well-formed VCPU_RUN (the
+/// VCPU_RUN with the guest running outside any lock: the VM's lock is held
+/// only to start the run, to handle each trap that needs the VM's state and
+/// to end the run (the host's lock too for a trap that changes the host's
+/// access, `Hypervisor::vcpu_run_step`), so other CPUs' hypercalls go on
+/// while a guest runs, and a guest that never traps cannot stop them. `None` if the registers are not a well-formed VCPU_RUN (the
 /// core then answers as for any other call).
 fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
     // The run stays in this CPU's run state from begin to end: its context
@@ -93,15 +92,11 @@ fn vcpu_run_in(
     run: &mut hyp::Run,
     loaded: &mut guest::Loaded,
 ) -> Option<[u64; 5]> {
-    let (vcpu, begun) = {
-        let mut core = CORE.lock();
-        let hv = core.as_mut()?;
-        let Ok(HostCall::VcpuRun { handle, vcpu }) = HostCall::decode(regs, hv.cpu().pa_bits)
-        else {
-            return None;
-        };
-        (vcpu, hv.vcpu_run_begin_in(handle, vcpu, run))
+    let hv = CORE.get()?;
+    let Ok(HostCall::VcpuRun { handle, vcpu }) = HostCall::decode(regs, hv.cpu().pa_bits) else {
+        return None;
     };
+    let begun = hv.vcpu_run_begin_in(handle, vcpu, run);
     match begun {
         Err(e) => return Some(HostResult::err(e).regs),
         Ok(Err(reason)) => return Some(HostResult::ok(reason, 0, 0).regs),
@@ -115,15 +110,14 @@ fn vcpu_run_in(
         mte: run.mte,
     };
     if !guest::load(loaded, run.vttbr, vcpu, kind, &mut run.ctx, slice_end) {
-        let mut core = CORE.lock();
-        let reason = core.as_mut()?.vcpu_run_end(run, ExitReason::Fatal);
+        let reason = hv.vcpu_run_end(run, ExitReason::Fatal);
         return Some(HostResult::ok(reason, 0, 0).regs);
     }
     let mut exit = ExitReason::Interrupted;
     for _ in 0..MAX_TRAPS_PER_RUN {
         let trap = guest::enter(loaded, &mut run.ctx);
         // Traps that need nothing of the VM's or anyone else's state are
-        // handled without the core's lock (SGIs other vCPUs sent meanwhile
+        // handled without any lock (SGIs other vCPUs sent meanwhile
         // come in at the next locked step or the next VCPU_RUN: the sender's
         // run ends with the target in `kick_vcpus`).
         let local = match trap {
@@ -134,10 +128,7 @@ fn vcpu_run_in(
         let step = if local {
             None
         } else {
-            match CORE.lock().as_mut() {
-                Some(hv) => hv.vcpu_run_step(run, trap),
-                None => Some(ExitReason::Fatal),
-            }
+            hv.vcpu_run_step(run, trap)
         };
         if let Some(reason) = step {
             exit = reason;
@@ -147,15 +138,12 @@ fn vcpu_run_in(
     }
     if guest::serror_pending() && exit != ExitReason::Fatal {
         // The guest's SError ends it as a fatal trap would have.
-        exit = match CORE.lock().as_mut() {
-            Some(hv) => hv.vcpu_run_step(run, hyp::Trap::Fatal),
-            None => None,
-        }
-        .unwrap_or(ExitReason::Fatal);
+        exit = hv
+            .vcpu_run_step(run, hyp::Trap::Fatal)
+            .unwrap_or(ExitReason::Fatal);
     }
     guest::unload(loaded, &mut run.ctx);
-    let mut core = CORE.lock();
-    let reason = core.as_mut()?.vcpu_run_end(run, exit);
+    let reason = hv.vcpu_run_end(run, exit);
     Some(HostResult::ok(reason, 0, 0).regs)
 }
 
@@ -246,10 +234,9 @@ fn host_abort(esr: u64, frame: &mut Frame) {
         if !inst && crate::lpi::emulate(ipa, esr, frame) {
             return;
         }
-        let mapped = match CORE.lock().as_mut() {
-            Some(hv) => hv.host_fault(ipa, access).is_ok(),
-            None => false,
-        };
+        let mapped = CORE
+            .get()
+            .is_some_and(|hv| hv.host_fault(ipa, access).is_ok());
         if mapped {
             return;
         }

@@ -20,7 +20,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::arch::asm;
 
-use host_interface::{prot, ExitReason, HostCallId, PAGE_SHIFT};
+use host_interface::{prot, ExitReason, GuestCallId, HostCallId, PAGE_SHIFT};
 
 use crate::ram::RamPool;
 use crate::vm::{self, TestVm};
@@ -442,6 +442,64 @@ fn share_unshare_under_guest_load(
     Ok((idle, loaded))
 }
 
+/// GUEST_SHARE + GUEST_UNSHARE of one page into VM A on CPU 0
+/// (instructions per pair), with CPU 1 idle and then with CPU 1 running VM
+/// B's guest calling MMIO_GUARD in a loop (each call handled at EL2 under
+/// VM B's lock, without an exit). A's calls take A's lock and the host's;
+/// B's traps take B's alone, so with per-VM locks the two do not queue on
+/// each other (with one lock for the core they did). CPU 1 must be
+/// started.
+fn vm_calls_under_other_vm_load(
+    pool: &mut RamPool,
+    cpu1_started: bool,
+) -> Result<(u64, u64), String> {
+    use HostCallId as C;
+    if !cpu1_started {
+        return Err("CPU 1 not started".into());
+    }
+    let a = TestVm::create(pool, false)?;
+    let page = vm::take(pool, 1)?;
+    let gfn = 0x9_0000;
+    let pairs = || -> Result<u64, String> {
+        let t0 = arch::cntvct();
+        for _ in 0..N {
+            vm::call_ok(C::GuestShare, &[a.handle, page, gfn, 1, prot::R | prot::W])?;
+            vm::call_ok(C::GuestUnshare, &[a.handle, gfn, 1])?;
+        }
+        Ok(instructions(arch::cntvct().wrapping_sub(t0)) / N)
+    };
+    let idle = pairs()?;
+    let mut b = TestVm::create(pool, false)?;
+    b.boot()?;
+    let mb = b.image_pa() + test_guest::MAILBOX_OFFSET;
+    let guard = u64::from(GuestCallId::MmioGuard.id());
+    for (k, v) in [guard, GUARD_IPA].iter().enumerate() {
+        access::write(mb + test_guest::mailbox::REGS + 8 * k as u64, *v)
+            .map_err(|_| String::from("the host cannot write the guest's mailbox"))?;
+    }
+    arch::dcache_clean(mb as usize, (mb + 96) as usize);
+    b.post(test_guest::op::TIMED_CALL, 0, LOAD_CALLS)?;
+    let seq = crate::guest_smp::cpu1_run(b.handle, b.vcpu);
+    let t0 = arch::cntvct();
+    while arch::cntvct().wrapping_sub(t0) < LOAD_SETTLE {
+        core::hint::spin_loop();
+    }
+    let loaded = pairs()?;
+    let r = crate::guest_smp::cpu1_answer(seq)?;
+    b.done(r)?;
+    if b.hvc_arg(2) != 0 {
+        return Err(format!(
+            "CPU 1's guest's MMIO_GUARD answered {:#x}",
+            b.hvc_arg(2)
+        ));
+    }
+    Ok((idle, loaded))
+}
+
+/// Where VM B's guest registers MMIO in [`vm_calls_under_other_vm_load`]:
+/// above its image, nothing mapped.
+const GUARD_IPA: u64 = 0x5000_0000;
+
 /// Run every measurement and print one line each, then `bench: done`.
 /// `cpu1` (MPIDR) is the second CPU, for the measurement under a guest's
 /// load; `psci_hvc` says how to start it.
@@ -489,6 +547,14 @@ pub fn run(pool: &mut RamPool, cpu1: Option<u64>, psci_hvc: bool) {
             );
         }
         None => println!("bench: SHARE_HYP+UNSHARE_HYP under a guest's load: skipped (one CPU)"),
+    }
+    match vm_calls_under_other_vm_load(pool, cpu1.is_some()) {
+        Ok((idle, loaded)) => println!(
+            "bench: GUEST_SHARE+GUEST_UNSHARE on VM A, 1 page, CPU 1 idle: {idle} instructions; CPU 1 running VM B's guest calling MMIO_GUARD: {loaded} instructions ({}.{:02}x)",
+            loaded / idle.max(1),
+            loaded * 100 / idle.max(1) % 100
+        ),
+        Err(e) => println!("bench: GUEST_SHARE+GUEST_UNSHARE on VM A under VM B's load: skipped ({e})"),
     }
     println!("bench: done");
 }

@@ -23,11 +23,11 @@ use platform::{qemu_virt, CpuFeatures, MemClass, Platform};
 use scenario::{Abort, GuestOp, GuestOutcome, Machine, PageKind};
 
 pub use guest::SimGuest;
-pub use maint::{CountingMaintenance, IoTlb, SimIommu};
+pub use maint::{CountingMaintenance, IoTlb, SimIommu, SimMaintenance};
 pub use mem::SimPhys;
 
 /// The core as the simulator instantiates it.
-pub type SimHyp = Hypervisor<SimPhys, CountingMaintenance>;
+pub type SimHyp = Hypervisor<SimPhys, SimMaintenance>;
 
 /// Input size of the DMA view: QEMU's SMMU has a 44-bit OAS, and all of the
 /// board's memory lies far below.
@@ -161,7 +161,7 @@ impl SimMachine {
             platform,
             cpu,
             phys.clone(),
-            CountingMaintenance::default(),
+            SimMaintenance::default(),
             &mut pool,
         )
         .map_err(|e| format!("hypervisor init: {e:?}"))?;
@@ -178,11 +178,15 @@ impl SimMachine {
         hv.attach_dma_view(view);
         // The roots' tables keep pointers from the build (aarch64-paging's
         // `RootTable`), so later writes to them may not mark them touched.
+        // (One at a time: each holds the host's lock.)
         let mut roots = Vec::new();
-        let stage2s = [Some(hv.host_stage2()), hv.dma_view().map(|v| v.stage2())];
-        for s2 in stage2s.into_iter().flatten() {
+        let mut root_of = |s2: &pagetables::Stage2<SimPhys>| {
             let first = s2.root_pa() >> 12;
             roots.extend(first..first + s2.geometry().root_pages as u64);
+        };
+        root_of(&hv.host_stage2());
+        if let Some(v) = hv.dma_view() {
+            root_of(v.stage2());
         }
         phys.built(&roots);
         Ok(Self {
@@ -224,7 +228,8 @@ impl SimMachine {
     /// goes through (through the SMMU's TLB, then the DMA view).
     pub fn device_access(&self, pa: u64) -> bool {
         let view = self.hv.dma_view();
-        self.iommu.access(pa, |a| view.is_some_and(|v| v.allows(a)))
+        self.iommu
+            .access(pa, |a| view.as_ref().is_some_and(|v| v.allows(a)))
     }
 
     /// The core.

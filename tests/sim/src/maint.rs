@@ -24,26 +24,46 @@ pub struct CountingMaintenance {
     pub tag_bytes: u64,
 }
 
-impl Maintenance for CountingMaintenance {
+/// The simulator's maintenance backend: every copy the core makes (one
+/// per call, whatever lock it holds) counts into the same
+/// [`CountingMaintenance`].
+#[derive(Clone, Debug, Default)]
+pub struct SimMaintenance(std::sync::Arc<std::sync::Mutex<CountingMaintenance>>);
+
+impl SimMaintenance {
+    fn with(&mut self, f: impl FnOnce(&mut CountingMaintenance)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+    /// The counts so far.
+    pub fn counts(&self) -> CountingMaintenance {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Maintenance for SimMaintenance {
     fn tlbi_ipa(&mut self, vmid: u16, _ipa: u64, _level: u8) {
-        self.tlbi_ipa += 1;
-        self.last_tlbi_ipa_vmid = vmid;
+        self.with(|c| {
+            c.tlbi_ipa += 1;
+            c.last_tlbi_ipa_vmid = vmid;
+        });
     }
     fn tlbi_vmid(&mut self, vmid: u16) {
-        self.tlbi_vmid += 1;
-        self.last_tlbi_vmid = vmid;
+        self.with(|c| {
+            c.tlbi_vmid += 1;
+            c.last_tlbi_vmid = vmid;
+        });
     }
     fn dsb(&mut self) {
-        self.dsb += 1;
+        self.with(|c| c.dsb += 1);
     }
     fn dcache_clean_inval_poc(&mut self, _pa: u64, len: u64) {
-        self.dcache_bytes += len;
+        self.with(|c| c.dcache_bytes += len);
     }
     fn icache_inval_pou(&mut self) {
-        self.icache += 1;
+        self.with(|c| c.icache += 1);
     }
     fn zero_tags(&mut self, _pa: u64, len: u64) {
-        self.tag_bytes += len;
+        self.with(|c| c.tag_bytes += len);
     }
 }
 

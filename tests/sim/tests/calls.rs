@@ -995,9 +995,9 @@ fn share_unshare_one_page_again_and_again() {
             t.err(Id::ShareHyp, &[a, 1], EPERM);
             t.err(Id::UnshareHyp, &[a + 1, 1], EPERM);
             assert_eq!(diff(&before, &t.snap()), "", "round {round}");
-            let m0 = *t.m.hyp_mut().maintenance();
+            let m0 = t.m.hyp().maintenance().counts();
             t.ok0(Id::UnshareHyp, &[a, 1]);
-            let m1 = *t.m.hyp_mut().maintenance();
+            let m1 = t.m.hyp().maintenance().counts();
             assert_eq!(m1.tlbi_ipa - m0.tlbi_ipa, 1, "{model} round {round}");
             assert_eq!(m1.last_tlbi_ipa_vmid, 0);
             assert_eq!(m1.tlbi_vmid, m0.tlbi_vmid, "no VMID-wide TLBI");
@@ -1614,9 +1614,9 @@ fn reclaim() {
         assert_eq!(t.word(d + 1), 0xdead_0001, "refused RECLAIM scrubbed");
 
         // Success: scrubbed (zeroed, cleaned to PoC) and the host's again.
-        let before = *t.m.hyp_mut().maintenance();
+        let before = t.m.hyp().maintenance().counts();
         t.ok0(Id::Reclaim, &[d, 3]);
-        let after = *t.m.hyp_mut().maintenance();
+        let after = t.m.hyp().maintenance().counts();
         let cleaned = after.dcache_bytes - before.dcache_bytes;
         assert!(cleaned >= 3 * 4096, "[{model}] cleaned {cleaned} bytes");
         // Tags are contents too (RULES.md S3): every page's are zeroed.
@@ -2268,9 +2268,9 @@ fn guest_calls() {
             // MEM_UNSHARE: back to guest OWNED, the host loses access;
             // without FWB the page is cleaned to PoC so that the host's
             // dirty lines cannot land later over the guest's data.
-            let before = t.m.hyp_mut().maintenance().dcache_bytes;
+            let before = t.m.hyp().maintenance().counts().dcache_bytes;
             assert_eq!(t.gcall(h, greg(MEM_UNSHARE, &[ipa]))[0], 0);
-            let cleaned = t.m.hyp_mut().maintenance().dcache_bytes - before;
+            let cleaned = t.m.hyp().maintenance().counts().dcache_bytes - before;
             let fwb = model != "cortex-a57";
             assert_eq!(
                 cleaned,

@@ -77,14 +77,15 @@ fn donated(model: &str) -> (SimMachine, u64, u64) {
 fn host_mapping_of_a_guest_page_is_two_owners() {
     let (m, _, mem) = donated("max");
     let host = m.hyp().host_stage2();
-    let (at, guest_entry, level) = desc(host, m.phys(), mem * PAGE_SIZE);
+    let (at, guest_entry, level) = desc(&host, m.phys(), mem * PAGE_SIZE);
     assert_eq!(level, 3);
     assert!(matches!(
         host.lookup(mem * PAGE_SIZE),
         Entry::Invalid { annotation } if annotation != 0
     ));
-    let (_, own, _) = desc(host, m.phys(), (mem + 1) * PAGE_SIZE);
+    let (_, own, _) = desc(&host, m.phys(), (mem + 1) * PAGE_SIZE);
     assert!(guest_entry != own);
+    drop(host);
     // The host's own page descriptor, pointed at the guest's page.
     corrupt(&m, at, (own & !OA) | (mem * PAGE_SIZE), "I1");
 }
@@ -93,7 +94,8 @@ fn host_mapping_of_a_guest_page_is_two_owners() {
 fn host_mapping_elsewhere_is_caught() {
     let (m, _, mem) = donated("cortex-a57");
     let host = m.hyp().host_stage2();
-    let (at, own, _) = desc(host, m.phys(), (mem + 1) * PAGE_SIZE);
+    let (at, own, _) = desc(&host, m.phys(), (mem + 1) * PAGE_SIZE);
+    drop(host);
     // The host's page at mem + 1 translated to mem + 2.
     corrupt(
         &m,
@@ -109,6 +111,7 @@ fn guest_mapping_of_hypervisor_memory_is_caught() {
     let hyp_pfn = m.hyp_pfn();
     let (_, guest) = m.hyp().vms().next().unwrap();
     let (at, entry, level) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
+    drop(guest);
     assert_eq!(level, 3);
     corrupt(&m, at, (entry & !OA) | (hyp_pfn * PAGE_SIZE), "I3");
 }
@@ -122,6 +125,7 @@ fn a_guest_page_mapped_twice_in_guests_is_caught() {
     check(&m).unwrap();
     let (_, guest) = m.hyp().vms().next().unwrap();
     let (at, entry, _) = desc(guest.stage2(), m.phys(), (G + 1) * PAGE_SIZE);
+    drop(guest);
     // The guest's second page translated to its first: two owners of mem.
     corrupt(&m, at, (entry & !OA) | (mem * PAGE_SIZE), "I1");
 }
@@ -135,6 +139,7 @@ fn shared_page_without_borrower_is_caught() {
     check(&m).unwrap();
     let (_, guest) = m.hyp().vms().next().unwrap();
     let (at, _, _) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
+    drop(guest);
     // The guest's borrowed mapping dropped: the host's SHARED_OWNED page
     // (share count 1) has no borrower left.
     corrupt(&m, at, 0, "I2");
@@ -151,6 +156,7 @@ fn two_memory_types_on_a_shared_page_are_caught() {
     check(&m).unwrap();
     let (_, guest) = m.hyp().vms().next().unwrap();
     let (at, entry, _) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
+    drop(guest);
     assert_eq!(entry >> 2 & 0xf, 0b1111);
     corrupt(&m, at, (entry & !(0xf << 2)) | (0b0001 << 2), "I4");
 }
@@ -165,6 +171,7 @@ fn dma_view_reaching_a_guest_page_is_caught() {
     let (_, own, own_level) = desc(s2, m.phys(), (mem + 1) * PAGE_SIZE);
     assert_eq!(own_level, 3, "the view's entry for the host's page");
     assert!(entry != own);
+    drop(view);
     corrupt(&m, at, (own & !OA) | (mem * PAGE_SIZE), "S1");
 }
 
@@ -173,15 +180,20 @@ fn a_host_table_changed_after_a_cached_guest_walk_is_checked_against_it() {
     let (mut m, _, mem) = donated("max");
     let mut cache = WalkCache::default();
     check_cached(&m, &mut cache).unwrap();
-    let (_, guest) = m.hyp().vms().next().unwrap();
-    let generation = guest.stage2().generation();
+    let generation = {
+        let (_, guest) = m.hyp().vms().next().unwrap();
+        guest.stage2().generation()
+    };
     // The host given a mapping of the guest's page, then a page faulted
     // in (a write through the host's table): the guest's table is
     // unchanged (its walk is kept), the host's is read again, and the two
     // owners are found.
-    let host = m.hyp().host_stage2();
-    let (at, _, _) = desc(host, m.phys(), mem * PAGE_SIZE);
-    let (_, own, _) = desc(host, m.phys(), (mem + 1) * PAGE_SIZE);
+    let (at, own) = {
+        let host = m.hyp().host_stage2();
+        let (at, _, _) = desc(&host, m.phys(), mem * PAGE_SIZE);
+        let (_, own, _) = desc(&host, m.phys(), (mem + 1) * PAGE_SIZE);
+        (at, own)
+    };
     let old = read_u64(m.phys(), at);
     write_u64(m.phys(), at, (own & !OA) | (mem * PAGE_SIZE));
     let host_generation = m.hyp().host_stage2().generation();
@@ -190,8 +202,10 @@ fn a_host_table_changed_after_a_cached_guest_walk_is_checked_against_it() {
     assert_ne!(m.hyp().host_stage2().generation(), host_generation);
     let r = check_cached(&m, &mut cache);
     write_u64(m.phys(), at, old);
-    let (_, guest) = m.hyp().vms().next().unwrap();
-    assert_eq!(guest.stage2().generation(), generation);
+    {
+        let (_, guest) = m.hyp().vms().next().unwrap();
+        assert_eq!(guest.stage2().generation(), generation);
+    }
     assert!(r.as_ref().is_err_and(|e| e.contains("I1")), "{r:?}");
     check(&m).unwrap();
 }
@@ -202,8 +216,11 @@ fn a_raw_write_to_a_cached_guest_table_is_caught_by_the_full_check_and_the_next_
     let mut cache = WalkCache::default();
     check_cached(&m, &mut cache).unwrap();
     let hyp_pfn = m.hyp_pfn();
-    let (_, guest) = m.hyp().vms().next().unwrap();
-    let (at, entry, _) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
+    let (at, entry) = {
+        let (_, guest) = m.hyp().vms().next().unwrap();
+        let (at, entry, _) = desc(guest.stage2(), m.phys(), G * PAGE_SIZE);
+        (at, entry)
+    };
     // The guest's page pointed at hypervisor memory by a write the table's
     // generation does not count: the kept walk does not see it, a full
     // check does (the fuzz targets end every input with one). The same
@@ -226,18 +243,22 @@ fn a_dma_view_changed_after_a_kept_s1_check_is_checked_again() {
     let (mut m, p, mem) = donated("max");
     let mut cache = WalkCache::default();
     check_cached(&m, &mut cache).unwrap();
-    let view = m.hyp().dma_view().expect("the simulated board has an SMMU");
-    let s2 = view.stage2();
-    let (at, entry, _) = desc(s2, m.phys(), mem * PAGE_SIZE);
-    let (_, own, _) = desc(s2, m.phys(), (mem + 1) * PAGE_SIZE);
+    let (at, entry, own, generation) = {
+        let view = m.hyp().dma_view().expect("the simulated board has an SMMU");
+        let s2 = view.stage2();
+        let (at, entry, _) = desc(s2, m.phys(), mem * PAGE_SIZE);
+        let (_, own, _) = desc(s2, m.phys(), (mem + 1) * PAGE_SIZE);
+        (at, entry, own, s2.generation())
+    };
     // The view reaching the guest's page, then another page donated (a
     // write through the host's table and the view): S1 is checked again.
     write_u64(m.phys(), at, (own & !OA) | (mem * PAGE_SIZE));
-    let generation = s2.generation();
     let more = m.alloc(PageKind::Ram, 1).unwrap();
     ok(m.call(HostCallId::GuestDonate, &[p, more, G + 8, 1, 3]));
-    let view = m.hyp().dma_view().unwrap();
-    assert_ne!(view.stage2().generation(), generation);
+    {
+        let view = m.hyp().dma_view().unwrap();
+        assert_ne!(view.stage2().generation(), generation);
+    }
     let r = check_cached(&m, &mut cache);
     write_u64(m.phys(), at, entry);
     assert!(r.as_ref().is_err_and(|e| e.contains("S1")), "{r:?}");

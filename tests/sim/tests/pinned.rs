@@ -9,7 +9,7 @@ use hyp::{Access, HostAbort, Hypervisor, InitError};
 use pagetables::Entry;
 use platform::{qemu_virt, MemClass, Platform};
 use scenario::{Machine, PageKind};
-use sim::{CountingMaintenance, SimMachine, SimPhys};
+use sim::{SimMachine, SimMaintenance, SimPhys};
 
 const PAGE: u64 = PAGE_SIZE;
 
@@ -70,13 +70,7 @@ fn boot_reserves_exactly_the_worst_case_tables() {
         let make = |pages: u64| {
             let phys = SimPhys::new(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
             let mut it = (first..first + pages).map(|p| p * PAGE);
-            Hypervisor::new(
-                platform(),
-                cpu,
-                phys,
-                CountingMaintenance::default(),
-                &mut it,
-            )
+            Hypervisor::new(platform(), cpu, phys, SimMaintenance::default(), &mut it)
         };
         assert_eq!(
             make(needed - 1).err(),
@@ -117,10 +111,10 @@ fn memory_is_cleaned_before_a_guest_gets_it_only_without_fwb() {
         .into_iter()
         .enumerate()
         {
-            let before = *m.hyp_mut().maintenance();
+            let before = m.hyp().maintenance().counts();
             let pfn = pages + [0, 3, 5][i];
             ok(m.call(id, &[h, pfn, 0x100 + 8 * i as u64, nr, prot]));
-            let after = *m.hyp_mut().maintenance();
+            let after = m.hyp().maintenance().counts();
             let exec = prot & 4 != 0;
             let clean = !fwb || (exec && !idc);
             let cleaned = after.dcache_bytes - before.dcache_bytes;
@@ -267,7 +261,7 @@ fn untracked_mmio_faults_stop_at_the_budget() {
     ok(m.call(HostCallId::ShareHyp, &[ram + 1, 1]));
 }
 
-fn vm_of(m: &SimMachine, h: u64) -> &hyp::Vm<SimPhys> {
+fn vm_of(m: &SimMachine, h: u64) -> impl std::ops::Deref<Target = hyp::Vm<SimPhys>> + '_ {
     m.hyp().vms().find(|(_, v)| v.handle() == h).expect("VM").1
 }
 

@@ -142,6 +142,7 @@ fn refusals_have_exact_errnos_in_check_order() {
                 e => panic!("{model}: gfn {gfn:#x}: {e:?}"),
             }
         }
+        drop(v);
         assert_eq!(m.hyp().page_meta(dev).0, 2);
         assert_eq!(m.hyp().page_meta(uc).0, 1);
         // Protected: the page leaves the host.

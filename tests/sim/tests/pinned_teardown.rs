@@ -134,7 +134,7 @@ fn vm_destroy_releases_each_page_to_the_right_place() {
     // The run page is pinned while the VM lives.
     assert!(m.hyp().page_meta(run).1);
     assert!(errno(m.call(HostCallId::UnshareHyp, &[run, 1])).is_some());
-    let tlbi = m.hyp_mut().maintenance().tlbi_vmid;
+    let tlbi = m.hyp().maintenance().counts().tlbi_vmid;
     let vmid = m
         .hyp()
         .vms()
@@ -144,9 +144,9 @@ fn vm_destroy_releases_each_page_to_the_right_place() {
         .stage2()
         .vmid();
     ok(m.call(HostCallId::VmDestroy, &[p]));
-    assert_eq!(m.hyp_mut().maintenance().tlbi_vmid, tlbi + 1);
+    assert_eq!(m.hyp().maintenance().counts().tlbi_vmid, tlbi + 1);
     // Of this VM's VMID (the first VM's is 1).
-    assert_eq!(m.hyp_mut().maintenance().last_tlbi_vmid, vmid);
+    assert_eq!(m.hyp().maintenance().counts().last_tlbi_vmid, vmid);
     assert_eq!(vmid, 1);
     assert!(m.hyp().vms().all(|(_, v)| v.handle() != p));
     assert_eq!(

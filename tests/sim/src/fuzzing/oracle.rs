@@ -131,7 +131,7 @@ impl Snapshot {
     }
 
     fn take_reading(hv: &mut SimHyp, frames: &[u64]) -> Snapshot {
-        let maintenance = *hv.maintenance();
+        let maintenance = hv.maintenance().counts();
         let pa_pages = hv.platform().pa_pages();
         let ipa_pages = 1u64 << (host_interface::GUEST_IPA_BITS - 12);
         let host = frames
@@ -155,9 +155,13 @@ impl Snapshot {
                 guest.push((vm.handle(), f, vm.stage2().lookup(f * PAGE_SIZE)));
             }
         }
+        let (host_pool, host_tables) = {
+            let s2 = hv.host_stage2();
+            (s2.pool_len(), s2.table_pages())
+        };
         Snapshot {
-            host_pool: hv.host_stage2().pool_len(),
-            host_tables: hv.host_stage2().table_pages(),
+            host_pool,
+            host_tables,
             maintenance,
             vms,
             host,
