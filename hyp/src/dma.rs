@@ -27,7 +27,6 @@ use pagetables::{
 use platform::{MemClass, Platform};
 
 use crate::hypervisor::{HostSide, Hypervisor};
-use crate::transitions::HostState;
 
 /// TLB maintenance of the IOMMU that walks the DMA view. The EL2 image
 /// implements it with SMMUv3 commands; the simulator records the calls.
@@ -229,7 +228,7 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
             let (base, n) = (r.base_pfn, r.nr_pages);
             view.set(base, n, true);
             // Runs of the host's table: a valid entry, or an invalid one
-            // without an annotation, is the host's (`host_may_dma`).
+            // without an annotation, is the host's (owned, shared or borrowed).
             let mut taken: alloc::vec::Vec<(u64, u64)> = alloc::vec::Vec::new();
             let _ = h.s2.walk(base << 12, n, &mut |ipa, cnt, e| {
                 if matches!(e, Entry::Invalid { annotation } if annotation != 0) {
@@ -261,18 +260,6 @@ impl<P: PhysMem, M: Maintenance> Hypervisor<P, M> {
 }
 
 impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
-    /// Whether the host's devices may reach `pfn` by its ownership: RAM or
-    /// COHERENT the host owns, shares or borrows.
-    pub fn host_may_dma(&self, pfn: u64) -> bool {
-        matches!(
-            self.platform.classify(pfn).0,
-            MemClass::Ram | MemClass::Coherent
-        ) && matches!(
-            self.host_state(&self.host.lock(), pfn),
-            HostState::Owned | HostState::SharedHyp | HostState::SharedGuests | HostState::Borrowed
-        )
-    }
-
     /// The hook of every host stage-2 writer: the host's ownership of
     /// [pfn, pfn+nr) changed, so `allow` says whether its devices may now
     /// reach those pages. Only the RAM and COHERENT parts are in the view.

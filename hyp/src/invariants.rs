@@ -405,7 +405,7 @@ fn check_stretch<P: PhysMem, M: Maintenance>(
 /// S1: the DMA view maps exactly the RAM and COHERENT pages the host may
 /// reach, each at its own address. `host` is the host's table over
 /// `pages`, run by run: a run that is valid, or invalid without an
-/// annotation, is the host's (`Hypervisor::host_may_dma`). The view is
+/// annotation, is the host's (owned, shared or borrowed). The view is
 /// walked once per range and matched against it.
 fn check_dma_view<P: PhysMem, M: Maintenance>(
     hv: &Hypervisor<P, M>,

@@ -75,8 +75,9 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 /// only to start the run, to handle each trap that needs the VM's state and
 /// to end the run (the host's lock too for a trap that changes the host's
 /// access, `Hypervisor::vcpu_run_step`), so other CPUs' hypercalls go on
-/// while a guest runs, and a guest that never traps cannot stop them. `None` if the registers are not a well-formed VCPU_RUN (the
-/// core then answers as for any other call).
+/// while a guest runs, and a guest that never traps cannot stop them.
+/// `None` if the registers are not a well-formed VCPU_RUN (the core then
+/// answers as for any other call).
 fn vcpu_run(regs: &[u64; 7]) -> Option<[u64; 5]> {
     // The run stays in this CPU's run state from begin to end: its context
     // is copied in and out once.

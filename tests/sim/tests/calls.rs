@@ -242,7 +242,11 @@ struct T {
 
 impl T {
     fn new(model: &'static str) -> Self {
-        let mut m = SimMachine::new(model).expect("CPU model");
+        Self::new_on(model, SimMachine::new(model).expect("CPU model"))
+    }
+
+    /// On a board built some other way.
+    fn new_on(model: &'static str, mut m: SimMachine) -> Self {
         let lim = m.pa_limit_pfn();
         let hyp = m.hyp_pfn();
         let watch = vec![
@@ -2970,4 +2974,106 @@ fn dma_view_survives_every_block_split() {
         "[{model}] the DMA view ran out of table pages"
     );
     t.invariants();
+}
+
+/// A DMA view on `pages` for the simulator's board, its SMMU returned too.
+fn extra_view(t: &T, pages: std::ops::Range<u64>) -> (hyp::DmaView<SimPhys>, sim::SimIommu) {
+    let iommu = sim::SimIommu::default();
+    let view = hyp::DmaView::new(
+        t.m.phys().clone(),
+        t.m.hyp().platform(),
+        sim::DMA_IPA_BITS,
+        &mut pages.map(|p| p << 12),
+        Box::new(iommu.clone()),
+    )
+    .expect("the view's reservation");
+    (view, iommu)
+}
+
+/// HYP pages nothing uses on a board built with a small host pool: below
+/// the DMA view's, `n` of them ending 1024 pages before the region's end.
+fn spare_hyp_pages(t: &T, n: u64) -> std::ops::Range<u64> {
+    let hyp_region =
+        t.m.hyp()
+            .platform()
+            .regions()
+            .iter()
+            .find(|r| r.class == platform::MemClass::Hyp)
+            .copied()
+            .expect("a HYP region");
+    let end = (hyp_region.base_pfn + hyp_region.nr_pages - 1024) & !15;
+    end - n..end
+}
+
+/// A view attached after the host gave pages away (at boot the EL2 image
+/// attaches it before any host call) still leaves those pages out: its
+/// fill walks the host's table for annotated runs.
+#[test]
+fn a_dma_view_attached_late_leaves_out_what_the_host_gave_away() {
+    let model = "max";
+    let mut t = T::new_on(
+        model,
+        SimMachine::with_spare_pool(model, 64).expect("board"),
+    );
+    let (h, _run) = t.guest_vm(true);
+    let a = t.ram(3);
+    t.ok0(Id::GuestDonate, &[h, a + 1, 0x900, 1, RW]);
+    let n = hyp::DmaView::<SimPhys>::pages_needed(t.m.hyp().platform(), sim::DMA_IPA_BITS);
+    let (view, _iommu) = extra_view(&t, spare_hyp_pages(&t, n + 16));
+    t.m.hyp_mut().attach_dma_view(view);
+    let hyp = t.m.hyp_pfn();
+    let view = t.m.hyp().dma_view().expect("attached");
+    assert!(
+        view.allows(a << 12) && view.allows((a + 2) << 12),
+        "host pages"
+    );
+    assert!(!view.allows((a + 1) << 12), "the donated page");
+    assert!(!view.allows(hyp << 12), "a HYP page");
+}
+
+/// A view that cannot be updated (a bookkeeping bug: here a view sized for
+/// a 256 MiB board on the 1 GiB one) stops all DMA at the first failed
+/// update and says so: no device keeps a view the core no longer agrees
+/// with. Each update is counted once (the EL2 image drains the SMMU's
+/// events when the count moves).
+#[test]
+fn a_dma_view_that_runs_out_fails_closed() {
+    let model = "max";
+    let mut t = T::new_on(
+        model,
+        SimMachine::with_spare_pool(model, 64).expect("board"),
+    );
+    let (h, _run) = t.guest_vm(true);
+    let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, 256 << 20);
+    let small = platform::Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], 44)
+        .expect("a 256 MiB board");
+    let n = hyp::DmaView::<SimPhys>::pages_needed(&small, sim::DMA_IPA_BITS);
+    let iommu = sim::SimIommu::default();
+    let view = hyp::DmaView::new(
+        t.m.phys().clone(),
+        &small,
+        sim::DMA_IPA_BITS,
+        &mut spare_hyp_pages(&t, n + 16).map(|p| p << 12),
+        Box::new(iommu.clone()),
+    )
+    .expect("the small view");
+    t.m.hyp_mut().attach_dma_view(view);
+    // One page out of each 2 MiB block: each split takes a table page
+    // from the view's pool, sized for 128 MiB of host RAM, until one
+    // cannot.
+    let r = t.ram(200 * 512);
+    let first = r.next_multiple_of(512);
+    for (i, block) in (first..r + 199 * 512).step_by(512).enumerate() {
+        if iommu.0.lock().unwrap().failed_closed {
+            break;
+        }
+        let updates = t.m.hyp().dma_updates();
+        t.ok0(Id::GuestDonate, &[h, block + 3, 0x1000 + i as u64, 1, RW]);
+        assert_eq!(t.m.hyp().dma_updates(), updates + 1, "one update per call");
+    }
+    assert!(
+        iommu.0.lock().unwrap().failed_closed,
+        "the SMMU was not stopped"
+    );
+    assert!(t.m.hyp().dma_view().is_some_and(|v| v.failed()));
 }
