@@ -491,3 +491,30 @@ fn eight_root_pages() {
     got.sort();
     assert_eq!(got, (0..16).map(TestMem::page).collect::<Vec<_>>());
 }
+
+/// An update covering an existing table entirely: a page-granular map
+/// descends into it (the block it holds must split, every empty 2 MiB
+/// needs a table), an unmap detaches it whole and needs no table, whatever
+/// it holds. Both counts are what the update takes.
+#[test]
+fn tables_counted_under_a_fully_covered_table() {
+    let (mem, mut s2) = setup_pa(40, 40, true, 3000);
+    let mut mnt = Rec::new();
+    // A level-2 table for the first GiB: a 2 MiB block and, at 4 MiB, a
+    // page in a level-3 table, neither what the map below asks for (a
+    // unit that already holds it would be left alone).
+    s2.map(0, PA + 8 * GIB, 512, wb(), true, &mut mnt).unwrap();
+    s2.map(4 << 20, PA + 8 * GIB, 1, wb(), false, &mut mnt)
+        .unwrap();
+    assert_eq!(s2.tables_needed(0, GIB / 4096, false), 511);
+    check_counted(&mem, &mut s2, "pages", 0, GIB / 4096, PA);
+    assert_eq!(s2.set_invalid_tables_needed(0, GIB / 4096, 1), 0);
+    check_counted(&mem, &mut s2, "invalid", 0, GIB / 4096, 0);
+    // Half of it again, page by page: one level-2 table and 256 below.
+    assert_eq!(s2.tables_needed(0, GIB / 8192, false), 257);
+    check_counted(&mem, &mut s2, "pages", 0, GIB / 8192, PA);
+    // Unmapping a range that covers the level-3 table of one 2 MiB and part
+    // of the next: the first is detached, the second keeps its table.
+    assert_eq!(s2.set_invalid_tables_needed(0, 512 + 7, 1), 0);
+    check_counted(&mem, &mut s2, "invalid", 0, 512 + 7, 0);
+}
