@@ -360,6 +360,15 @@ pub fn boot(p: &Prepared, cpu: &str, smp: u32, echo: bool) -> Result<Option<Stri
     if failure.is_none() && !out.status.is_some_and(|s| s.success()) {
         failure = Some(format!("QEMU exited with {:?}", out.status));
     }
+    if failure.is_some() && !echo {
+        // What the filter above left out: the console's last lines say
+        // where a run stopped (the host's boot, the VMM, the guest).
+        let lines: Vec<&str> = out.text.lines().collect();
+        println!("--- the console's last {} lines ---", lines.len().min(60));
+        for l in &lines[lines.len().saturating_sub(60)..] {
+            println!("{}", l.trim_end());
+        }
+    }
     Ok(failure)
 }
 
