@@ -513,7 +513,10 @@ undo:
 /*
  * Protected memory the guest touched for the first time: donate its group,
  * or the page alone when the group cannot go (partly donated, past the
- * region's end, no contiguous memory, or the hypervisor refused).
+ * region's end, no contiguous memory, or the hypervisor refused). A page
+ * already donated was given while this vCPU was on its way here (another
+ * vCPU's fault in the same group, or on the same page): it is mapped now,
+ * so the vCPU only has to run again.
  */
 static bool handle_mem_fault(struct vm *vm, u64 ipa)
 {
@@ -525,8 +528,9 @@ static bool handle_mem_fault(struct vm *vm, u64 ipa)
 		return false;
 	mutex_lock(&vm->lock);
 	r = find_region(vm, gfn);
-	if (r && r->protected && !xa_load(&vm->donated, gfn))
-		handled = donate_group(vm, r, gfn) == 0 ||
+	if (r && r->protected)
+		handled = xa_load(&vm->donated, gfn) ||
+			  donate_group(vm, r, gfn) == 0 ||
 			  donate_page(vm, r, gfn, NULL, 0) == 0;
 	mutex_unlock(&vm->lock);
 	return handled;
