@@ -3077,3 +3077,41 @@ fn a_dma_view_that_runs_out_fails_closed() {
     );
     assert!(t.m.hyp().dma_view().is_some_and(|v| v.failed()));
 }
+
+/// A multi-page call judges each page by its own metadata, also where the
+/// host's table holds the pages as one run: UNSHARE_HYP of three shared
+/// pages, the last pinned as a run page, is -EBUSY; GUEST_SHARE of three,
+/// the last at the share limit, is -EBUSY.
+#[test]
+fn each_page_of_a_run_is_judged_by_its_own_metadata() {
+    for model in MODELS {
+        let mut t = T::new(model);
+        let h = t.vm(NORMAL, 8);
+        let a = t.ram(3);
+        t.ok0(Id::ShareHyp, &[a, 3]);
+        // Touched by the host: mapped SHARED_OWNED, the same leaf for all.
+        for p in a..a + 3 {
+            t.hread(p << 12);
+        }
+        t.ok(Id::VcpuCreate, &[h, a + 2]);
+        t.err(Id::UnshareHyp, &[a, 3], EBUSY);
+        t.ok0(Id::UnshareHyp, &[a, 2]);
+
+        let b = t.ram(3);
+        t.ok0(Id::GuestShare, &[h, b, 0x100, 3, RW]);
+        let big = t.vm(NORMAL, 80);
+        t.fill(
+            Id::GuestShare,
+            big,
+            b + 2,
+            0x10000,
+            u64::from(MAX_SHARE_COUNT) - 1,
+            RW,
+        );
+        assert_eq!(t.count(b + 2), MAX_SHARE_COUNT);
+        let n = t.vm(NORMAL, 8);
+        t.err(Id::GuestShare, &[n, b, 0x200, 3, RW], EBUSY);
+        t.ok0(Id::GuestShare, &[n, b, 0x200, 2, RW]);
+        t.invariants();
+    }
+}
