@@ -3115,3 +3115,38 @@ fn each_page_of_a_run_is_judged_by_its_own_metadata() {
         t.invariants();
     }
 }
+
+/// What a guest shares back with the host (SHARED_BORROWED) the host may
+/// read and write but never execute; a page the host shares into a guest
+/// it still executes.
+#[test]
+fn the_host_never_executes_what_a_guest_shared() {
+    for model in MODELS {
+        let mut t = T::new(model);
+        let (h, _run) = t.guest_vm(true);
+        let a = t.ram(1);
+        t.ok0(Id::GuestDonate, &[h, a, 0x900, 1, RW]);
+        assert_eq!(t.gcall(h, greg(MEM_SHARE, &[0x900 << 12]))[0], 0);
+        let pa = a << 12;
+        assert!(
+            t.m.host_touch(pa, hyp::Access::Read).is_ok(),
+            "[{model}] read"
+        );
+        assert!(
+            t.m.host_touch(pa, hyp::Access::Write).is_ok(),
+            "[{model}] write"
+        );
+        assert!(
+            t.m.host_touch(pa, hyp::Access::Exec).is_err(),
+            "[{model}] the host executed a page a guest shared"
+        );
+        let (n, _) = t.guest_vm(false);
+        let b = t.ram(1);
+        t.ok0(Id::GuestShare, &[n, b, 0x900, 1, RW]);
+        assert!(
+            t.m.host_touch(b << 12, hyp::Access::Exec).is_ok(),
+            "[{model}] own page"
+        );
+        t.invariants();
+    }
+}
