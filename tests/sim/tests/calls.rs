@@ -2976,12 +2976,17 @@ fn dma_view_survives_every_block_split() {
     t.invariants();
 }
 
-/// A DMA view on `pages` for the simulator's board, its SMMU returned too.
-fn extra_view(t: &T, pages: std::ops::Range<u64>) -> (hyp::DmaView<SimPhys>, sim::SimIommu) {
+/// A DMA view sized for `platform` on `pages` of `t`'s board, its SMMU
+/// returned too.
+fn extra_view(
+    t: &T,
+    platform: &platform::Platform,
+    pages: std::ops::Range<u64>,
+) -> (hyp::DmaView<SimPhys>, sim::SimIommu) {
     let iommu = sim::SimIommu::default();
     let view = hyp::DmaView::new(
         t.m.phys().clone(),
-        t.m.hyp().platform(),
+        platform,
         sim::DMA_IPA_BITS,
         &mut pages.map(|p| p << 12),
         Box::new(iommu.clone()),
@@ -3019,7 +3024,8 @@ fn a_dma_view_attached_late_leaves_out_what_the_host_gave_away() {
     let a = t.ram(3);
     t.ok0(Id::GuestDonate, &[h, a + 1, 0x900, 1, RW]);
     let n = hyp::DmaView::<SimPhys>::pages_needed(t.m.hyp().platform(), sim::DMA_IPA_BITS);
-    let (view, _iommu) = extra_view(&t, spare_hyp_pages(&t, n + 16));
+    let pages = spare_hyp_pages(&t, n + 16);
+    let (view, _iommu) = extra_view(&t, t.m.hyp().platform(), pages);
     t.m.hyp_mut().attach_dma_view(view);
     let hyp = t.m.hyp_pfn();
     let view = t.m.hyp().dma_view().expect("attached");
@@ -3048,15 +3054,7 @@ fn a_dma_view_that_runs_out_fails_closed() {
     let small = platform::Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], 44)
         .expect("a 256 MiB board");
     let n = hyp::DmaView::<SimPhys>::pages_needed(&small, sim::DMA_IPA_BITS);
-    let iommu = sim::SimIommu::default();
-    let view = hyp::DmaView::new(
-        t.m.phys().clone(),
-        &small,
-        sim::DMA_IPA_BITS,
-        &mut spare_hyp_pages(&t, n + 16).map(|p| p << 12),
-        Box::new(iommu.clone()),
-    )
-    .expect("the small view");
+    let (view, iommu) = extra_view(&t, &small, spare_hyp_pages(&t, n + 16));
     t.m.hyp_mut().attach_dma_view(view);
     // One page out of each 2 MiB block: each split takes a table page
     // from the view's pool, sized for 128 MiB of host RAM, until one
