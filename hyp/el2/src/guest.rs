@@ -756,9 +756,15 @@ fn decode_sync(l: &mut Loaded, ctx: &mut VcpuContext) -> Trap {
     match esr >> 26 {
         ec::HVC64 => Trap::Hvc,
         ec::SMC64 => {
-            // A trapped SMC returns past the instruction; treat it as a call.
+            // A trapped SMC returns past the instruction; treat it as a call,
+            // answered here without any lock when its registers suffice (an
+            // HVC's was already tried in the vector, `__guest_hvc`).
             ctx.pc = ctx.pc.wrapping_add(4);
-            Trap::Hvc
+            if hyp::answer_guest_call(ctx) {
+                Trap::Resume
+            } else {
+                Trap::Hvc
+            }
         }
         // A WFI with an interrupt waiting for the guest does not idle.
         ec::WFX if esr & 1 == 0 && !gic::guest_has_pending(ctx, &l.gic) => Trap::Wfi,

@@ -117,16 +117,13 @@ fn vcpu_run_in(
     let mut exit = ExitReason::Interrupted;
     for _ in 0..MAX_TRAPS_PER_RUN {
         let trap = guest::enter(loaded, &mut run.ctx);
-        // Traps that need nothing of the VM's or anyone else's state are
-        // handled without any lock (SGIs other vCPUs sent meanwhile
-        // come in at the next locked step or the next VCPU_RUN: the sender's
-        // run ends with the target in `kick_vcpus`).
-        let local = match trap {
-            hyp::Trap::Resume => true,
-            hyp::Trap::Hvc => hyp::answer_guest_call(&mut run.ctx),
-            _ => false,
-        };
-        let step = if local {
+        // Traps that need nothing of the VM's or anyone else's state come
+        // back as Resume, handled without any lock: ID registers, WFE, lazy
+        // switches, and calls answered from their registers alone (an
+        // HVC's in the vector, an SMC's in `guest::enter`). SGIs other vCPUs
+        // sent meanwhile come in at the next locked step or the next
+        // VCPU_RUN: the sender's run ends with the target in `kick_vcpus`.
+        let step = if trap == hyp::Trap::Resume {
             None
         } else {
             hv.vcpu_run_step(run, trap)
