@@ -2995,6 +2995,15 @@ fn extra_view(
     (view, iommu)
 }
 
+/// A board whose host pool is small, so that HYP pages are left for
+/// [`spare_hyp_pages`].
+fn with_spare_hyp_pages(model: &'static str) -> T {
+    T::new_on(
+        model,
+        SimMachine::with_spare_pool(model, 64).expect("board"),
+    )
+}
+
 /// HYP pages nothing uses on a board built with a small host pool: below
 /// the DMA view's, `n` of them ending 1024 pages before the region's end.
 fn spare_hyp_pages(t: &T, n: u64) -> std::ops::Range<u64> {
@@ -3016,10 +3025,7 @@ fn spare_hyp_pages(t: &T, n: u64) -> std::ops::Range<u64> {
 #[test]
 fn a_dma_view_attached_late_leaves_out_what_the_host_gave_away() {
     let model = "max";
-    let mut t = T::new_on(
-        model,
-        SimMachine::with_spare_pool(model, 64).expect("board"),
-    );
+    let mut t = with_spare_hyp_pages(model);
     let (h, _run) = t.guest_vm(true);
     let a = t.ram(3);
     t.ok0(Id::GuestDonate, &[h, a + 1, 0x900, 1, RW]);
@@ -3045,10 +3051,7 @@ fn a_dma_view_attached_late_leaves_out_what_the_host_gave_away() {
 #[test]
 fn a_dma_view_that_runs_out_fails_closed() {
     let model = "max";
-    let mut t = T::new_on(
-        model,
-        SimMachine::with_spare_pool(model, 64).expect("board"),
-    );
+    let mut t = with_spare_hyp_pages(model);
     let (h, _run) = t.guest_vm(true);
     let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, 256 << 20);
     let small = platform::Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], 44)
