@@ -194,29 +194,67 @@ pub struct Hypervisor<P: PhysMem, M: Maintenance> {
     dma_updates: AtomicU64,
 }
 
-/// First error by the per-page precedence of ABI.md 3.1 step 6.
+/// Why a page of a call is refused, in the per-page precedence of ABI.md
+/// 3.1 step 6: the first of these that any page has is the call's error.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Refusal {
+    /// -ENOENT: nothing mapped there.
+    Unmapped,
+    /// -EPERM: a page in a state the call does not accept.
+    State,
+    /// -EBUSY: pinned, or at the share limit.
+    Busy,
+    /// -EINVAL: a page mapped in guests with another memory type (D7).
+    MemType,
+    /// -EEXIST: the guest already maps something there.
+    Exists,
+}
+
+impl Refusal {
+    fn errno(self) -> Errno {
+        match self {
+            Refusal::Unmapped => Errno::ENOENT,
+            Refusal::State => Errno::EPERM,
+            Refusal::Busy => Errno::EBUSY,
+            Refusal::MemType => Errno::EINVAL,
+            Refusal::Exists => Errno::EEXIST,
+        }
+    }
+}
+
+/// The refusal of highest precedence seen so far over a call's pages.
 #[derive(Default)]
-struct Verdict(Option<(u8, Errno)>);
+struct Verdict(Option<Refusal>);
 
 impl Verdict {
-    fn note(&mut self, e: Errno) {
-        let rank = match e {
-            Errno::ENOENT => 0,
-            Errno::EPERM => 1,
-            Errno::EBUSY => 2,
-            Errno::EINVAL => 3,
-            Errno::EEXIST => 4,
-            _ => 5,
-        };
-        if self.0.is_none_or(|(r, _)| rank < r) {
-            self.0 = Some((rank, e));
-        }
+    fn note(&mut self, r: Refusal) {
+        self.0 = Some(self.0.map_or(r, |seen| seen.min(r)));
     }
     fn result(self) -> Result<(), Errno> {
         match self.0 {
-            Some((_, e)) => Err(e),
+            Some(r) => Err(r.errno()),
             None => Ok(()),
         }
+    }
+}
+
+/// The leaf of a page the host shares out, with the type every mapping of
+/// it uses: forced, so a host stage-1 cannot weaken it. The host may
+/// execute it only where the type is cacheable and the page is memory.
+fn host_shared_leaf(class: MemClass, memtype: MemType) -> Leaf {
+    let cacheable = matches!(memtype, MemType::NormalWb | MemType::Stage1);
+    Leaf {
+        perms: Perms {
+            r: true,
+            w: true,
+            x: cacheable && class != MemClass::Mmio,
+        },
+        memtype: if memtype == MemType::Stage1 {
+            MemType::NormalWb
+        } else {
+            memtype
+        },
+        state: PageState::SharedOwned,
     }
 }
 
@@ -480,39 +518,36 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         }
     }
 
-    /// Visit every page of [pfn, pfn+nr) with its host state and entry.
+    /// Visit every page of [pfn, pfn+nr) with its host state and, when the
+    /// host maps it, the memory type it maps it with.
     fn for_host_pages(
         &self,
         h: &HostSide<P>,
         pfn: u64,
         nr: u64,
-        f: &mut dyn FnMut(u64, HostState, Entry),
+        f: &mut dyn FnMut(u64, HostState, Option<MemType>),
     ) {
+        let memtype = |e: Entry| match e {
+            Entry::Mapped { leaf, .. } => Some(leaf.memtype),
+            Entry::Invalid { .. } => None,
+        };
         // One page: one lookup, not a range walk (the same entry; outside
         // the address space the walk visits nothing, and so does this).
         if nr == 1 {
-            if pfn < 1 << (h.s2.ipa_bits() - 12) {
+            if h.s2.covers_page(pfn) {
                 let e = h.s2.lookup_for_update(pa(pfn));
-                f(pfn, self.host_state_of(h, pfn, e), e);
+                f(pfn, self.host_state_of(h, pfn, e), memtype(e));
             }
             return;
         }
         let _ = h.s2.walk(pa(pfn), nr, &mut |ipa, n, e| {
-            for i in 0..n {
-                let p = (ipa >> 12) + i;
-                let e = match e {
-                    Entry::Mapped { pa, leaf, level } => Entry::Mapped {
-                        pa: pa + i * PAGE,
-                        leaf,
-                        level,
-                    },
-                    inv => inv,
-                };
-                f(p, self.host_state_of(h, p, e), e);
+            for p in (ipa >> 12)..(ipa >> 12) + n {
+                f(p, self.host_state_of(h, p, e), memtype(e));
             }
             true
         });
     }
+
     /// The stage-2 leaf the host gets for a page of `class` it owns alone.
     fn host_private_leaf(class: MemClass) -> Leaf {
         match class {
@@ -546,25 +581,6 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         }
     }
 
-    /// The leaf of a page the host shares out (or borrows), with the type
-    /// every mapping of it uses: forced, so a host stage-1 cannot weaken it.
-    fn host_shared_leaf(class: MemClass, memtype: MemType, state: PageState) -> Leaf {
-        let cacheable = matches!(memtype, MemType::NormalWb | MemType::Stage1);
-        Leaf {
-            perms: Perms {
-                r: true,
-                w: true,
-                x: cacheable && class != MemClass::Mmio && state != PageState::SharedBorrowed,
-            },
-            memtype: if memtype == MemType::Stage1 {
-                MemType::NormalWb
-            } else {
-                memtype
-            },
-            state,
-        }
-    }
-
     fn class_of(&self, pfn: u64, nr: u64) -> Result<(MemClass, Option<usize>), Errno> {
         self.platform
             .range_class(pfn, nr)
@@ -576,19 +592,6 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         match self.class_of(pfn, nr)? {
             (MemClass::Ram, region) => Ok(region),
             _ => Err(Errno::EINVAL),
-        }
-    }
-
-    /// Host pages needed in the host pool for an update of [pfn, pfn+nr).
-    fn host_tables(h: &HostSide<P>, pfn: u64, nr: u64, blocks: bool) -> usize {
-        h.s2.tables_needed(pa(pfn), nr, blocks)
-    }
-
-    fn check_host_pool(h: &HostSide<P>, needed: usize) -> Result<(), Errno> {
-        if needed > h.s2.pool_len() {
-            Err(Errno::ENOMEM)
-        } else {
-            Ok(())
         }
     }
 
@@ -655,7 +658,7 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
     fn check_host_states(&self, h: &HostSide<P>, op: Op, pfn: u64, nr: u64, v: &mut Verdict) {
         self.for_host_pages(h, pfn, nr, &mut |_, s, _| {
             if !host_may(op, s) {
-                v.note(Errno::EPERM);
+                v.note(Refusal::State);
             }
         });
     }
@@ -736,7 +739,7 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         let mut v = Verdict::default();
         self.check_host_states(&h, Op::ShareHyp, pfn, nr, &mut v);
         v.result()?;
-        let leaf = Self::host_shared_leaf(MemClass::Ram, MemType::NormalWb, PageState::SharedOwned);
+        let leaf = host_shared_leaf(MemClass::Ram, MemType::NormalWb);
         // OWNED to SHARED_OWNED: the host's devices reach the pages before
         // and after, so the DMA view stays as it is (not `host_map`). The
         // table pages are counted by `map` itself, which writes nothing
@@ -751,9 +754,9 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         let mut v = Verdict::default();
         self.for_host_pages(&h, pfn, nr, &mut |p, s, _| {
             if !host_may(Op::UnshareHyp, s) {
-                v.note(Errno::EPERM);
+                v.note(Refusal::State);
             } else if h.meta.pinned(self.platform.tracked_index_in(region, p)) {
-                v.note(Errno::EBUSY);
+                v.note(Refusal::Busy);
             }
         });
         v.result()?;
@@ -844,7 +847,8 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         if root_pfn + root_pages > pfn + nr {
             return Err(Errno::ENOMEM);
         }
-        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
+        h.s2.room_for(pa(pfn), nr, true)
+            .map_err(|_| Errno::ENOMEM)?;
         self.host_unmap(&mut h, pfn, nr, HostAnnotation::Hyp)?;
         drop(h);
         // VMID 0 is the host's.
@@ -882,7 +886,8 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         let mut v = Verdict::default();
         self.check_host_states(&h, Op::DonateHyp, pfn, nr, &mut v);
         v.result()?;
-        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
+        h.s2.room_for(pa(pfn), nr, true)
+            .map_err(|_| Errno::ENOMEM)?;
         self.host_unmap(&mut h, pfn, nr, HostAnnotation::Hyp)?;
         drop(h);
         for p in pfn..pfn + nr {
@@ -1003,7 +1008,8 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         let mut v = Verdict::default();
         self.check_host_states(&h, Op::Reclaim, pfn, nr, &mut v);
         v.result()?;
-        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
+        h.s2.room_for(pa(pfn), nr, true)
+            .map_err(|_| Errno::ENOMEM)?;
         let mut mnt = self.mnt();
         for p in pfn..pfn + nr {
             phys::zero_page(&self.phys, pa(p));
@@ -1021,20 +1027,12 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
     fn check_gfns_free(s2: &Stage2<P>, gfn: u64, nr: u64, v: &mut Verdict) {
         let _ = s2.walk(pa(gfn), nr, &mut |_, _, e| {
             if matches!(e, Entry::Mapped { .. }) {
-                v.note(Errno::EEXIST);
+                v.note(Refusal::Exists);
                 false
             } else {
                 true
             }
         });
-    }
-
-    fn check_guest_pool(s2: &Stage2<P>, gfn: u64, nr: u64) -> Result<(), Errno> {
-        if s2.tables_needed(pa(gfn), nr, false) > s2.pool_len() {
-            Err(Errno::ENOMEM)
-        } else {
-            Ok(())
-        }
     }
 
     /// Cache maintenance before memory goes live in a guest (D9, and the
@@ -1072,7 +1070,7 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         class: MemClass,
         mt: MemType,
     ) -> Result<(), Errno> {
-        let leaf = Self::host_shared_leaf(class, mt, PageState::SharedOwned);
+        let leaf = host_shared_leaf(class, mt);
         self.host_map(h, pfn, nr, leaf, mt == MemType::NormalWb)?;
         for p in pfn..pfn + nr {
             h.meta.share_inc(self.platform.tracked_index(p));
@@ -1108,19 +1106,22 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         let mut h = self.host.lock();
         let mut v = Verdict::default();
         if vm.protected {
-            v.note(Errno::EPERM);
+            v.note(Refusal::State);
         }
         self.for_host_pages(&h, pfn, nr, &mut |p, s, _| {
             if !host_may(Op::GuestShare, s) {
-                v.note(Errno::EPERM);
+                v.note(Refusal::State);
             } else if h.meta.share_count(self.platform.tracked_index(p)) >= MAX_SHARE_COUNT {
-                v.note(Errno::EBUSY);
+                v.note(Refusal::Busy);
             }
         });
         Self::check_gfns_free(&vm.s2, gfn, nr, &mut v);
         v.result()?;
-        Self::check_guest_pool(&vm.s2, gfn, nr)?;
-        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
+        vm.s2
+            .room_for(pa(gfn), nr, false)
+            .map_err(|_| Errno::ENOMEM)?;
+        h.s2.room_for(pa(pfn), nr, true)
+            .map_err(|_| Errno::ENOMEM)?;
 
         self.lend_to_guests(&mut h, pfn, nr, MemClass::Ram, MemType::NormalWb)?;
         self.prepare_for_guest(pfn, nr, prot.x());
@@ -1143,8 +1144,11 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         self.check_host_states(&h, Op::GuestDonate, pfn, nr, &mut v);
         Self::check_gfns_free(&vm.s2, gfn, nr, &mut v);
         v.result()?;
-        Self::check_guest_pool(&vm.s2, gfn, nr)?;
-        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, true))?;
+        vm.s2
+            .room_for(pa(gfn), nr, false)
+            .map_err(|_| Errno::ENOMEM)?;
+        h.s2.room_for(pa(pfn), nr, true)
+            .map_err(|_| Errno::ENOMEM)?;
 
         self.host_unmap(&mut h, pfn, nr, HostAnnotation::Guest(vm.slot))?;
         self.prepare_for_guest(pfn, nr, prot.x());
@@ -1201,27 +1205,27 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         };
         let mut h = self.host.lock();
         let mut v = Verdict::default();
-        self.for_host_pages(&h, pfn, nr, &mut |p, s, e| {
+        self.for_host_pages(&h, pfn, nr, &mut |p, s, memtype| {
             if !host_may(op, s) {
-                v.note(Errno::EPERM);
+                v.note(Refusal::State);
                 return;
             }
             if h.meta.share_count(self.platform.tracked_index(p)) >= MAX_SHARE_COUNT {
-                v.note(Errno::EBUSY);
+                v.note(Refusal::Busy);
             }
             // D7: a page already mapped in guests keeps its one type.
-            if s == HostState::SharedGuests {
-                if let Entry::Mapped { leaf, .. } = e {
-                    if leaf.memtype != mt {
-                        v.note(Errno::EINVAL);
-                    }
-                }
+            if s == HostState::SharedGuests && memtype != Some(mt) {
+                v.note(Refusal::MemType);
             }
         });
         Self::check_gfns_free(&vm.s2, gfn, nr, &mut v);
         v.result()?;
-        Self::check_guest_pool(&vm.s2, gfn, nr)?;
-        Self::check_host_pool(&h, Self::host_tables(&h, pfn, nr, mt == MemType::NormalWb))?;
+        vm.s2
+            .room_for(pa(gfn), nr, false)
+            .map_err(|_| Errno::ENOMEM)?;
+        // With blocks or not, the count without blocks bounds it.
+        h.s2.room_for(pa(pfn), nr, false)
+            .map_err(|_| Errno::ENOMEM)?;
 
         let state = if protected {
             self.host_unmap(&mut h, pfn, nr, HostAnnotation::Guest(vm.slot))?;
@@ -1246,7 +1250,7 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         let protected = vm.protected;
         let _ = vm.s2.walk(pa(gfn), nr, &mut |_, n, e| {
             match e {
-                Entry::Invalid { .. } => v.note(Errno::ENOENT),
+                Entry::Invalid { .. } => v.note(Refusal::Unmapped),
                 Entry::Mapped { pa: p, leaf, .. } => {
                     let (class, _) = self.platform.classify(p >> 12);
                     let is_device = class != MemClass::Ram;
@@ -1254,7 +1258,7 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
                         || leaf.state != PageState::SharedBorrowed
                         || is_device != device
                     {
-                        v.note(Errno::EPERM);
+                        v.note(Refusal::State);
                     }
                     pfns.extend((p >> 12)..(p >> 12) + n);
                 }
@@ -1276,12 +1280,12 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
         }
         let host_need: usize = freed
             .chunk_by(|a, b| a + 1 == *b)
-            .map(|run| Self::host_tables(&h, run[0], run.len() as u64, true))
+            .map(|run| h.s2.tables_needed(pa(run[0]), run.len() as u64, true))
             .sum();
-        Self::check_host_pool(&h, host_need)?;
-        if vm.s2.tables_needed(pa(gfn), nr, false) > vm.s2.pool_len() {
-            return Err(Errno::ENOMEM);
-        }
+        h.s2.room(host_need).map_err(|_| Errno::ENOMEM)?;
+        vm.s2
+            .room_for(pa(gfn), nr, false)
+            .map_err(|_| Errno::ENOMEM)?;
         vm.s2
             .set_invalid(pa(gfn), nr, 0, &mut self.mnt())
             .map_err(|_| Errno::ENOMEM)?;
@@ -1361,4 +1365,65 @@ pub fn feature_names(bits: u64) -> impl Iterator<Item = &'static str> {
     .into_iter()
     .filter(move |(b, _)| bits & b != 0)
     .map(|(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_executes_a_shared_page_only_if_cacheable_memory() {
+        let types = [
+            MemType::Stage1,
+            MemType::NormalWb,
+            MemType::NormalNc,
+            MemType::Device,
+        ];
+        for class in [MemClass::Ram, MemClass::Coherent, MemClass::Mmio] {
+            for mt in types {
+                let leaf = host_shared_leaf(class, mt);
+                let cacheable = matches!(mt, MemType::Stage1 | MemType::NormalWb);
+                assert_eq!(
+                    leaf.perms.x,
+                    cacheable && class != MemClass::Mmio,
+                    "{class:?} {mt:?}"
+                );
+                assert!(leaf.perms.r && leaf.perms.w);
+                assert_eq!(leaf.state, PageState::SharedOwned);
+                let forced = if mt == MemType::Stage1 {
+                    MemType::NormalWb
+                } else {
+                    mt
+                };
+                assert_eq!(leaf.memtype, forced);
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_refusal_in_precedence_wins() {
+        use Refusal::*;
+        let all = [Unmapped, State, Busy, MemType, Exists];
+        for (i, &a) in all.iter().enumerate() {
+            for (j, &b) in all.iter().enumerate() {
+                let mut v = Verdict::default();
+                v.note(a);
+                v.note(b);
+                let first = all[i.min(j)];
+                assert_eq!(v.result(), Err(first.errno()), "{a:?} then {b:?}");
+            }
+        }
+        assert_eq!(Verdict::default().result(), Ok(()));
+        let errnos: Vec<Errno> = all.iter().map(|r| r.errno()).collect();
+        assert_eq!(
+            errnos,
+            [
+                Errno::ENOENT,
+                Errno::EPERM,
+                Errno::EBUSY,
+                Errno::EINVAL,
+                Errno::EEXIST
+            ]
+        );
+    }
 }

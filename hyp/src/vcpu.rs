@@ -910,9 +910,7 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
             return Err(());
         }
         let mut h = self.host.lock();
-        if h.s2.tables_needed(pa, 1, false) > h.s2.pool_len() {
-            return Err(());
-        }
+        h.s2.room_for(pa, 1, false).map_err(|_| ())?;
         let host_leaf = pagetables::Leaf {
             perms: pagetables::Perms {
                 r: true,
@@ -945,9 +943,7 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
             return Err(());
         }
         let mut h = self.host.lock();
-        if h.s2.tables_needed(pa, 1, false) > h.s2.pool_len() {
-            return Err(());
-        }
+        h.s2.room_for(pa, 1, false).map_err(|_| ())?;
         self.host_unmap(&mut h, pa >> 12, 1, HostAnnotation::Guest(vm.slot))
             .map_err(|_| ())?;
         drop(h);

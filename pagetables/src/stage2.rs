@@ -545,12 +545,30 @@ impl<P: PhysMem> Stage2<P> {
     }
 
     fn check_pool(&self, w: &Write, a: u64, b: u64) -> Result<(), Error> {
-        let needed = self.count(w, a, b, true);
+        self.room(self.count(w, a, b, true))
+    }
+
+    /// Whether the pool holds `needed` table pages: `Ok`, or
+    /// [`Error::NoMem`] with both counts. For a caller that makes several
+    /// updates and counts their tables itself before writing any.
+    pub fn room(&self, needed: usize) -> Result<(), Error> {
         let available = self.pool_len();
         if needed > available {
             return Err(Error::NoMem { needed, available });
         }
         Ok(())
+    }
+
+    /// Whether the pool holds the table pages an update of the range needs,
+    /// as [`Stage2::tables_needed`] counts them: `Ok`, or [`Error::NoMem`].
+    pub fn room_for(&self, ipa: u64, nr_pages: u64, allow_blocks: bool) -> Result<(), Error> {
+        self.room(self.tables_needed(ipa, nr_pages, allow_blocks))
+    }
+
+    /// Whether the page with number `page` (its IPA over 4 KiB) lies inside
+    /// the input address space. Any `u64` may be asked.
+    pub fn covers_page(&self, page: u64) -> bool {
+        page < 1 << (self.ipa_bits - 12)
     }
 
     /// Number of new table pages that map(..)/set_invalid(..) on this range

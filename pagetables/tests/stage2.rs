@@ -849,3 +849,55 @@ fn fwb_is_what_the_table_was_built_with() {
         assert_eq!(s2.fwb(), fwb);
     }
 }
+
+#[test]
+fn room_is_the_pool_to_the_page() {
+    // 39 IPA bits: a level-1 root. A page under a new level-1 entry needs a
+    // level-2 and a level-3 table.
+    let (_m, s2) = setup(39, true, 2);
+    assert_eq!(s2.tables_needed(GIB, 1, false), 2);
+    assert_eq!(s2.room(0), Ok(()));
+    assert_eq!(s2.room(2), Ok(()));
+    assert_eq!(
+        s2.room(3),
+        Err(Error::NoMem {
+            needed: 3,
+            available: 2
+        })
+    );
+    assert_eq!(s2.room_for(GIB, 1, false), Ok(()));
+    // Two 1 GiB entries apart: four tables.
+    assert_eq!(
+        s2.room_for(GIB - 0x1000, 2, false),
+        Err(Error::NoMem {
+            needed: 4,
+            available: 2
+        })
+    );
+    // A whole 2 MiB block needs only the level-2 table.
+    let (_m, s2) = setup(39, true, 1);
+    assert_eq!(s2.room_for(GIB, 512, true), Ok(()));
+    assert_eq!(
+        s2.room_for(GIB, 512, false),
+        Err(Error::NoMem {
+            needed: 2,
+            available: 1
+        })
+    );
+    // A malformed range needs nothing.
+    let (_m, s2) = setup(39, true, 0);
+    assert_eq!(s2.room_for(GIB + 1, 1, false), Ok(()));
+}
+
+#[test]
+fn covers_page_is_the_input_address_space() {
+    let (_m, s2) = setup(39, true, 0);
+    let pages = 1u64 << (39 - 12);
+    assert!(s2.covers_page(0));
+    assert!(s2.covers_page(pages - 1));
+    assert!(!s2.covers_page(pages));
+    assert!(!s2.covers_page(u64::MAX));
+    let (_m, s2) = setup(48, true, 0);
+    assert!(s2.covers_page((1 << 36) - 1));
+    assert!(!s2.covers_page(1 << 36));
+}
