@@ -39,7 +39,13 @@ pub fn run(args: &[String]) -> ExitCode {
         let mut cmd = process::cargo();
         cmd.arg("mutants")
             .current_dir(workspace_root())
-            .args(["--package", c, "--profile", "mutants", "--jobs", "1"])
+            .args(["--package", c, "--profile", "mutants"]);
+        // One job at a time unless ARGS say otherwise (`--jobs 2` builds
+        // two copies of the tree side by side).
+        if !extra.iter().any(|a| a == "--jobs" || a == "-j" || a.starts_with("--jobs=")) {
+            cmd.args(["--jobs", "1"]);
+        }
+        cmd
             // The baseline runs only the mutated crate's own tests, and
             // cargo-mutants sets the timeout from it; each mutant also runs
             // the dependents' tests, which must not time out instead of
