@@ -37,12 +37,18 @@ pub fn run(args: &[String]) -> ExitCode {
             }
         };
         let mut cmd = process::cargo();
-        cmd.arg("mutants")
-            .current_dir(workspace_root())
-            .args(["--package", c, "--profile", "mutants"]);
+        cmd.arg("mutants").current_dir(workspace_root()).args([
+            "--package",
+            c,
+            "--profile",
+            "mutants",
+        ]);
         // One job at a time unless ARGS say otherwise (`--jobs 2` builds
         // two copies of the tree side by side).
-        if !extra.iter().any(|a| a == "--jobs" || a == "-j" || a.starts_with("--jobs=")) {
+        if !extra
+            .iter()
+            .any(|a| a == "--jobs" || a == "-j" || a.starts_with("--jobs="))
+        {
             cmd.args(["--jobs", "1"]);
         }
         cmd

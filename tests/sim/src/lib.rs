@@ -72,7 +72,8 @@ pub struct SimMachine {
     /// (VM handle, vCPU index) -> run page pfn, learnt from VCPU_CREATE.
     run_pages: HashMap<(u64, u64), u64>,
     /// VMs whose test-guest image is in place.
-    booted: HashMap<u64, bool>,
+    /// The first frame of each booted VM's image, by VM handle.
+    booted: HashMap<u64, u64>,
     /// Times the core was entered (host calls, host faults), so that the
     /// fuzz targets skip their invariant walk after a step that never
     /// reached the core and so cannot have changed its state.
@@ -217,6 +218,12 @@ impl SimMachine {
     /// a successful VCPU_CREATE.
     pub fn run_page(&self, vm: u64, vcpu: u64) -> Option<u64> {
         self.run_pages.get(&(vm, vcpu)).copied()
+    }
+
+    /// The host frames a guest boot of VM `vm` gave it (donated to a
+    /// protected VM, shared with a normal one): first frame and count.
+    pub fn guest_image(&self, vm: u64) -> Option<(u64, u64)> {
+        self.booted.get(&vm).map(|&pfn| (pfn, GUEST_IMAGE_PAGES))
     }
 
     /// The simulated SMMU (its TLB and the commands it was sent).
@@ -447,7 +454,7 @@ impl Machine for SimMachine {
                 "vCPU {vcpu} of VM {vm} was not created by this scenario"
             ));
         };
-        if !self.booted.get(&vm).copied().unwrap_or(false) {
+        if !self.booted.contains_key(&vm) {
             let pfn = match self.alloc(PageKind::Ram, GUEST_IMAGE_PAGES) {
                 Ok(p) => p,
                 Err(e) => return GuestOutcome::Error(e),
@@ -470,7 +477,7 @@ impl Machine for SimMachine {
             if r[0] != 0 || r[1] != 0 {
                 return GuestOutcome::CallFailed(r);
             }
-            self.booted.insert(vm, true);
+            self.booted.insert(vm, pfn);
         }
         self.set_run_field(run, core::mem::offset_of!(RunPage, entry), GUEST_BASE_IPA);
         self.set_run_field(run, core::mem::offset_of!(RunPage, x0), 0);

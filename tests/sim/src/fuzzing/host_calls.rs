@@ -430,6 +430,13 @@ pub fn run(data: &[u8]) -> Result<(), String> {
         scope_of(&mut scope, &op);
         let changed =
             step(&mut m, &mut pick, op).map_err(|e| format!("{model}, op {i} {op:x?}: {e}"))?;
+        if let Op::Boot(vm, ..) = op {
+            // The image's frames were named by no op, but the guest's
+            // MEM_SHARE and MEM_UNSHARE change the host's entries for them.
+            if let Some((pfn, n)) = m.guest_image(vm) {
+                scope.add(pfn, n);
+            }
+        }
         if changed {
             invariants_in(m.hyp(), &mut scope)
                 .map_err(|e| format!("{model}, after op {i} {op:x?}: {e}"))?;

@@ -32,7 +32,9 @@ pub fn invariants_in(hv: &SimHyp, scope: &mut Scope) -> Result<(), String> {
 /// step costs milliseconds once the host has faulted blocks in (the
 /// checker looks at each page); pages no argument named cannot have
 /// changed, so the targets check these after every step and everything
-/// at the end.
+/// at the end. A guest changes the host's entries only for pages it was
+/// given, so the frames of a guest image the machine allocated at a boot
+/// are added too.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
     tracked: Vec<(u64, u64)>,
