@@ -671,7 +671,11 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
     /// Takes the host's lock only.
     pub fn host_fault(&self, pa_addr: u64, access: Access) -> Result<(), HostAbort> {
         let pfn = pa_addr >> 12;
-        if self.platform.pa_bits() < 64 && pa_addr >> self.platform.pa_bits() != 0 {
+        // Beyond the PA space (no bits beyond it when it spans all 64).
+        if pa_addr
+            .checked_shr(self.platform.pa_bits())
+            .is_some_and(|above| above != 0)
+        {
             return Err(HostAbort);
         }
         let (class, region) = self.platform.classify(pfn);
