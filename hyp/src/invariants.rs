@@ -312,16 +312,16 @@ fn check_stretch<P: PhysMem, M: Maintenance>(
         .iter()
         .filter(|u| u.state == PageState::SharedBorrowed)
         .count();
-    let host_owns_unmapped = in_scope && matches!(annot, None | Some(HostAnnotation::None));
     if owners.len() > 1 {
         return Err(format!(
             "I1: page {pfn:#x} has {} owners: {us:?}",
             owners.len()
         ));
     }
-    if owners.is_empty() && borrowers > 0 && in_scope && !host_owns_unmapped {
-        // The owner must then be the host with no mapping: impossible,
-        // since a shared page is mapped SHARED_OWNED by its owner.
+    if owners.is_empty() && borrowers > 0 && in_scope {
+        // The owner must then be the host with no mapping (unmapped, or
+        // annotated for someone else): impossible, since a shared page is
+        // mapped SHARED_OWNED by its owner.
         return Err(format!(
             "I2: borrowed page {pfn:#x} has no owner mapping: {us:?}"
         ));
@@ -338,7 +338,9 @@ fn check_stretch<P: PhysMem, M: Maintenance>(
                 if borrowers == 0 && !hyp_borrow {
                     return Err(format!("I2: {p:#x} SHARED_OWNED with no borrower: {us:?}"));
                 }
-                if count as usize != borrowers && count != 0 {
+                // Every guest borrowing of a host page is counted, so a
+                // count of 0 with borrowers is wrong too.
+                if count as usize != borrowers {
                     return Err(format!(
                         "share count {count} of {p:#x} but {borrowers} borrowers"
                     ));
