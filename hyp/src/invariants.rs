@@ -190,15 +190,17 @@ pub fn check_cached<P: PhysMem, M: Maintenance>(
             }
             next += 1;
         }
-        if live.is_empty() {
-            continue;
-        }
-        active.clear();
-        active.extend(live.iter().map(|r| r.what));
         while ann < annots.len() && annots[ann].end() <= lo {
             ann += 1;
         }
         let annot = annots.get(ann).filter(|a| a.start <= lo).map(|a| a.what);
+        // A page annotated for a guest must be in its table even when no
+        // table maps it.
+        if live.is_empty() && !matches!(annot, Some(HostAnnotation::Guest(_))) {
+            continue;
+        }
+        active.clear();
+        active.extend(live.iter().map(|r| r.what));
         let in_scope = pages.iter().any(|&(s, n)| lo >= s && lo < s + n);
         check_stretch(hv, lo, hi, &active, annot, in_scope)?;
     }
@@ -287,8 +289,8 @@ fn walk_host<P: PhysMem, M: Maintenance>(
 }
 
 /// The checks of [`check`] for the pages `[lo, hi)`, which all have the
-/// uses `us` (not empty), the host annotation `annot` and the same class
-/// and scope.
+/// uses `us` (empty only where `annot` names a guest), the host annotation
+/// `annot` and the same class and scope.
 fn check_stretch<P: PhysMem, M: Maintenance>(
     hv: &Hypervisor<P, M>,
     lo: u64,

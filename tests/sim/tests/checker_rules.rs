@@ -279,6 +279,17 @@ fn pages_of_scattered_frames_at_consecutive_gfns_pass() {
     ok(m.call(HostCallId::GuestDonate, &[p, more, G + 5, 1, RW]));
     ok(m.call(HostCallId::GuestDonate, &[p, more + 1, G + 3, 1, RW]));
     check(&m).unwrap();
+    // Consecutive frames the walk reports as two runs, which make one
+    // run of pages: across a 2 MiB boundary of the IPA space (two
+    // tables), and with two permissions (R, then RW).
+    let across = m.alloc(PageKind::Ram, 2).unwrap();
+    ok(m.call(HostCallId::GuestDonate, &[p, across, 0x1ff, 2, RW]));
+    let perms = m.alloc(PageKind::Ram, 2).unwrap();
+    ok(m.call(HostCallId::GuestDonate, &[p, perms, G + 8, 1, 1]));
+    ok(m.call(HostCallId::GuestDonate, &[p, perms + 1, G + 9, 1, RW]));
+    m.host_touch((perms + 2) * PAGE_SIZE, hyp::Access::Read)
+        .unwrap();
+    check(&m).unwrap();
 }
 
 #[test]
@@ -770,5 +781,22 @@ fn an_unwritten_dma_view_is_not_read_again() {
     assert!(
         full.as_ref().is_err_and(|e| e.contains("S1: DMA view")),
         "{full:?}"
+    );
+}
+
+#[test]
+fn a_guest_page_its_owner_does_not_map_is_caught() {
+    // The protected VM's only mapping of mem erased: the host's entry
+    // still names the VM, which maps it nowhere.
+    let (m, slot, mem) = donated("max");
+    let (at, _) = guest_desc(&m, slot, G);
+    corrupt(
+        &m,
+        at,
+        0,
+        &[&format!(
+            "I1: {mem:#x} annotated for VM slot {slot} which does not map it"
+        )],
+        &[&[(mem, 1)]],
     );
 }
