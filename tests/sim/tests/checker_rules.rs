@@ -642,7 +642,11 @@ fn a_dma_view_mapping_a_page_at_another_address_is_caught() {
             &m,
             at,
             at_pfn(d, pfn + 1),
-            &["S1: DMA view"],
+            // The message names the view's run and the host's pages in it.
+            &[
+                "S1: DMA view Mapped",
+                &format!("for Ram pages {pfn:#x}+1, host reaches true at {pfn:#x}+1"),
+            ],
             &[&[(pfn, 1)]],
         );
     }
@@ -657,7 +661,10 @@ fn a_dma_view_missing_a_page_the_host_reaches_is_caught() {
             &m,
             at,
             0,
-            &["S1: DMA view", "host reaches true"],
+            &[
+                "S1: DMA view Invalid",
+                &format!("host reaches true at {pfn:#x}+1"),
+            ],
             &[&[(pfn, 1)]],
         );
     }
@@ -677,7 +684,11 @@ fn a_dma_view_reaching_a_guests_coherent_page_is_caught() {
         &m,
         at,
         at_pfn(own, c),
-        &["S1: DMA view", "for Coherent pages", "host reaches false"],
+        &[
+            "S1: DMA view Mapped",
+            &format!("for Coherent pages {c:#x}+"),
+            &format!("host reaches false at {c:#x}+1"),
+        ],
         &[&[(c, 1)]],
     );
 }
@@ -798,5 +809,26 @@ fn a_guest_page_its_owner_does_not_map_is_caught() {
             "I1: {mem:#x} annotated for VM slot {slot} which does not map it"
         )],
         &[&[(mem, 1)]],
+    );
+}
+
+#[test]
+fn a_host_mapping_inside_a_guests_run_of_pages_is_two_owners() {
+    // Three frames at three gfns make one run of the guest's; the host's
+    // page after them is pointed at the middle one.
+    let mut m = SimMachine::new("max").unwrap();
+    let p = vm(&mut m, vm_flags::PROTECTED);
+    let mem = m.alloc(PageKind::Ram, 4).unwrap();
+    ok(m.call(HostCallId::GuestDonate, &[p, mem, G, 3, RW]));
+    m.host_touch((mem + 3) * PAGE_SIZE, hyp::Access::Read)
+        .unwrap();
+    let (at, _) = host_desc(&m, mem + 1);
+    let (_, own) = host_desc(&m, mem + 3);
+    corrupt(
+        &m,
+        at,
+        at_pfn(own, mem + 1),
+        &[&format!("I1: page {:#x} has 2 owners", mem + 1)],
+        &[&[(mem + 1, 1)]],
     );
 }
