@@ -190,15 +190,17 @@ pub fn check_cached<P: PhysMem, M: Maintenance>(
             }
             next += 1;
         }
-        if live.is_empty() {
-            continue;
-        }
-        active.clear();
-        active.extend(live.iter().map(|r| r.what));
         while ann < annots.len() && annots[ann].end() <= lo {
             ann += 1;
         }
         let annot = annots.get(ann).filter(|a| a.start <= lo).map(|a| a.what);
+        // A page annotated for a guest must be in its table even when no
+        // table maps it.
+        if live.is_empty() && !matches!(annot, Some(HostAnnotation::Guest(_))) {
+            continue;
+        }
+        active.clear();
+        active.extend(live.iter().map(|r| r.what));
         let in_scope = pages.iter().any(|&(s, n)| lo >= s && lo < s + n);
         check_stretch(hv, lo, hi, &active, annot, in_scope)?;
     }
@@ -287,8 +289,8 @@ fn walk_host<P: PhysMem, M: Maintenance>(
 }
 
 /// The checks of [`check`] for the pages `[lo, hi)`, which all have the
-/// uses `us` (not empty), the host annotation `annot` and the same class
-/// and scope.
+/// uses `us` (empty only where `annot` names a guest), the host annotation
+/// `annot` and the same class and scope.
 fn check_stretch<P: PhysMem, M: Maintenance>(
     hv: &Hypervisor<P, M>,
     lo: u64,
@@ -312,16 +314,16 @@ fn check_stretch<P: PhysMem, M: Maintenance>(
         .iter()
         .filter(|u| u.state == PageState::SharedBorrowed)
         .count();
-    let host_owns_unmapped = in_scope && matches!(annot, None | Some(HostAnnotation::None));
     if owners.len() > 1 {
         return Err(format!(
             "I1: page {pfn:#x} has {} owners: {us:?}",
             owners.len()
         ));
     }
-    if owners.is_empty() && borrowers > 0 && in_scope && !host_owns_unmapped {
-        // The owner must then be the host with no mapping: impossible,
-        // since a shared page is mapped SHARED_OWNED by its owner.
+    if owners.is_empty() && borrowers > 0 && in_scope {
+        // The owner must then be the host with no mapping (unmapped, or
+        // annotated for someone else): impossible, since a shared page is
+        // mapped SHARED_OWNED by its owner.
         return Err(format!(
             "I2: borrowed page {pfn:#x} has no owner mapping: {us:?}"
         ));
@@ -338,7 +340,9 @@ fn check_stretch<P: PhysMem, M: Maintenance>(
                 if borrowers == 0 && !hyp_borrow {
                     return Err(format!("I2: {p:#x} SHARED_OWNED with no borrower: {us:?}"));
                 }
-                if count as usize != borrowers && count != 0 {
+                // Every guest borrowing of a host page is counted, so a
+                // count of 0 with borrowers is wrong too.
+                if count as usize != borrowers {
                     return Err(format!(
                         "share count {count} of {p:#x} but {borrowers} borrowers"
                     ));
