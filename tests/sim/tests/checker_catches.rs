@@ -8,6 +8,9 @@
 //! targets run after each step: it keeps what it read of a guest's table
 //! until the table's generation changes.
 
+mod checker;
+
+use checker::{ok, vm};
 use host_interface::{vm_flags, HostCallId, PAGE_SIZE};
 use hyp::invariants::WalkCache;
 use hyp::phys::{read_u64, write_u64};
@@ -18,16 +21,6 @@ use sim::{tracked_ranges, SimMachine, SimPhys};
 const G: u64 = 0x9_0000;
 /// Output-address bits of a stage-2 descriptor (4 KiB granule, 48-bit OA).
 const OA: u64 = 0x0000_ffff_ffff_f000;
-
-fn ok(r: [u64; 5]) -> [u64; 5] {
-    assert_eq!(&r[..2], &[0, 0], "call failed: {r:x?}");
-    r
-}
-
-fn vm(m: &mut SimMachine, flags: u64) -> u64 {
-    let pool = m.alloc(PageKind::Ram, 16).unwrap();
-    ok(m.call(HostCallId::VmCreate, &[flags, pool, 16]))[2]
-}
 
 fn check(m: &SimMachine) -> Result<(), String> {
     hyp::invariants::check(m.hyp(), &tracked_ranges(m.hyp().platform()))

@@ -8,6 +8,9 @@
 //! page broken (`pages` of one page), so that the scan's bounds are held
 //! too. The last tests pin when `check_cached` reads a table again.
 
+mod checker;
+
+use checker::{ok, vm};
 use host_interface::{vm_flags, HostCallId, PAGE_SIZE};
 use hyp::invariants::WalkCache;
 use hyp::phys::{read_u64, write_u64};
@@ -30,16 +33,6 @@ const NC: u64 = 0x100;
 const WB: u64 = 0x200;
 /// The guest's MEM_SHARE call (ABI.md 2).
 const MEM_SHARE: u64 = 0xC600_0003;
-
-fn ok(r: [u64; 5]) -> [u64; 5] {
-    assert_eq!(&r[..2], &[0, 0], "call failed: {r:x?}");
-    r
-}
-
-fn vm(m: &mut SimMachine, flags: u64) -> u64 {
-    let pool = m.alloc(PageKind::Ram, 16).unwrap();
-    ok(m.call(HostCallId::VmCreate, &[flags, pool, 16]))[2]
-}
 
 fn check_in(m: &SimMachine, pages: &[(u64, u64)]) -> Result<(), String> {
     hyp::invariants::check(m.hyp(), pages)
