@@ -10,7 +10,7 @@
 
 mod checker;
 
-use checker::{ok, vm};
+use checker::{donated, ok, vm, G};
 use host_interface::{vm_flags, HostCallId, PAGE_SIZE};
 use hyp::invariants::WalkCache;
 use hyp::phys::{read_u64, write_u64};
@@ -18,7 +18,6 @@ use pagetables::{Entry, Stage2};
 use scenario::{Machine, PageKind};
 use sim::{tracked_ranges, SimMachine, SimPhys};
 
-const G: u64 = 0x9_0000;
 /// Output-address bits of a stage-2 descriptor (4 KiB granule, 48-bit OA).
 const OA: u64 = 0x0000_ffff_ffff_f000;
 
@@ -51,19 +50,6 @@ fn corrupt(m: &SimMachine, at: u64, value: u64, rule: &str) {
         Ok(()) => panic!("the checker missed a broken {rule}"),
     }
     check(m).unwrap();
-}
-
-/// A protected VM owning `mem`, the host holding `mem + 1` (faulted in),
-/// both translated by page descriptors of the host's table.
-fn donated(model: &str) -> (SimMachine, u64, u64) {
-    let mut m = SimMachine::new(model).unwrap();
-    let p = vm(&mut m, vm_flags::PROTECTED);
-    let mem = m.alloc(PageKind::Ram, 2).unwrap();
-    ok(m.call(HostCallId::GuestDonate, &[p, mem, G, 1, 3]));
-    m.host_touch((mem + 1) * PAGE_SIZE, hyp::Access::Read)
-        .unwrap();
-    check(&m).unwrap();
-    (m, p, mem)
 }
 
 #[test]

@@ -10,7 +10,7 @@
 
 mod checker;
 
-use checker::{ok, vm};
+use checker::{ok, vm, G};
 use host_interface::{vm_flags, HostCallId, PAGE_SIZE};
 use hyp::invariants::WalkCache;
 use hyp::phys::{read_u64, write_u64};
@@ -19,7 +19,6 @@ use pagetables::{memattr_bits, Entry, MemType, PageState, Stage2};
 use scenario::{GuestOp, GuestOutcome, Machine, PageKind};
 use sim::{tracked_ranges, SimMachine, SimPhys, GUEST_BASE_IPA};
 
-const G: u64 = 0x9_0000;
 /// Output-address bits of a stage-2 descriptor (4 KiB granule, 48-bit OA).
 const OA: u64 = 0x0000_ffff_ffff_f000;
 /// The software page-state bits \[56:55\] of a leaf.
@@ -142,16 +141,9 @@ fn corrupt(m: &SimMachine, at: u64, value: u64, want: &[&str], scopes: &[&[(u64,
     }
 }
 
-/// A protected VM owning `mem`, the host holding `mem + 1` (faulted in):
-/// (machine, VM slot, mem).
+/// [`checker::donated`] with the VM's slot: (machine, VM slot, mem).
 fn donated(model: &str) -> (SimMachine, usize, u64) {
-    let mut m = SimMachine::new(model).unwrap();
-    let p = vm(&mut m, vm_flags::PROTECTED);
-    let mem = m.alloc(PageKind::Ram, 2).unwrap();
-    ok(m.call(HostCallId::GuestDonate, &[p, mem, G, 1, 3]));
-    m.host_touch((mem + 1) * PAGE_SIZE, hyp::Access::Read)
-        .unwrap();
-    check(&m).unwrap();
+    let (m, _, mem) = checker::donated(model);
     let slot = slots(&m)[0];
     (m, slot, mem)
 }
