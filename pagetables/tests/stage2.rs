@@ -901,3 +901,40 @@ fn covers_page_is_the_input_address_space() {
     assert!(s2.covers_page((1 << 36) - 1));
     assert!(!s2.covers_page(1 << 36));
 }
+
+#[test]
+fn descriptor_pa_is_where_the_walk_stops() {
+    let (mem, mut s2) = setup(39, true, 8);
+    let mut mnt = Rec::new();
+    let page = GIB + 0x5000;
+    s2.map(page, 0x8000_0000, 1, wb(), false, &mut mnt).unwrap();
+    s2.map(4 * MIB2, 0x9000_0000, 512, wb(), true, &mut mnt)
+        .unwrap();
+    // A leaf page (level 3), a block (level 2), an invalid level-3 entry
+    // next to the page, an invalid level-1 entry of the root.
+    for (ipa, level, shift) in [
+        (page, 3, 12),
+        (4 * MIB2 + 0x7000, 2, 21),
+        (page + 0x1000, 3, 12),
+        (5 * GIB + 0x3000, 1, 30),
+    ] {
+        let at = s2.descriptor_pa(ipa).unwrap();
+        let (value, l) = s2.descriptor(ipa);
+        assert_eq!(l, level, "{ipa:#x}");
+        assert_eq!(mem.read(at), value, "{ipa:#x}");
+        assert_eq!((at & 0xfff) / 8, (ipa >> shift) & 511, "{ipa:#x}");
+        if level == 1 {
+            assert_eq!(at & !0xfff, s2.root_pa(), "{ipa:#x}");
+        } else {
+            assert_ne!(at & !0xfff, s2.root_pa(), "{ipa:#x}");
+        }
+    }
+    // The page and its invalid neighbour share one last-level table.
+    assert_eq!(
+        s2.descriptor_pa(page).unwrap() + 8,
+        s2.descriptor_pa(page + 0x1000).unwrap()
+    );
+    assert!(s2.descriptor_pa((1 << 39) - 0x1000).is_some());
+    assert_eq!(s2.descriptor_pa(1 << 39), None);
+    assert_eq!(s2.descriptor_pa(u64::MAX), None);
+}
