@@ -1751,6 +1751,31 @@ fn guest_share() {
 }
 
 #[test]
+fn guest_unshare_gives_pages_back_one_run_at_a_time() {
+    // The frames whose last borrower goes back to the host in one update
+    // per run of consecutive frames: the DMA view counts them.
+    for model in MODELS {
+        let mut t = T::new(model);
+        let n = t.vm(NORMAL, 8);
+        let a = t.ram(4);
+        let _gap = t.ram(1);
+        let b = t.ram(4);
+        t.ok0(Id::GuestShare, &[n, a, 0x100, 4, RW]);
+        t.ok0(Id::GuestShare, &[n, b, 0x104, 4, RW]);
+        let before = t.m.hyp().dma_updates();
+        t.ok0(Id::GuestUnshare, &[n, 0x100, 8]);
+        assert_eq!(t.m.hyp().dma_updates(), before + 2, "{model}: two runs");
+        for p in (a..a + 4).chain(b..b + 4) {
+            t.expect_q(p, 1, HOST_RAM);
+        }
+        t.ok0(Id::GuestShare, &[n, a, 0x100, 4, RW]);
+        let before = t.m.hyp().dma_updates();
+        t.ok0(Id::GuestUnshare, &[n, 0x100, 4]);
+        assert_eq!(t.m.hyp().dma_updates(), before + 1, "{model}: one run");
+    }
+}
+
+#[test]
 fn guest_unshare() {
     for model in MODELS {
         let mut t = T::new(model);
