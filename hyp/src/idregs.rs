@@ -36,6 +36,17 @@ const fn field(shift: u32) -> u64 {
     0xf << shift
 }
 
+/// The 4-bit fields at `shifts`, as one mask (their union).
+const fn fields(shifts: &[u32]) -> u64 {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < shifts.len() {
+        mask |= field(shifts[i]);
+        i += 1;
+    }
+    mask
+}
+
 /// Whether `(crm, op2)` is in the ID space TID3 traps: op0 3, op1 0,
 /// CRn 0, CRm 1..=7.
 pub fn is_id_space(op0: u64, op1: u64, crn: u64, crm: u64) -> bool {
@@ -47,25 +58,26 @@ pub fn is_id_space(op0: u64, op1: u64, crn: u64, crm: u64) -> bool {
 pub fn guest_view(reg: IdReg, hw: u64, mte: bool) -> u64 {
     match reg {
         ID_AA64PFR0 => {
-            // CSV2 [59:56] at most 1: SCXTNUM_ELx are trapped.
+            // RAS [31:28], SVE [35:32] and AMU [47:44] hidden; CSV2 [59:56]
+            // at most 1: SCXTNUM_ELx are trapped.
             let csv2 = ((hw >> 56) & 0xf).min(1) << 56;
-            hw & !(field(32) | field(44) | field(28) | field(56)) | csv2
-            // SVE [35:32], AMU [47:44], RAS [31:28] hidden.
+            hw & !fields(&[28, 32, 44, 56]) | csv2
         }
         ID_AA64PFR1 => {
-            // SME [27:24] and SME's fraction; MTE [11:8], MTE_frac [43:40]
-            // and MTEX [55:52] unless the VM has MTE; RAS_frac [15:12].
-            let mut hide = field(24) | field(12);
-            if !mte {
-                hide |= field(8) | field(40) | field(52);
-            }
+            // SME [27:24] and RAS_frac [15:12]; without the VM's MTE flag
+            // also MTE [11:8], MTE_frac [43:40] and MTEX [55:52].
+            let hide = if mte {
+                fields(&[12, 24])
+            } else {
+                fields(&[8, 12, 24, 40, 52])
+            };
             hw & !hide
         }
         ID_AA64ZFR0 | ID_AA64SMFR0 | ID_AA64MMFR3 => 0,
         // PMUVer [11:8]: the PMU is the host's; PMSVer [35:32] (SPE),
         // TraceBuffer [47:44], BRBE [55:52]: their controls are not
         // switched.
-        ID_AA64DFR0 => hw & !(field(8) | field(32) | field(44) | field(52)),
+        ID_AA64DFR0 => hw & !fields(&[8, 32, 44, 52]),
         // LO [19:16]: LORegions trapped.
         ID_AA64MMFR1 => hw & !field(16),
         _ => hw,
@@ -90,10 +102,9 @@ mod tests {
         assert_eq!(guest_view(ID_AA64PFR0, 0, false), 0, "CSV2 0 stays 0");
 
         let pfr1 = guest_view(ID_AA64PFR1, ALL, false);
-        assert_eq!((pfr1 >> 24) & 0xf, 0, "SME");
-        assert_eq!((pfr1 >> 8) & 0xf, 0, "MTE without the flag");
-        assert_eq!((pfr1 >> 40) & 0xf, 0, "MTE_frac");
-        assert_eq!(pfr1 & 0xf, 0xf, "BT kept");
+        assert_eq!(pfr1, ALL & !0x00f0_0f00_0f00_ff00, "SME, RAS_frac, MTE*");
+        let pfr1 = guest_view(ID_AA64PFR1, ALL, true);
+        assert_eq!(pfr1, ALL & !0x0f00_f000, "SME, RAS_frac; MTE kept");
         let pfr1 = guest_view(ID_AA64PFR1, 0x0300, true);
         assert_eq!((pfr1 >> 8) & 0xf, 3, "MTE with the flag");
 
@@ -101,8 +112,7 @@ mod tests {
         assert_eq!(guest_view(ID_AA64SMFR0, ALL, true), 0);
         assert_eq!(guest_view(ID_AA64MMFR3, ALL, true), 0);
         let dfr0 = guest_view(ID_AA64DFR0, ALL, true);
-        assert_eq!((dfr0 >> 8) & 0xf, 0, "PMUVer");
-        assert_eq!(dfr0 & 0xff, 0xff, "DebugVer, TraceVer kept");
+        assert_eq!(dfr0, ALL & !0x00f0_f00f_0000_0f00, "PMU, SPE, TRBE, BRBE");
         let mmfr1 = guest_view(ID_AA64MMFR1, ALL, true);
         assert_eq!((mmfr1 >> 16) & 0xf, 0, "LO");
         assert_eq!(mmfr1 & 0xffff, 0xffff);
@@ -110,6 +120,14 @@ mod tests {
         for reg in [(6, 0), (6, 1), (7, 0), (7, 2), (1, 0), (3, 0)] {
             assert_eq!(guest_view(reg, 0x1234_5678, false), 0x1234_5678);
         }
+    }
+
+    #[test]
+    fn fields_is_the_union() {
+        assert_eq!(fields(&[]), 0);
+        assert_eq!(fields(&[8]), 0xf00);
+        assert_eq!(fields(&[8, 8]), 0xf00, "a field named twice");
+        assert_eq!(fields(&[0, 60]), 0xf000_0000_0000_000f);
     }
 
     #[test]

@@ -674,7 +674,8 @@ impl<P: PhysMem> Stage2<P> {
     /// already and are skipped, or map another address and were broken).
     ///
     /// `[a, b)` is split at the root pages' boundaries; each part goes to
-    /// its root's `RootTable` relative to the root's base.
+    /// its root's `RootTable` relative to the root's base. An empty `[a, b)`
+    /// (`b <= a`) writes nothing.
     fn put(&mut self, a: u64, b: u64, pa: u64, attrs: u64, constraints: Constraints) {
         self.writes = self.writes.wrapping_add(1);
         let flags = Stage2Attributes::from_bits_retain(attrs as usize);
@@ -891,18 +892,17 @@ impl<P: PhysMem> Stage2<P> {
         let mut any = false;
         for s in straddles.iter().flatten() {
             any = true;
-            if s.start < ipa {
-                self.put(s.start, ipa, s.oa, s.attrs, Constraints::NO_CONTIGUOUS_HINT);
-            }
-            if end < s.end {
-                self.put(
-                    end,
-                    s.end,
-                    s.oa + (end - s.start),
-                    s.attrs,
-                    Constraints::NO_CONTIGUOUS_HINT,
-                );
-            }
+            // The part before the range and the part after it; `put`
+            // writes nothing for a part that is empty (`s.start` is below
+            // `end`: the block holds the range's first or last page).
+            self.put(s.start, ipa, s.oa, s.attrs, Constraints::NO_CONTIGUOUS_HINT);
+            self.put(
+                end,
+                s.end,
+                s.oa + (end - s.start),
+                s.attrs,
+                Constraints::NO_CONTIGUOUS_HINT,
+            );
         }
         any
     }

@@ -582,6 +582,48 @@ fn block_permission_change_in_place() {
     assert_eq!(s2.lookup(MIB2 + 0x3000), mapped(0x8000_3000, ro, 2));
 }
 
+/// Range updates take the generic path, not the one-page one. A change of
+/// software state only is made in place, with no TLBI. A permission change
+/// is made in place, and the leaves it rewrote are invalidated after it.
+#[test]
+fn range_state_changes_need_no_tlbi() {
+    let (_mem, mut s2) = setup(39, true, 8);
+    let shared = leaf(RWX, MemType::NormalWb, PageState::SharedOwned);
+    let ro_shared = leaf(R, MemType::NormalWb, PageState::SharedOwned);
+
+    // Two pages of a leaf table.
+    s2.map(0x3000, 0x5000_3000, 2, wb(), false, &mut Rec::new())
+        .unwrap();
+    let mut mnt = Rec::new();
+    s2.map(0x3000, 0x5000_3000, 2, shared, false, &mut mnt)
+        .unwrap();
+    assert_eq!(mnt.ev, vec![Ev::Dsb]);
+    assert_eq!(s2.lookup(0x3000), mapped(0x5000_3000, shared, 3));
+    assert_eq!(s2.lookup(0x4000), mapped(0x5000_4000, shared, 3));
+    let mut mnt = Rec::new();
+    s2.map(0x3000, 0x5000_3000, 2, ro_shared, false, &mut mnt)
+        .unwrap();
+    assert_eq!(
+        mnt.ev,
+        vec![Ev::Dsb, Ev::Ipa(0x3000, 3), Ev::Ipa(0x4000, 3), Ev::Dsb]
+    );
+    assert_eq!(s2.lookup(0x4000), mapped(0x5000_4000, ro_shared, 3));
+
+    // A whole block.
+    s2.map(MIB2, 0x8000_0000, 512, wb(), true, &mut Rec::new())
+        .unwrap();
+    let mut mnt = Rec::new();
+    s2.map(MIB2, 0x8000_0000, 512, shared, true, &mut mnt)
+        .unwrap();
+    assert_eq!(mnt.ev, vec![Ev::Dsb]);
+    assert_eq!(s2.lookup(MIB2 + 0x3000), mapped(0x8000_3000, shared, 2));
+    let mut mnt = Rec::new();
+    s2.map(MIB2, 0x8000_0000, 512, ro_shared, true, &mut mnt)
+        .unwrap();
+    assert_eq!(mnt.ev, vec![Ev::Dsb, Ev::Ipa(MIB2, 2), Ev::Dsb]);
+    assert_eq!(s2.lookup(MIB2 + 0x3000), mapped(0x8000_3000, ro_shared, 2));
+}
+
 #[test]
 fn unmap_whole_table_frees_it_after_tlbi() {
     let (mem, mut s2) = setup(39, true, 8);
