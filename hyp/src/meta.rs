@@ -50,29 +50,120 @@ impl PageMeta {
 
     /// Guest mappings borrowing the page.
     pub fn share_count(&self, index: Option<u64>) -> u16 {
-        self.get(index) & !PINNED
+        count_of(self.get(index))
     }
 
     /// Whether the page is a vCPU's run page.
     pub fn pinned(&self, index: Option<u64>) -> bool {
-        self.get(index) & PINNED != 0
+        pinned_of(self.get(index))
     }
 
-    /// One more guest mapping borrows the page. The caller checked the limit.
+    /// One more guest mapping borrows the page. The caller checked the
+    /// limit; at [`MAX_SHARE_COUNT`] the count stays there.
     pub fn share_inc(&mut self, index: Option<u64>) {
         self.update(index, |e| {
-            (e & PINNED) | ((e & !PINNED).saturating_add(1) & !PINNED)
+            entry(pinned_of(e), count_of(e).saturating_add(1))
         });
     }
 
-    /// One guest mapping fewer; returns the remaining count.
+    /// One guest mapping fewer (none stays none); returns the remaining
+    /// count.
     pub fn share_dec(&mut self, index: Option<u64>) -> u16 {
-        self.update(index, |e| (e & PINNED) | (e & !PINNED).saturating_sub(1));
+        self.update(index, |e| {
+            entry(pinned_of(e), count_of(e).saturating_sub(1))
+        });
         self.share_count(index)
     }
 
     /// Pin or unpin a run page.
     pub fn set_pinned(&mut self, index: Option<u64>, pinned: bool) {
-        self.update(index, |e| if pinned { e | PINNED } else { e & !PINNED });
+        self.update(index, |e| entry(pinned, count_of(e)));
+    }
+}
+
+/// The share count held in entry `e`.
+fn count_of(e: u16) -> u16 {
+    e & !PINNED
+}
+
+/// The pinned flag held in entry `e`.
+fn pinned_of(e: u16) -> bool {
+    e & PINNED != 0
+}
+
+/// The entry of a page with these flag and count (the count capped at
+/// [`MAX_SHARE_COUNT`], so it never reaches the flag's bit).
+fn entry(pinned: bool, count: u16) -> u16 {
+    (if pinned { PINNED } else { 0 }) + count.min(MAX_SHARE_COUNT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pages: usize) -> PageMeta {
+        PageMeta {
+            entries: alloc::vec![0; pages],
+        }
+    }
+
+    #[test]
+    fn bytes_are_two_per_page() {
+        assert_eq!(meta(0).bytes(), 0);
+        assert_eq!(meta(3).bytes(), 6);
+        assert_eq!(meta(4096).bytes(), 8192);
+    }
+
+    #[test]
+    fn count_and_pin_are_kept_apart() {
+        let mut m = meta(4);
+        let p = Some(2);
+        m.share_inc(p);
+        m.share_inc(p);
+        assert_eq!((m.share_count(p), m.pinned(p)), (2, false));
+        m.set_pinned(p, true);
+        assert_eq!((m.share_count(p), m.pinned(p)), (2, true));
+        assert_eq!(m.entries[2], PINNED | 2);
+        assert_eq!(m.share_dec(p), 1);
+        assert!(m.pinned(p));
+        m.set_pinned(p, false);
+        assert_eq!((m.share_count(p), m.pinned(p)), (1, false));
+        assert_eq!(m.share_dec(p), 0);
+        assert_eq!(m.share_dec(p), 0, "none stays none");
+        // The other pages saw nothing.
+        assert_eq!(m.entries, [0, 0, 0, 0]);
+        m.set_pinned(Some(0), true);
+        assert_eq!((m.share_count(Some(0)), m.pinned(Some(0))), (0, true));
+        assert_eq!(m.share_count(Some(1)), 0);
+        assert!(!m.pinned(Some(1)));
+    }
+
+    #[test]
+    fn the_count_stops_at_its_limit() {
+        let mut m = meta(1);
+        let p = Some(0);
+        m.entries[0] = MAX_SHARE_COUNT - 1;
+        m.share_inc(p);
+        assert_eq!(m.share_count(p), MAX_SHARE_COUNT);
+        m.share_inc(p);
+        assert_eq!((m.share_count(p), m.pinned(p)), (MAX_SHARE_COUNT, false));
+        m.set_pinned(p, true);
+        m.share_inc(p);
+        assert_eq!((m.share_count(p), m.pinned(p)), (MAX_SHARE_COUNT, true));
+        assert_eq!(m.share_dec(p), MAX_SHARE_COUNT - 1);
+        assert!(m.pinned(p));
+    }
+
+    #[test]
+    fn untracked_pages_read_zero_and_take_no_update() {
+        let mut m = meta(2);
+        for p in [None, Some(2), Some(u64::MAX)] {
+            m.share_inc(p);
+            m.set_pinned(p, true);
+            assert_eq!(m.share_count(p), 0);
+            assert!(!m.pinned(p));
+            assert_eq!(m.share_dec(p), 0);
+        }
+        assert_eq!(m.entries, [0, 0]);
     }
 }
