@@ -311,6 +311,20 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_interrupt_injected_again_stays_pending_once() {
+        let mut g = VgicContext::default();
+        g.inject(50);
+        g.flush(4, TIMER, false);
+        // The guest has not taken it yet.
+        g.inject(50);
+        assert!(g.is_queued(50));
+        let f = g.flush(4, TIMER, false);
+        assert!(!f.overflow);
+        assert_eq!(states(&g, 4), [(50, 1, false)]);
+        assert!(!g.has_queued());
+    }
+
+    #[test]
     fn the_timer_gets_a_hardware_linked_list_register_while_it_asserts() {
         let mut g = VgicContext::default();
         let f = g.flush(4, TIMER, true);
@@ -367,6 +381,25 @@ mod tests {
         assert!(g.lr[3..].iter().all(|&v| v == 0));
         g.flush(99, TIMER, false);
         assert!(g.lr.iter().all(|&v| lr_state(v) == 1));
+    }
+
+    #[test]
+    fn used_and_pending_list_registers() {
+        let mut g = VgicContext::default();
+        assert_eq!(g.used_lrs(4), 0);
+        assert!(!g.any_pending(4));
+        g.lr[2] = make_lr(40, lr::ACTIVE, false);
+        assert_eq!(g.used_lrs(4), 3, "up to the last valid one");
+        assert_eq!(g.used_lrs(2), 0, "only the first nr_lrs count");
+        assert!(!g.any_pending(4), "active is not pending");
+        g.lr[5] = make_lr(41, lr::PENDING, false);
+        assert_eq!(g.used_lrs(99), 6);
+        assert!(!g.any_pending(5));
+        assert!(g.any_pending(6));
+        g.lr[5] = 0;
+        g.inject(1);
+        assert!(g.any_pending(0), "queued, with no list register yet");
+        assert!(g.has_queued());
     }
 
     #[test]
