@@ -624,6 +624,69 @@ fn range_state_changes_need_no_tlbi() {
     assert_eq!(s2.lookup(MIB2 + 0x3000), mapped(0x8000_3000, ro_shared, 2));
 }
 
+/// What `walk_raw` reports: one run per stretch of consecutive descriptors
+/// of one table that map consecutive output addresses with the same
+/// attributes, or are invalid with the same annotation; the empty ones
+/// left out when asked; nothing more once the callback says stop.
+#[test]
+fn walk_raw_reports_runs_of_one_table() {
+    let (_mem, mut s2) = setup(40, true, 16);
+    let mut mnt = Rec::new();
+    s2.map(0x3000, 0x5000_3000, 4, wb(), false, &mut mnt).unwrap();
+    s2.map(0x7000, 0x9000_0000, 1, wb(), false, &mut mnt).unwrap();
+    s2.set_invalid(0x8000, 2, 5, &mut mnt).unwrap();
+    // Two blocks of one level-2 table, consecutive in both spaces.
+    s2.map(MIB2, 0x8000_0000, 1024, wb(), true, &mut mnt).unwrap();
+    // Consecutive pages on both sides of the boundary between the two
+    // concatenated root pages (512 GiB each).
+    let edge = 1u64 << 39;
+    s2.map(edge - 0x1000, 0x7000_0000, 2, wb(), false, &mut mnt)
+        .unwrap();
+
+    let raw = |s2: &Stage2<TestMem>, ipa: u64, nr: u64, skip: bool, stop_after: usize| {
+        let mut v = Vec::new();
+        s2.walk_raw(ipa, nr, skip, &mut |a, n, e| {
+            v.push((a, n, e));
+            v.len() < stop_after
+        })
+        .unwrap();
+        v
+    };
+    let head = [
+        (0x3000, 4, mapped(0x5000_3000, wb(), 3)),
+        (0x7000, 1, mapped(0x9000_0000, wb(), 3)),
+        (0x8000, 2, Entry::Invalid { annotation: 5 }),
+        (MIB2, 1024, mapped(0x8000_0000, wb(), 2)),
+    ];
+    assert_eq!(raw(&s2, 0, 3 * 512, true, usize::MAX), head);
+    let empty = Entry::Invalid { annotation: 0 };
+    let mut all = vec![(0, 3, empty)];
+    all.extend_from_slice(&head[..3]);
+    all.push((0xa000, 502, empty));
+    all.push(head[3]);
+    assert_eq!(raw(&s2, 0, 3 * 512, false, usize::MAX), all);
+    // The callback stops the walk.
+    assert_eq!(raw(&s2, 0, 3 * 512, true, 2), head[..2]);
+    assert_eq!(raw(&s2, 0, 3 * 512, false, 1), all[..1]);
+    // A range starting inside a run, or inside a block.
+    assert_eq!(
+        raw(&s2, 0x4000, 2, true, usize::MAX),
+        [(0x4000, 2, mapped(0x5000_4000, wb(), 3))]
+    );
+    assert_eq!(
+        raw(&s2, MIB2 + 0x3000, 3, true, usize::MAX),
+        [(MIB2 + 0x3000, 3, mapped(0x8000_3000, wb(), 2))]
+    );
+    // Across the root pages: two tables, two runs; a stop in the first
+    // root page ends the walk.
+    let across = [
+        (edge - 0x1000, 1, mapped(0x7000_0000, wb(), 3)),
+        (edge, 1, mapped(0x7000_1000, wb(), 3)),
+    ];
+    assert_eq!(raw(&s2, edge - MIB2, 1024, true, usize::MAX), across);
+    assert_eq!(raw(&s2, edge - MIB2, 1024, true, 1), across[..1]);
+}
+
 #[test]
 fn unmap_whole_table_frees_it_after_tlbi() {
     let (mem, mut s2) = setup(39, true, 8);
