@@ -640,7 +640,7 @@ fn walk_raw_reports_runs_of_one_table() {
     // Consecutive pages on both sides of the boundary between the two
     // concatenated root pages (512 GiB each).
     let edge = 1u64 << 39;
-    s2.map(edge - 0x1000, 0x7000_0000, 2, wb(), false, &mut mnt)
+    s2.map(edge - 0x1000, 0x7000_0000, 3, wb(), false, &mut mnt)
         .unwrap();
 
     let raw = |s2: &Stage2<TestMem>, ipa: u64, nr: u64, skip: bool, stop_after: usize| {
@@ -681,10 +681,15 @@ fn walk_raw_reports_runs_of_one_table() {
     // root page ends the walk.
     let across = [
         (edge - 0x1000, 1, mapped(0x7000_0000, wb(), 3)),
-        (edge, 1, mapped(0x7000_1000, wb(), 3)),
+        (edge, 2, mapped(0x7000_1000, wb(), 3)),
     ];
     assert_eq!(raw(&s2, edge - MIB2, 1024, true, usize::MAX), across);
     assert_eq!(raw(&s2, edge - MIB2, 1024, true, 1), across[..1]);
+    // `walk` too reports addresses in the second root page as they are.
+    assert_eq!(
+        runs(&s2, edge + 0x1000, 1),
+        [(edge + 0x1000, 1, mapped(0x7000_2000, wb(), 3))]
+    );
 }
 
 #[test]
