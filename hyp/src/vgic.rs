@@ -264,6 +264,24 @@ mod tests {
     }
 
     #[test]
+    fn intids_of_every_pending_word_reach_list_registers_as_themselves() {
+        let mut g = VgicContext::default();
+        for intid in [MAX_INJECT_INTID, 100, 64, 63] {
+            assert!(g.inject(intid));
+        }
+        assert!(!g.flush(4, TIMER, false).overflow);
+        assert_eq!(
+            states(&g, 4),
+            [
+                (63, 1, false),
+                (64, 1, false),
+                (100, 1, false),
+                (MAX_INJECT_INTID, 1, false)
+            ]
+        );
+    }
+
+    #[test]
     fn special_and_out_of_range_intids_are_refused() {
         let mut g = VgicContext::default();
         for intid in [1020, 1023, 1024, u32::MAX] {
