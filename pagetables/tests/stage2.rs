@@ -632,11 +632,14 @@ fn range_state_changes_need_no_tlbi() {
 fn walk_raw_reports_runs_of_one_table() {
     let (_mem, mut s2) = setup(40, true, 16);
     let mut mnt = Rec::new();
-    s2.map(0x3000, 0x5000_3000, 4, wb(), false, &mut mnt).unwrap();
-    s2.map(0x7000, 0x9000_0000, 1, wb(), false, &mut mnt).unwrap();
+    s2.map(0x3000, 0x5000_3000, 4, wb(), false, &mut mnt)
+        .unwrap();
+    s2.map(0x7000, 0x9000_0000, 1, wb(), false, &mut mnt)
+        .unwrap();
     s2.set_invalid(0x8000, 2, 5, &mut mnt).unwrap();
     // Two blocks of one level-2 table, consecutive in both spaces.
-    s2.map(MIB2, 0x8000_0000, 1024, wb(), true, &mut mnt).unwrap();
+    s2.map(MIB2, 0x8000_0000, 1024, wb(), true, &mut mnt)
+        .unwrap();
     // Consecutive pages on both sides of the boundary between the two
     // concatenated root pages (512 GiB each).
     let edge = 1u64 << 39;
