@@ -120,6 +120,13 @@ const BUSYBOX: &str = "busybox-static";
 /// The cross compiler for the module and the test program.
 pub(crate) const CROSS: &str = "aarch64-linux-gnu-";
 const CROSS_PACKAGE: &str = "gcc-aarch64-linux-gnu";
+/// The C library for the cross compiler (amd64 too, under
+/// /usr/aarch64-linux-gnu): only a recommendation of the compiler, so
+/// `--no-install-recommends` leaves it out, and the static test program
+/// needs it.
+const CROSS_LIBC_PACKAGE: &str = "libc6-dev-arm64-cross";
+/// A header of that C library.
+const CROSS_LIBC_HEADER: &str = "/usr/aarch64-linux-gnu/include/stdio.h";
 
 pub(crate) fn linux_dir() -> PathBuf {
     workspace_root().join("target").join("linux")
@@ -337,27 +344,31 @@ fn wrap_kbuild_tools(k: &Kernel, root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes sure the aarch64 cross compiler (an amd64 package) is installed.
+/// Makes sure the aarch64 cross compiler and its C library (amd64
+/// packages) are installed.
 pub(crate) fn ensure_cross_compiler() -> Result<(), String> {
     let gcc = format!("{CROSS}gcc");
-    if Command::new(&gcc).arg("--version").output().is_ok() {
+    let mut missing = Vec::new();
+    if Command::new(&gcc).arg("--version").output().is_err() {
+        missing.push(CROSS_PACKAGE);
+    }
+    if !Path::new(CROSS_LIBC_HEADER).exists() {
+        missing.push(CROSS_LIBC_PACKAGE);
+    }
+    if missing.is_empty() {
         return Ok(());
     }
-    println!("xtask: {gcc} is missing; installing {CROSS_PACKAGE} (amd64)");
+    let list = missing.join(" ");
+    println!("xtask: installing {list} (amd64): the cross compiler for the driver and its test");
     let mut updated = false;
     apt_update(Source::Machine, &mut updated)?;
     run_checked(
         Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                CROSS_PACKAGE,
-            ])
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .map_err(|e| format!("{e}; install it with: apt-get install {CROSS_PACKAGE}"))
+    .map_err(|e| format!("{e}; install them with: apt-get install {list}"))
 }
 
 /// Copies `from` into `to` recursively, rewriting only files whose contents
