@@ -364,6 +364,18 @@ mod tests {
     }
 
     #[test]
+    fn only_a_hardware_linked_timer_entry_keeps_the_timer_masked() {
+        let mut g = VgicContext::default();
+        // The host injects the timer's INTID itself: an ordinary entry.
+        assert!(g.inject(TIMER));
+        let f = g.flush(4, TIMER, false);
+        assert_eq!(states(&g, 4), [(TIMER, 1, false)]);
+        assert!(!f.mask_timer && !f.overflow);
+        // The same entry while the timer asserts: masked for the level.
+        assert!(g.flush(4, TIMER, true).mask_timer);
+    }
+
+    #[test]
     fn the_timer_goes_first_when_list_registers_are_short() {
         let mut g = VgicContext::default();
         for intid in 32..40 {
