@@ -213,3 +213,31 @@ pub fn render_markdown() -> String {
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `host_may` is the table: a call accepts exactly the states of its
+    /// row, and no other row's states leak into it.
+    #[test]
+    fn host_may_reads_the_row_of_its_own_call() {
+        assert!(host_may(Op::Reclaim, Reclaimable));
+        assert!(!host_may(Op::Reclaim, Owned), "Owned is other rows' state");
+        assert!(host_may(Op::GuestDonate, Owned));
+        assert!(!host_may(Op::GuestDonate, Reclaimable));
+        for r in TABLE {
+            for s in [
+                Owned,
+                SharedHyp,
+                SharedGuests,
+                Borrowed,
+                HypOwned,
+                GuestOwned,
+                Reclaimable,
+            ] {
+                assert_eq!(host_may(r.op, s), r.from.contains(&s), "{} {s:?}", r.call);
+            }
+        }
+    }
+}
