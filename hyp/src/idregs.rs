@@ -47,6 +47,16 @@ const fn fields(shifts: &[u32]) -> u64 {
     mask
 }
 
+/// ID_AA64PFR0_EL1's hidden fields: RAS, SVE, AMU, and CSV2 (put back
+/// capped at 1).
+const PFR0_HIDDEN: u64 = fields(&[28, 32, 44, 56]);
+/// ID_AA64PFR1_EL1's hidden fields for a VM with MTE: SME and RAS_frac.
+const PFR1_HIDDEN_MTE: u64 = fields(&[12, 24]);
+/// ... and without MTE: also MTE, MTE_frac and MTEX.
+const PFR1_HIDDEN: u64 = fields(&[8, 12, 24, 40, 52]);
+/// ID_AA64DFR0_EL1's hidden fields: PMUVer, PMSVer, TraceBuffer, BRBE.
+const DFR0_HIDDEN: u64 = fields(&[8, 32, 44, 52]);
+
 /// Whether `(crm, op2)` is in the ID space TID3 traps: op0 3, op1 0,
 /// CRn 0, CRm 1..=7.
 pub fn is_id_space(op0: u64, op1: u64, crn: u64, crm: u64) -> bool {
@@ -61,23 +71,18 @@ pub fn guest_view(reg: IdReg, hw: u64, mte: bool) -> u64 {
             // RAS [31:28], SVE [35:32] and AMU [47:44] hidden; CSV2 [59:56]
             // at most 1: SCXTNUM_ELx are trapped.
             let csv2 = ((hw >> 56) & 0xf).min(1) << 56;
-            hw & !fields(&[28, 32, 44, 56]) | csv2
+            hw & !PFR0_HIDDEN | csv2
         }
         ID_AA64PFR1 => {
             // SME [27:24] and RAS_frac [15:12]; without the VM's MTE flag
             // also MTE [11:8], MTE_frac [43:40] and MTEX [55:52].
-            let hide = if mte {
-                fields(&[12, 24])
-            } else {
-                fields(&[8, 12, 24, 40, 52])
-            };
-            hw & !hide
+            hw & !if mte { PFR1_HIDDEN_MTE } else { PFR1_HIDDEN }
         }
         ID_AA64ZFR0 | ID_AA64SMFR0 | ID_AA64MMFR3 => 0,
         // PMUVer [11:8]: the PMU is the host's; PMSVer [35:32] (SPE),
         // TraceBuffer [47:44], BRBE [55:52]: their controls are not
         // switched.
-        ID_AA64DFR0 => hw & !fields(&[8, 32, 44, 52]),
+        ID_AA64DFR0 => hw & !DFR0_HIDDEN,
         // LO [19:16]: LORegions trapped.
         ID_AA64MMFR1 => hw & !field(16),
         _ => hw,
