@@ -36,10 +36,8 @@ impl Errno {
     pub const fn from_x1(x1: u64) -> Option<Self> {
         // Two's-complement negation of the register gives the positive errno;
         // a value that is not `-errno` for a known errno maps to nothing.
-        let positive = x1.wrapping_neg();
-        if positive > i64::MAX as u64 {
-            return None;
-        }
-        Self::from_value(positive as i64)
+        // A value above i64::MAX reads as a negative number here, which is
+        // no errno either.
+        Self::from_value(x1.wrapping_neg() as i64)
     }
 }

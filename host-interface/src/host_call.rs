@@ -62,10 +62,11 @@ impl HostCallId {
     /// The call a host's x0 names; `None` (NOT_SUPPORTED) for anything not in
     /// the table, including any value with bits 63:32 set.
     pub const fn from_id(id: u64) -> Option<Self> {
-        if id > u32::MAX as u64 {
+        let low = id as u32;
+        if low as u64 != id {
             return None;
         }
-        Self::from_value(id as u32)
+        Self::from_value(low)
     }
 
     /// The function ID.
