@@ -122,13 +122,30 @@ impl SimMachine {
         Self::build(cpu, Some(spare))
     }
 
+    /// A fresh board of model `model` described by `manifest` instead of
+    /// the project's QEMU `virt` manifest (same device tree), e.g. with
+    /// more MMIO regions.
+    pub fn with_manifest(model: &str, manifest: &str) -> Result<Self, String> {
+        let cpu = platform::qemu_cpu(model, true)
+            .ok_or_else(|| format!("unknown CPU model {model:?}"))?;
+        Self::build_with(cpu, None, manifest)
+    }
+
     fn build(cpu: CpuFeatures, spare: Option<u64>) -> Result<Self, String> {
+        Self::build_with(cpu, spare, platform::QEMU_VIRT_MANIFEST)
+    }
+
+    fn build_with(cpu: CpuFeatures, spare: Option<u64>, manifest: &str) -> Result<Self, String> {
         let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
-        let platform = Platform::new(&fdt, platform::QEMU_VIRT_MANIFEST, &[], cpu.pa_bits)
+        let platform = Platform::new(&fdt, manifest, &[], cpu.pa_bits)
             .map_err(|e| format!("platform description: {e:?}"))?;
-        // Everything the build depends on besides the (fixed) device tree
-        // and manifest: equal keys build equal memory (`SimPhys::built`).
-        let key = format!("{cpu:?} {spare:?}");
+        // Everything the build depends on besides the (fixed) device tree:
+        // equal keys build equal memory (`SimPhys::built`).
+        let key = if manifest == platform::QEMU_VIRT_MANIFEST {
+            format!("{cpu:?} {spare:?}")
+        } else {
+            format!("{cpu:?} {spare:?} {manifest}")
+        };
         let phys = SimPhys::for_board(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE, &key);
         let hyp_region = platform
             .regions()

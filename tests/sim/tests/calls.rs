@@ -2763,6 +2763,42 @@ fn dma_view_follows_ownership() {
     }
 }
 
+/// The DMA view's regions end where RAM and COHERENT end: on a board with
+/// assignable MMIO right past COHERENT's end, a page of it lent to a guest
+/// and given back never enters the view, and costs it no update.
+#[test]
+fn mmio_bordering_coherent_stays_out_of_the_dma_view() {
+    let manifest = format!(
+        "{}\nmmio {:#x} 0x4000\n",
+        platform::QEMU_VIRT_MANIFEST,
+        COH_END << 12
+    );
+    for model in MODELS {
+        let m = SimMachine::with_manifest(model, &manifest).expect("board");
+        let mut t = T::new_on(model, m);
+        let n = t.vm(NORMAL, 8);
+        for (i, pfn) in [COH_END, COH_END + 2].into_iter().enumerate() {
+            let gfn = 0x100 + 2 * i as u64;
+            let before = t.m.hyp().dma_updates();
+            t.ok0(Id::GuestMapDevice, &[n, pfn, gfn, 2, RW | DEV]);
+            t.ok0(Id::GuestUnmapDevice, &[n, gfn, 2]);
+            for p in [pfn, pfn + 1] {
+                assert!(
+                    !t.m.device_access(p << 12),
+                    "[{model}] MMIO {p:#x} in the DMA view"
+                );
+            }
+            assert_eq!(
+                t.m.hyp().dma_updates(),
+                before,
+                "[{model}] MMIO at {pfn:#x} updated the DMA view"
+            );
+        }
+        assert!(t.m.device_access((COH_END - 1) << 12), "[{model}] COHERENT");
+        t.invariants();
+    }
+}
+
 /// RULES.md S1 through the SMMU's TLB: a device's cached translations of a
 /// 2 MiB block of the DMA view are all dropped when the block goes (not
 /// only its first page's), and so are those of more pages than one batch
