@@ -2071,6 +2071,45 @@ fn guest_map_device() {
     }
 }
 
+/// What the host keeps of a whole 2 MiB it lends: memory lent write-back
+/// stays one block (no table page spent on it), while non-cacheable
+/// memory lent to a guest becomes 512 pages (D6), also where the range
+/// would fit a block.
+#[test]
+fn lending_a_whole_block_keeps_it_only_when_cacheable() {
+    for model in MODELS {
+        let mut t = T::new(model);
+        let n = t.vm(NORMAL, 8);
+        let r = t.ram(1024);
+        let b = r.next_multiple_of(512);
+        t.hwrite(b << 12, 1);
+        let pool = t.m.hyp().host_stage2().pool_len();
+        t.ok0(Id::GuestShare, &[n, b, 0x200, 512, RW]);
+        for p in [b, b + 511] {
+            match t.host_entry(p) {
+                Entry::Mapped { level, leaf, .. } => {
+                    assert_eq!(level, 2, "[{model}] shared WB {p:#x} split");
+                    assert_eq!(leaf.state, PageState::SharedOwned);
+                }
+                e => panic!("[{model}] {p:#x}: {e:?}"),
+            }
+        }
+        assert_eq!(
+            t.m.hyp().host_stage2().pool_len(),
+            pool,
+            "[{model}] table pages"
+        );
+
+        let u = t.mmio_uc(1024);
+        let ub = u.next_multiple_of(512);
+        t.ok0(Id::GuestMapDevice, &[n, ub, 0x400, 512, RW | NC]);
+        for p in [ub, ub + 255, ub + 511] {
+            t.host_type(p, MemType::NormalNc);
+        }
+        t.invariants();
+    }
+}
+
 #[test]
 fn guest_unmap_device() {
     for model in MODELS {
