@@ -125,6 +125,24 @@ fn memory_is_cleaned_before_a_guest_gets_it_only_without_fwb() {
             let icache = after.icache - before.icache;
             assert_eq!(icache, u64::from(exec && !dic), "{model} {id:?} icache");
         }
+        // Device memory is never cleaned: DEVICE and NORMAL_NC MMIO on
+        // every model, and COHERENT memory mapped write-back (executable
+        // too), which only a CPU with FWB and DIC may do.
+        let mut device = vec![(PageKind::Mmio, 0x3u64), (PageKind::MmioUc, 0x103)];
+        if fwb && dic {
+            device.push((PageKind::Coherent, 0x207));
+        }
+        for (i, (kind, x5)) in device.into_iter().enumerate() {
+            let pfn = m.alloc(kind, 2).unwrap();
+            let before = m.hyp().maintenance().counts();
+            ok(m.call(
+                HostCallId::GuestMapDevice,
+                &[h, pfn, 0x200 + 8 * i as u64, 2, x5],
+            ));
+            let after = m.hyp().maintenance().counts();
+            assert_eq!(after.dcache_bytes, before.dcache_bytes, "{model} {kind:?}");
+            assert_eq!(after.icache, before.icache, "{model} {kind:?} icache");
+        }
     }
 }
 
