@@ -1775,6 +1775,34 @@ fn guest_unshare_gives_pages_back_one_run_at_a_time() {
     }
 }
 
+/// VM_DESTROY, too, gives pages back in one host update per run of
+/// consecutive frames: a guest's four consecutive pages, donated or
+/// shared, cost the DMA view as many updates as one page does.
+#[test]
+fn vm_destroy_gives_pages_back_one_run_at_a_time() {
+    // On a fresh board each time, so that everything but the run's
+    // length is the same.
+    fn destroy_updates(model: &'static str, flags: u64, id: Id, nr: u64) -> u64 {
+        let mut t = T::new(model);
+        let vm = t.vm(flags, 8);
+        let _gap = t.ram(1);
+        let pages = t.ram(nr);
+        t.ok0(id, &[vm, pages, 0x100, nr, RW]);
+        let before = t.m.hyp().dma_updates();
+        t.ok0(Id::VmDestroy, &[vm]);
+        t.invariants();
+        t.m.hyp().dma_updates() - before
+    }
+    for model in MODELS {
+        for (flags, id) in [(PROTECTED, Id::GuestDonate), (NORMAL, Id::GuestShare)] {
+            let one = destroy_updates(model, flags, id, 1);
+            let four = destroy_updates(model, flags, id, 4);
+            assert!(one >= 1, "[{model}] {id:?}: no update");
+            assert_eq!(four, one, "[{model}] {id:?}: four pages in one run");
+        }
+    }
+}
+
 #[test]
 fn guest_unshare() {
     for model in MODELS {
