@@ -2138,6 +2138,38 @@ fn lending_a_whole_block_keeps_it_only_when_cacheable() {
     }
 }
 
+/// GUEST_UNSHARE of a whole 2 MiB the host kept as one block counts the
+/// host's table pages by run, not page by page: the block goes back with
+/// no table page, even on a board whose host pool is little more than its
+/// boot reservation (fewer free pages than the block has pages).
+#[test]
+fn unsharing_a_whole_block_needs_no_table_page() {
+    for model in MODELS {
+        let mut t = T::new_on(model, SimMachine::with_spare_pool(model, 0).expect("board"));
+        let n = t.vm(NORMAL, 8);
+        let r = t.ram(1024);
+        let b = r.next_multiple_of(512);
+        t.ok0(Id::GuestShare, &[n, b, 0x200, 512, RW]);
+        // One page shared out of each of other blocks: each split takes a
+        // table page, until fewer are left than the block has pages.
+        let mut gfn = 0x1000;
+        while t.m.hyp().host_stage2().pool_len() >= 512 {
+            let other = t.ram(512).next_multiple_of(512);
+            t.ok0(Id::GuestShare, &[n, other, gfn, 1, RW]);
+            gfn += 1;
+        }
+        let pool = t.m.hyp().host_stage2().pool_len();
+        t.ok0(Id::GuestUnshare, &[n, 0x200, 512]);
+        assert_eq!(
+            t.m.hyp().host_stage2().pool_len(),
+            pool,
+            "[{model}] table pages"
+        );
+        t.expect_q(b, 512, HOST_RAM);
+        t.invariants();
+    }
+}
+
 #[test]
 fn guest_unmap_device() {
     for model in MODELS {
