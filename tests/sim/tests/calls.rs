@@ -2257,6 +2257,14 @@ fn guest_calls() {
                     SMCCC_NOT_SUPPORTED
                 );
             }
+            // SMC32 calls take W1: the upper half of x1 is not the argument.
+            assert_eq!(
+                t.gcall(
+                    h,
+                    greg(SMCCC_ARCH_FEATURES, &[0xdead_beef << 32 | SMCCC_VERSION])
+                )[0],
+                0
+            );
             // Whatever x1..x3 held on the way in.
             for junk in [[0, 0, 0], [7, 8, 9]] {
                 let uid = t.gcall(h, greg(VENDOR_HYP_CALL_UID, &junk));
@@ -2292,6 +2300,8 @@ fn guest_calls() {
                 0xC400_0004, // AFFINITY_INFO
             ] {
                 assert_eq!(t.gcall(h, greg(PSCI_FEATURES, &[f]))[0], psci::SUCCESS);
+                let w1 = 0xdead_beef << 32 | f;
+                assert_eq!(t.gcall(h, greg(PSCI_FEATURES, &[w1]))[0], psci::SUCCESS);
             }
             for f in [0x8400_00FF, 0xC600_0110] {
                 assert_eq!(

@@ -355,6 +355,52 @@ fn guest_cpu_on_answers_and_starts_the_target() {
     }
 }
 
+/// A guest's CPU_ON ends the run (INTERRUPTED, for the host to run the
+/// target) only when it succeeds; a refused one goes straight back into
+/// the guest with its answer. The SMC32 form takes W1..W3: the upper
+/// halves of x1..x3 are not part of the call.
+#[test]
+fn only_a_successful_cpu_on_ends_the_run() {
+    let base = sim::GUEST_BASE_IPA;
+    let junk = 0xdead_beef_u64 << 32;
+    for protected in [false, true] {
+        let (mut m, h, _) = guest(protected);
+        let mut s = script(&[]);
+        run(&mut m, h, 0, &mut s);
+        // Refused: no such vCPU, then itself (already on).
+        for (x1, answer) in [(2u64, -2i64), (0, -4)] {
+            let mut s = script(&[(Trap::Hvc, [CPU_ON, x1, base, 0, 0, 0, 0])]);
+            run(&mut m, h, 0, &mut s);
+            assert_eq!(
+                s.seen.len(),
+                2,
+                "protected {protected}: CPU_ON({x1}) ended the run"
+            );
+            assert_eq!(s.seen[1].1[0] as i64, answer);
+        }
+        // The SMC32 form, with junk above each argument's 32 bits.
+        let call = [
+            0x8400_0003,
+            junk | 1,
+            junk | (base + 8),
+            junk | 0x77,
+            0,
+            0,
+            0,
+        ];
+        let mut s = script(&[(Trap::Hvc, call)]);
+        assert_eq!(run(&mut m, h, 0, &mut s), ExitReason::Interrupted);
+        assert_eq!(s.seen.len(), 1, "protected {protected}: the run went on");
+        let mut next = script(&[]);
+        run(&mut m, h, 0, &mut next);
+        assert_eq!(next.seen[0].1[0], 0, "SUCCESS");
+        let mut s = script(&[]);
+        assert_eq!(run(&mut m, h, 1, &mut s), ExitReason::Interrupted);
+        assert_eq!(s.seen[0].0, base + 8);
+        assert_eq!(s.seen[0].1[0], 0x77);
+    }
+}
+
 /// After a MEM_FAULT exit, the next run completes the access only for a
 /// normal VM's fault on an unmapped IPA (the host may have emulated it):
 /// a read gets the run page's data, masked to its size, and the pc moves
