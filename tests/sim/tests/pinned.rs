@@ -432,7 +432,7 @@ fn run_with(m: &mut SimMachine, h: u64, vcpu: u64, run: u64, exec: &mut SendSgi)
 #[test]
 fn guest_sgis_reach_exactly_the_vcpus_named() {
     let interrupted = host_interface::ExitReason::Interrupted as u64;
-    let cases: [(u64, u64, Option<u64>); 7] = [
+    let cases: [(u64, u64, Option<u64>); 8] = [
         // (value, kick_vcpus, vCPU that must see SGI 5 next run)
         ((5 << 24) | 0b10, 0b10, Some(1)),
         ((5 << 24) | 0b100, 0b100, Some(2)),
@@ -441,6 +441,7 @@ fn guest_sgis_reach_exactly_the_vcpus_named() {
         ((5 << 24) | (1 << 44) | 0b10, 0, None),
         ((5 << 24) | (1 << 16) | 0b10, 0, None),
         ((5 << 24) | (1 << 32) | 0b10, 0, None),
+        ((5 << 24) | (1 << 48) | 0b10, 0, None),
     ];
     for (value, want_kick, target) in cases {
         let mut m = board("max");
@@ -480,6 +481,35 @@ fn guest_sgis_reach_exactly_the_vcpus_named() {
     let (reason, kick) = run_with(&mut m, h, 0, runs[0], &mut send);
     assert_eq!((reason, kick), (interrupted, 0));
     assert_eq!(send.saw, Some(true));
+    // To all others (IRM) from vCPU 1: vCPUs 0 and 2, never the sender.
+    let mut m = board("max");
+    let (h, runs) = vm_with_vcpus(&mut m, 3);
+    for (t, run) in runs.iter().enumerate() {
+        // Each vCPU started once, so that only the SGI is new.
+        let mut idle = SendSgi {
+            value: None,
+            watch: 5,
+            saw: None,
+        };
+        run_with(&mut m, h, t as u64, *run, &mut idle);
+        assert_eq!(idle.saw, Some(false));
+    }
+    let mut send = SendSgi {
+        value: Some((5 << 24) | (1 << 40)),
+        watch: 5,
+        saw: None,
+    };
+    let (reason, kick) = run_with(&mut m, h, 1, runs[1], &mut send);
+    assert_eq!((reason, kick), (interrupted, 0b101));
+    for (t, want) in [(0u64, true), (1, false), (2, true)] {
+        let mut look = SendSgi {
+            value: None,
+            watch: 5,
+            saw: None,
+        };
+        run_with(&mut m, h, t, runs[t as usize], &mut look);
+        assert_eq!(look.saw, Some(want), "IRM from vCPU 1: vCPU {t}");
+    }
 }
 
 /// The untracked budget is exactly the pool beyond the boot reservation:
