@@ -401,6 +401,37 @@ fn only_a_successful_cpu_on_ends_the_run() {
     }
 }
 
+/// PSCI AFFINITY_INFO from a guest: a vCPU is ON (0) from its CPU_ON (or
+/// first run) until its CPU_OFF, OFF (1) before and after;
+/// INVALID_PARAMETERS for a
+/// vCPU the VM does not have.
+#[test]
+fn affinity_info_follows_cpu_on_and_cpu_off() {
+    let base = sim::GUEST_BASE_IPA;
+    let ask = |m: &mut SimMachine, h: u64, x1: u64| {
+        let mut s = script(&[(Trap::Hvc, [0xC400_0004, x1, 0, 0, 0, 0, 0])]);
+        run(m, h, 0, &mut s);
+        s.seen[1].1[0] as i64
+    };
+    for protected in [false, true] {
+        let (mut m, h, _) = guest(protected);
+        let mut s = script(&[]);
+        run(&mut m, h, 0, &mut s);
+        assert_eq!(ask(&mut m, h, 0), 0, "itself");
+        assert_eq!(ask(&mut m, h, 1), 1, "never started");
+        assert_eq!(ask(&mut m, h, 2), -2, "no such vCPU");
+        let mut s = script(&[(Trap::Hvc, [CPU_ON, 1, base, 0, 0, 0, 0])]);
+        assert_eq!(run(&mut m, h, 0, &mut s), ExitReason::Interrupted);
+        assert_eq!(ask(&mut m, h, 1), 0, "on, not run yet");
+        let mut s = script(&[]);
+        run(&mut m, h, 1, &mut s);
+        assert_eq!(ask(&mut m, h, 1), 0, "running");
+        let mut s = script(&[(Trap::Hvc, [0x8400_0002, 0, 0, 0, 0, 0, 0])]);
+        assert_eq!(run(&mut m, h, 1, &mut s), ExitReason::Wfi);
+        assert_eq!(ask(&mut m, h, 1), 1, "after CPU_OFF");
+    }
+}
+
 /// After a MEM_FAULT exit, the next run completes the access only for a
 /// normal VM's fault on an unmapped IPA (the host may have emulated it):
 /// a read gets the run page's data, masked to its size, and the pc moves
