@@ -125,10 +125,10 @@ impl<P: PhysMem> DmaView<P> {
             .map(|r| r.nr_pages)
             .sum();
         let l3 = pages.div_ceil(512) + 2 * platform.regions().len() as u64;
+        // The root's pages come out of the same pages: those skipped to
+        // align it feed the pool like the rest.
         let roots = stage2_root_geometry(ipa_bits, ipa_bits).root_pages as u64;
-        // Twice the root pages: the first aligned run may start past a
-        // misaligned first page.
-        l3 + l3.div_ceil(512) + 8 + 2 * roots
+        l3 + l3.div_ceil(512) + 8 + roots
     }
 
     /// A view of nothing yet, on the pages `pages` (hypervisor memory,

@@ -198,14 +198,10 @@ pub fn answer_guest_call_regs(x: &mut [u64; 4]) -> bool {
     let Some(call) = GuestCallId::from_id(id) else {
         return false;
     };
-    // An SMC32 function (bit 30 of the ID clear) takes W1: the upper half
-    // of its argument register is not part of the call.
-    let w = if id & (1 << 30) == 0 {
-        0xffff_ffff
-    } else {
-        u64::MAX
-    };
-    let arg1 = x[1] & w;
+    // The calls answered here that take an argument (SMCCC_ARCH_FEATURES,
+    // PSCI_FEATURES) are SMC32 functions: they take W1, and the upper half
+    // of x1 is not part of the call.
+    let arg1 = x[1] & 0xffff_ffff;
     match call {
         GuestCallId::SmcccVersion => x[0] = SMCCC_VERSION_1_1,
         GuestCallId::SmcccArchFeatures => {

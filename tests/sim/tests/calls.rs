@@ -3046,11 +3046,11 @@ fn dma_view_needs_its_reservation_and_no_more() {
         .sum();
     // 960 MiB of RAM and COHERENT: 480 last-level tables, two more per
     // region (5) for partial blocks at its ends, one table above them, 8
-    // for the levels above and splits, and twice the 2 concatenated root
-    // pages of a 40-bit view (an aligned run may start past the first).
+    // for the levels above and splits, and the 2 concatenated root pages
+    // of a 40-bit view.
     assert_eq!(tracked, 245_760);
     assert_eq!(platform.regions().len(), 5);
-    assert_eq!(needed, 480 + 2 * 5 + 1 + 8 + 2 * 2);
+    assert_eq!(needed, 480 + 2 * 5 + 1 + 8 + 2);
     let hyp_region = platform
         .regions()
         .iter()
@@ -3077,13 +3077,28 @@ fn dma_view_needs_its_reservation_and_no_more() {
 /// RULES.md S1 under the DMA view's worst case: one page of every 2 MiB of
 /// RAM and COHERENT memory taken from the host (RAM donated, COHERENT
 /// mapped into the protected guest), so that every block of the view is
-/// split. The reservation made at boot covers it: the view never fails
-/// closed, each taken page is out of the devices' reach at once, and the
-/// host's pages around it stay reachable.
+/// split. The reservation covers it, to the page: a view given exactly
+/// `pages_needed` pages, the first of them one past the root's alignment
+/// (skipped for the root, so it feeds the pool), never fails closed, each
+/// taken page is out of the devices' reach at once, and the host's pages
+/// around it stay reachable.
 #[test]
 fn dma_view_survives_every_block_split() {
     let model = "max";
-    let mut t = T::new(model);
+    let mut t = with_spare_hyp_pages(model);
+    let n = hyp::DmaView::<SimPhys>::pages_needed(t.m.hyp().platform(), sim::DMA_IPA_BITS);
+    // An odd page: the root's two pages must start at an even one.
+    let first = spare_hyp_pages(&t, n + 16).start | 1;
+    let view = hyp::DmaView::new(
+        t.m.phys().clone(),
+        t.m.hyp().platform(),
+        sim::DMA_IPA_BITS,
+        &mut (first..first + n).map(|p| p << 12),
+        Box::new(t.m.iommu().clone()),
+    )
+    .expect("exactly the reservation");
+    assert_eq!(view.stage2().root_pa() >> 12, first + 1, "the aligned pair");
+    t.m.hyp_mut().attach_dma_view(view);
     let (h, _run) = t.guest_vm(true);
     let regions: Vec<(u64, u64, bool)> =
         t.m.hyp()
