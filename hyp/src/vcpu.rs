@@ -8,9 +8,9 @@
 use core::mem::offset_of;
 
 use host_interface::{
-    fault_flags, features, is_host_call_range, psci, Errno, ExitReason, GuestCallId, IrqRequest,
-    RunPage, KVM_FEATURES_BITMAP, KVM_UID, PSCI_VERSION_1_1, SMCCC_INVALID_PARAMETER,
-    SMCCC_NOT_SUPPORTED, SMCCC_VERSION_1_1,
+    fault_flags, is_host_call_range, psci, Errno, ExitReason, GuestCallId, IrqRequest, RunPage,
+    KVM_FEATURES_BITMAP, KVM_UID, PSCI_VERSION_1_1, SMCCC_INVALID_PARAMETER, SMCCC_NOT_SUPPORTED,
+    SMCCC_VERSION_1_1,
 };
 use pagetables::{Entry, Maintenance, PageState, PhysMem, Stage2};
 use platform::MemClass;
@@ -971,11 +971,6 @@ impl<P: PhysMem, M: Maintenance + Clone> Hypervisor<P, M> {
                 .set_invalid(ipa, 1, GUEST_MMIO_GUARD, &mut self.mnt())
                 .map_err(|_| ()),
         }
-    }
-
-    /// Whether the CPU features allow cacheable device memory (for banners).
-    pub fn cacheable_device_allowed(&self) -> bool {
-        self.feature_bits() & features::CACHEABLE_DEVICE != 0
     }
 }
 
