@@ -108,7 +108,7 @@ impl SimMachine {
 
     /// A fresh board with explicit CPU features.
     pub fn with_features(cpu: CpuFeatures) -> Result<Self, String> {
-        Self::build(cpu, None)
+        Self::build(cpu, None, platform::QEMU_VIRT_MANIFEST)
     }
 
     /// A fresh board of model `model` whose host stage-2 pool is the worst
@@ -119,7 +119,7 @@ impl SimMachine {
     pub fn with_spare_pool(model: &str, spare: u64) -> Result<Self, String> {
         let cpu = platform::qemu_cpu(model, true)
             .ok_or_else(|| format!("unknown CPU model {model:?}"))?;
-        Self::build(cpu, Some(spare))
+        Self::build(cpu, Some(spare), platform::QEMU_VIRT_MANIFEST)
     }
 
     /// A fresh board of model `model` described by `manifest` instead of
@@ -128,24 +128,16 @@ impl SimMachine {
     pub fn with_manifest(model: &str, manifest: &str) -> Result<Self, String> {
         let cpu = platform::qemu_cpu(model, true)
             .ok_or_else(|| format!("unknown CPU model {model:?}"))?;
-        Self::build_with(cpu, None, manifest)
+        Self::build(cpu, None, manifest)
     }
 
-    fn build(cpu: CpuFeatures, spare: Option<u64>) -> Result<Self, String> {
-        Self::build_with(cpu, spare, platform::QEMU_VIRT_MANIFEST)
-    }
-
-    fn build_with(cpu: CpuFeatures, spare: Option<u64>, manifest: &str) -> Result<Self, String> {
+    fn build(cpu: CpuFeatures, spare: Option<u64>, manifest: &str) -> Result<Self, String> {
         let fdt = platform::qemu_virt_fdt(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE);
         let platform = Platform::new(&fdt, manifest, &[], cpu.pa_bits)
             .map_err(|e| format!("platform description: {e:?}"))?;
         // Everything the build depends on besides the (fixed) device tree:
         // equal keys build equal memory (`SimPhys::built`).
-        let key = if manifest == platform::QEMU_VIRT_MANIFEST {
-            format!("{cpu:?} {spare:?}")
-        } else {
-            format!("{cpu:?} {spare:?} {manifest}")
-        };
+        let key = format!("{cpu:?} {spare:?} {manifest}");
         let phys = SimPhys::for_board(qemu_virt::RAM_BASE, qemu_virt::RAM_SIZE, &key);
         let hyp_region = platform
             .regions()
